@@ -1,0 +1,105 @@
+"""The one table from domain errors to gRPC status codes, with google.rpc details."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from hitl_grpc.domain import errors
+from hitl_grpc.handlers import Continuation, Handler, ServerInterceptor, wrap_handler
+
+log = logging.getLogger("hitl_grpc.api")
+
+# One row per row of the DESIGN.md error table.
+STATUS_OF: Final[Mapping[type[errors.DomainError], grpc.StatusCode]] = {
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.InvalidField: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.WrongState: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.VersionConflict: grpc.StatusCode.ABORTED,
+    errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def _packed(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def status_of(err: errors.DomainError) -> grpc.Status:
+    """The status (code, message, rich details) a domain error is sent as."""
+    code = next(
+        (STATUS_OF[cls] for cls in type(err).__mro__ if cls in STATUS_OF),
+        grpc.StatusCode.INTERNAL,
+    )
+    details: list[any_pb2.Any] = []
+    if isinstance(err, errors.InvalidField):
+        details.append(
+            _packed(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in err.violations
+                    ]
+                )
+            )
+        )
+    if isinstance(err, errors.RateLimited):
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(max(1, int(err.retry_after_s * 1000)))
+        details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=err.message, details=details
+    )
+    return rpc_status.to_status(status)
+
+
+Abort = Callable[[grpc.StatusCode, str, Any], Awaitable[None]]
+
+
+@asynccontextmanager
+async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+    """Sends what escapes a servicer as a status: domain errors by the table, else INTERNAL."""
+    try:
+        yield
+    except (grpc.aio.AbortError, asyncio.CancelledError):
+        raise
+    except errors.DomainError as err:
+        status = status_of(err)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    except NotImplementedError:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented yet")
+    except Exception:
+        log.exception("unhandled error in servicer")
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+class ErrorInterceptor(ServerInterceptor):
+    """Applies the error table to every method."""
+
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        # None for a method no servicer implements: grpc answers UNIMPLEMENTED.
+        handler: Handler | None = await continuation(handler_call_details)
+        if handler is None:
+            return None  # type: ignore[return-value]  # grpc accepts None here
+        return wrap_handler(handler, mapped_errors)

@@ -1,0 +1,31 @@
+"""The caller of the current RPC, set by the auth interceptor."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+
+from hitl_grpc.domain.errors import Unauthenticated
+from hitl_grpc.domain.values import Principal
+
+# The one piece of module-level state: per-task, so concurrent RPCs never see each other's.
+_current: ContextVar[Principal | None] = ContextVar("hitl_principal", default=None)
+_peer: ContextVar[str] = ContextVar("hitl_peer", default="")
+
+
+def current_principal() -> Principal:
+    """The authenticated caller; a public method has none."""
+    principal = _current.get()
+    if principal is None:
+        raise Unauthenticated("authentication required")
+    return principal
+
+
+def current_peer() -> str:
+    """The client address of the current RPC."""
+    return _peer.get()
+
+
+def bind(principal: Principal | None, peer: str) -> None:
+    """Sets the caller for the rest of the current task."""
+    _current.set(principal)
+    _peer.set(peer)

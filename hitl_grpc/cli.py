@@ -1,0 +1,106 @@
+"""`hitl-grpc serve | migrate | health`: the operator's entry points."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hitl_grpc.config import ConfigError, Settings
+from hitl_grpc.observability import configure_logging
+from hitl_grpc.server import StartupError, running_server
+from hitl_grpc.store import schema
+from hitl_grpc.store.engine import make_engine
+
+EXIT_CONFIG = 2
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"hitl-grpc: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+async def _serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_server(settings) as running:
+        if running.generated_admin_password:
+            print(
+                "created user 'admin' with password "
+                f"{running.generated_admin_password} (shown once: change it)",
+                flush=True,
+            )
+        print(f"hitl-grpc serving on {running.address}", flush=True)
+        await stop.wait()
+        print("hitl-grpc draining", flush=True)
+
+
+async def _migrate(settings: Settings) -> None:
+    engine = make_engine(settings.database_url, timeout_s=settings.db_timeout_s)
+    try:
+        await schema.upgrade(engine)
+        print(f"database schema is {(await schema.state(engine)).value}")
+    finally:
+        await engine.dispose()
+
+
+async def _health(address: str, timeout_s: float) -> bool:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _run_health(args: argparse.Namespace) -> int:
+    address = args.address or os.environ.get("HITL_LISTEN") or "127.0.0.1:50051"
+    try:
+        ok = asyncio.run(_health(address, args.timeout))
+    except grpc.aio.AioRpcError as exc:
+        print(f"unhealthy: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    print("SERVING" if ok else "NOT_SERVING")
+    return 0 if ok else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hitl-grpc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the server (configured by HITL_* variables)")
+    sub.add_parser("migrate", help="bring the database schema up to date")
+    health = sub.add_parser("health", help="ask a server's gRPC health service; exit 0 if SERVING")
+    health.add_argument("--address", help="host:port (default: HITL_LISTEN or 127.0.0.1:50051)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "health":
+        return _run_health(args)
+    settings = _settings()
+    configure_logging(settings.log_level)
+    try:
+        if args.command == "serve":
+            asyncio.run(_serve(settings))
+        elif args.command == "migrate":
+            asyncio.run(_migrate(settings))
+    except StartupError as exc:
+        print(f"hitl-grpc: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

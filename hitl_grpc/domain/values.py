@@ -1,0 +1,196 @@
+"""Value types shared by every layer: ids, enums and frozen records."""
+
+from __future__ import annotations
+
+import enum
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, NewType
+
+from hitl_grpc.domain.errors import InvalidField
+
+UserId = NewType("UserId", str)
+AnalysisId = NewType("AnalysisId", str)
+
+
+class Role(enum.IntEnum):
+    """Account roles; values equal the wire enum's numbers."""
+
+    ADMIN = 1
+    ANALYST = 2
+    VIEWER = 3
+    SERVICE = 4
+
+
+HUMAN_ROLES: Final = frozenset({Role.ADMIN, Role.ANALYST, Role.VIEWER})
+
+
+class Priority(enum.IntEnum):
+    """Queue priority; a lower value is served first. Values equal the wire enum's."""
+
+    CRITICAL = 1
+    HIGH = 2
+    MEDIUM = 3
+    LOW = 4
+
+
+class Status(enum.IntEnum):
+    """Decision lifecycle states; values equal the wire enum's."""
+
+    PENDING = 1
+    IN_REVIEW = 2
+    APPROVED = 3
+    REJECTED = 4
+    ESCALATED = 5
+    EXPIRED = 6
+
+
+class ActionType(enum.IntEnum):
+    """What CANDI may execute; values equal the wire enum's."""
+
+    BLOCK_IP = 1
+    QUARANTINE_SYSTEM = 2
+    ACTIVATE_KILLSWITCH = 3
+    DEPLOY_COUNTERMEASURE = 4
+    ESCALATE_TO_SOC = 5
+    NO_ACTION = 6
+    CUSTOM = 7
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of an RPC."""
+
+    user_id: UserId
+    username: str
+    role: Role
+    token_id: str
+    peer: str = ""
+
+
+@dataclass(frozen=True)
+class User:
+    """An account as the rest of the service sees it (no secrets)."""
+
+    id: UserId
+    username: str
+    role: Role
+    email: str
+    full_name: str
+    active: bool
+    mfa_enabled: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Action:
+    """A recommended or approved response."""
+
+    type: ActionType
+    target: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The human verdict on a decision."""
+
+    status: Status
+    approved_actions: tuple[Action, ...] = ()
+    notes: str = ""
+    escalation_reason: str = ""
+    decided_by: str = ""
+    decided_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What CANDI submits: the analysis fields of a decision request."""
+
+    analysis_id: AnalysisId
+    incident_id: str
+    threat_level: str
+    source_ip: str
+    attributed_actor: str
+    confidence: float
+    iocs: tuple[str, ...]
+    ttps: tuple[str, ...]
+    recommended_actions: tuple[Action, ...]
+    forensic_summary: str
+    priority: Priority
+    detected_at: datetime
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An analysis with its place in the lifecycle."""
+
+    analysis: Analysis
+    status: Status
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    sla_deadline: datetime
+    submitted_by: str
+    claimed_by: str = ""
+    claim_expires_at: datetime | None = None
+    resolution: Resolution | None = None
+
+    @property
+    def analysis_id(self) -> AnalysisId:
+        """The decision's id."""
+        return self.analysis.analysis_id
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user with the secrets only the auth layer reads."""
+
+    user: User
+    password_hash: str
+    mfa_secret: str | None = None
+    mfa_last_step: int | None = None
+
+
+class AuditOutcome(enum.IntEnum):
+    """Whether an audited action took effect; values equal the wire enum's."""
+
+    SUCCESS = 1
+    FAILURE = 2
+    DENIED = 3
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audited action, written in the transaction of the change it records."""
+
+    time: datetime
+    actor: str
+    kind: str
+    target: str
+    peer: str
+    outcome: AuditOutcome
+    details: dict[str, str]
+    id: int = 0
+
+
+USERNAME_MAX: Final = 150
+
+
+def username_key(username: str) -> str:
+    """The form usernames are compared in: NFKC-normalized and case-folded."""
+    return unicodedata.normalize("NFKC", username).casefold()
+
+
+def parse_username(raw: str, field_name: str = "username") -> str:
+    """A username as stored: NFKC-normalized, trimmed, printable, bounded."""
+    name = unicodedata.normalize("NFKC", raw).strip()
+    if not name:
+        raise InvalidField.one(field_name, "must not be empty")
+    if len(name) > USERNAME_MAX:
+        raise InvalidField.one(field_name, f"must be at most {USERNAME_MAX} characters")
+    if any(unicodedata.category(ch).startswith(("C", "Z")) and ch != " " for ch in name):
+        raise InvalidField.one(field_name, "must not contain control or separator characters")
+    return name

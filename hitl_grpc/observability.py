@@ -1,0 +1,121 @@
+"""One structured log line and Prometheus samples per RPC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from hitl_grpc.auth.principal import _current as current_principal_var
+from hitl_grpc.handlers import Continuation, Handler, ServerInterceptor, wrap_handler
+
+log = logging.getLogger("hitl_grpc.rpc")
+
+
+class JsonFormatter(logging.Formatter):
+    """Log records as one JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines on stderr at the given level."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class RpcMetrics:
+    """Per-server Prometheus collectors (no global registry)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.calls = Counter(
+            "hitl_rpc_total", "RPCs handled", ["method", "code"], registry=registry
+        )
+        self.duration = Histogram(
+            "hitl_rpc_duration_seconds",
+            "RPC handling time",
+            ["method"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
+        )
+
+
+class AccessLogInterceptor(ServerInterceptor):
+    """Outermost: sees the final status of every call."""
+
+    def __init__(self, metrics: RpcMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        # None for a method no servicer implements: grpc answers UNIMPLEMENTED.
+        handler: Handler | None = await continuation(handler_call_details)
+        if handler is None:
+            return None  # type: ignore[return-value]  # grpc accepts None here
+        method = handler_call_details.method
+        metrics = self._metrics
+
+        @asynccontextmanager
+        async def timed(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                yield
+            except BaseException as exc:
+                code = _final_code(context, exc)
+                raise
+            finally:
+                elapsed = time.perf_counter() - started
+                metrics.calls.labels(method, code.name).inc()
+                metrics.duration.labels(method).observe(elapsed)
+                principal = current_principal_var.get()
+                log.info(
+                    "rpc",
+                    extra={
+                        "fields": {
+                            "method": method,
+                            "code": code.name,
+                            "duration_ms": round(elapsed * 1000, 3),
+                            "principal": principal.username if principal else "",
+                            "peer": context.peer(),
+                        }
+                    },
+                )
+
+        return wrap_handler(handler, timed)
+
+
+
+def _final_code(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> grpc.StatusCode:
+    # An abort has set the code; a cancelled call or a crash has not.
+    code: grpc.StatusCode | None = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN

@@ -1,0 +1,194 @@
+"""The schema, as SQLAlchemy Core tables; alembic migrations create it."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+# SQLite only gives AUTOINCREMENT (no rowid reuse) to an INTEGER PRIMARY KEY.
+BIGID = BigInteger().with_variant(Integer(), "sqlite")
+TIME = DateTime(timezone=True)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("username", String(150), nullable=False),
+    # NFKC + casefold: the unique key that makes "Admin" and its full-width form one user.
+    Column("username_key", String(150), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("role", SmallInteger, nullable=False),
+    Column("email", String(320), nullable=False, server_default=""),
+    Column("full_name", String(300), nullable=False, server_default=""),
+    Column("active", Boolean, nullable=False, server_default=text("true")),
+    Column("mfa_enabled", Boolean, nullable=False, server_default=text("false")),
+    Column("mfa_secret", String(64)),
+    Column("mfa_pending_secret", String(64)),
+    # The last TOTP time step accepted: a code can't be replayed within its window.
+    Column("mfa_last_step", BigInteger),
+    # Bumped on every change that must cut live sessions (deactivation, role, password).
+    Column("generation", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", TIME, nullable=False),
+    Column("updated_at", TIME, nullable=False),
+)
+
+mfa_backup_codes = Table(
+    "mfa_backup_codes",
+    metadata,
+    Column("id", BIGID, primary_key=True, autoincrement=True),
+    Column("user_id", String(36), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("code_hash", String(255), nullable=False),
+    Column("used_at", TIME),
+    Index("ix_mfa_backup_codes_user_id", "user_id"),
+    sqlite_autoincrement=True,
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # Every token rotated from one login shares a family; reuse revokes the family.
+    Column("family_id", String(36), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("issued_at", TIME, nullable=False),
+    Column("expires_at", TIME, nullable=False),
+    Column("rotated_at", TIME),
+    Column("revoked_at", TIME),
+    Index("ix_refresh_tokens_family_id", "family_id"),
+    Index("ix_refresh_tokens_user_id", "user_id"),
+)
+
+login_throttle = Table(
+    "login_throttle",
+    metadata,
+    # "user:<username_key>" or "peer:<address>": counters hold across replicas and restarts.
+    Column("subject", String(400), primary_key=True),
+    Column("failures", Integer, nullable=False, server_default=text("0")),
+    Column("window_started_at", TIME, nullable=False),
+    Column("locked_until", TIME),
+    Column("lockouts", Integer, nullable=False, server_default=text("0")),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", BIGID, primary_key=True, autoincrement=True),
+    Column("time", TIME, nullable=False),
+    Column("actor", String(150), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("target", String(256), nullable=False),
+    Column("peer", String(128), nullable=False),
+    Column("outcome", SmallInteger, nullable=False),
+    Column("details", JSON, nullable=False),
+    Index("ix_audit_events_time", "time"),
+    Index("ix_audit_events_actor_id", "actor", "id"),
+    Index("ix_audit_events_kind_id", "kind", "id"),
+    Index("ix_audit_events_target_id", "target", "id"),
+    sqlite_autoincrement=True,
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("analysis_id", String(128), primary_key=True),
+    Column("incident_id", String(128), nullable=False),
+    Column("threat_level", String(64), nullable=False),
+    Column("source_ip", String(64), nullable=False),
+    Column("attributed_actor", Text, nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("iocs", JSON, nullable=False),
+    Column("ttps", JSON, nullable=False),
+    Column("recommended_actions", JSON, nullable=False),
+    Column("forensic_summary", Text, nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("detected_at", TIME, nullable=False),
+    Column("expires_at", TIME),
+    # SHA-256 of the canonical payload: resubmits compare in one column.
+    Column("payload_hash", String(64), nullable=False),
+    Column("submitted_by", String(150), nullable=False),
+    Column("status", SmallInteger, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("created_at", TIME, nullable=False),
+    Column("updated_at", TIME, nullable=False),
+    Column("sla_deadline", TIME, nullable=False),
+    Column("sla_breached", Boolean, nullable=False, server_default=text("false")),
+    Column("claimed_by", String(150)),
+    Column("claim_expires_at", TIME),
+    Column("resolution_status", SmallInteger),
+    Column("approved_actions", JSON),
+    Column("notes", Text),
+    Column("escalation_reason", Text),
+    Column("decided_by", String(150)),
+    Column("decided_at", TIME),
+    # The queue order, open items only (statuses PENDING, IN_REVIEW, ESCALATED).
+    Index(
+        "ix_decisions_queue",
+        "priority",
+        "created_at",
+        "analysis_id",
+        postgresql_where=text("status IN (1, 2, 5)"),
+        sqlite_where=text("status IN (1, 2, 5)"),
+    ),
+    # The sweeper's work lists.
+    Index(
+        "ix_decisions_open_sla",
+        "sla_deadline",
+        postgresql_where=text("status IN (1, 2)"),
+        sqlite_where=text("status IN (1, 2)"),
+    ),
+    Index(
+        "ix_decisions_open_expiry",
+        "expires_at",
+        postgresql_where=text("status IN (1, 2, 5) AND expires_at IS NOT NULL"),
+        sqlite_where=text("status IN (1, 2, 5) AND expires_at IS NOT NULL"),
+    ),
+    Index("ix_decisions_created_at", "created_at"),
+    Index("ix_decisions_decided_at", "decided_at"),
+)
+
+# The transactional outbox: one row per decision change, written in the change's transaction.
+decision_events = Table(
+    "decision_events",
+    metadata,
+    Column("position", BIGID, primary_key=True, autoincrement=True),
+    # PostgreSQL only: the writing transaction's id, for reading below the commit horizon.
+    Column("txid", BigInteger),
+    Column("analysis_id", String(128), nullable=False),
+    # "added", "updated" or "removed" relative to the open set.
+    Column("kind", String(16), nullable=False),
+    Column("status", SmallInteger, nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("time", TIME, nullable=False),
+    # The decision as it was after the change, so watchers need no second read.
+    Column("payload", JSON, nullable=False),
+    Index("ix_decision_events_time", "time"),
+    Index("ix_decision_events_analysis_id", "analysis_id", "position"),
+    sqlite_autoincrement=True,
+)
