@@ -37,6 +37,7 @@ from hitl_grpc.auth.policy import load_policies
 from hitl_grpc.auth.tokens import TokenIssuer
 from hitl_grpc.config import Settings
 from hitl_grpc.domain.clock import Clock, SystemClock
+from hitl_grpc.domain.errors import InvalidField
 from hitl_grpc.observability import AccessLogInterceptor, RpcMetrics
 from hitl_grpc.store import schema
 from hitl_grpc.store.engine import make_engine
@@ -160,7 +161,10 @@ async def running_server(
             settings.access_token_ttl, settings.refresh_token_ttl, settings.mfa_challenge_ttl
         )
         accounts = Accounts(uow, passwords, tokens, clock, lifetimes)
-        generated = await accounts.bootstrap_admin(settings.bootstrap_admin_password)
+        try:
+            generated = await accounts.bootstrap_admin(settings.bootstrap_admin_password)
+        except InvalidField as exc:
+            raise StartupError(f"HITL_BOOTSTRAP_ADMIN_PASSWORD: {exc.message}") from None
 
         registry = CollectorRegistry()
         server = grpc.aio.server(

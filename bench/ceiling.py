@@ -1,0 +1,53 @@
+"""The no-op ceiling alone, and an authenticated read on the real server beside it."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hitl.v1 import auth_pb2, auth_pb2_grpc
+
+from bench.common import ADMIN_PASSWORD, drive, noop_call, noop_server, report, serve_subprocess
+
+CONCURRENCY = 64
+CALLS = 6000
+
+
+async def run() -> None:
+    """Unary calls/s: no-op server vs Health.Check vs authenticated GetCurrentUser."""
+    with noop_server() as noop_addr:
+        async with grpc.aio.insecure_channel(noop_addr) as channel:
+            await drive(noop_call(channel), concurrency=CONCURRENCY, total=500)
+            ceiling = await drive(noop_call(channel), concurrency=CONCURRENCY, total=CALLS)
+    with serve_subprocess() as addr:
+        async with grpc.aio.insecure_channel(addr) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            auth = auth_pb2_grpc.AuthServiceStub(channel)
+            login = await auth.Login(
+                auth_pb2.LoginRequest(username="admin", password=ADMIN_PASSWORD), timeout=30
+            )
+            meta = (("authorization", f"Bearer {login.tokens.access_token}"),)
+
+            async def check() -> object:
+                return await health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+
+            async def whoami() -> object:
+                return await auth.GetCurrentUser(
+                    auth_pb2.GetCurrentUserRequest(), metadata=meta, timeout=30
+                )
+
+            await drive(check, concurrency=CONCURRENCY, total=500)
+            checks = await drive(check, concurrency=CONCURRENCY, total=CALLS)
+            reads = await drive(whoami, concurrency=CONCURRENCY, total=CALLS)
+    print(
+        f"no-op at {CONCURRENCY} callers: p50 {ceiling.p50_ms:.2f} ms p99 {ceiling.p99_ms:.2f} ms"
+    )
+    report("Health.Check calls/s", checks.calls_per_s, ceiling.calls_per_s, "calls/s")
+    report(
+        "GetCurrentUser (JWT + user read) calls/s",
+        reads.calls_per_s,
+        ceiling.calls_per_s,
+        "calls/s",
+    )
+    print(
+        f"GetCurrentUser p50 {reads.p50_ms:.2f} ms p99 {reads.p99_ms:.2f} ms errors {reads.errors}"
+    )
