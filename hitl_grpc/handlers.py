@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,10 @@ def wrap_handler(handler: Handler, around: Around) -> Handler:
         return call
 
     def streaming(behavior: Any) -> Any:
+        if not inspect.isasyncgenfunction(behavior):
+            # Some streaming handlers (grpc's health Watch) write through context.write.
+            return unary(behavior)
+
         async def call(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:

@@ -1,0 +1,138 @@
+"""What ops rely on: health, reflection, access log, metrics, limits and safe errors."""
+
+import asyncio
+import logging
+import urllib.request
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from hitl.v1 import auth_pb2
+
+from hitl_grpc.api.errors import status_of
+from hitl_grpc.domain import errors
+from hitl_grpc.domain.values import Role
+from hitl_grpc.server import SERVICE_NAMES
+from tests.harness import Harness, ServerFactory, bearer
+
+
+async def test_health_reports_serving_for_the_server_and_each_service(server: Harness) -> None:
+    for name in ("", *SERVICE_NAMES):
+        reply = await server.health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+
+
+async def test_health_turns_not_serving_on_shutdown(make_server: ServerFactory) -> None:
+    async with make_server() as harness:
+        watch = harness.health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        first = await asyncio.wait_for(anext(aiter(watch)), 5)
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        await harness.running.health.enter_graceful_shutdown()
+        second = await asyncio.wait_for(anext(aiter(watch)), 5)
+        assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_reflection_lists_the_three_services(server: Harness) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(server.channel)
+
+    async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    names = set()
+    async for reply in stub.ServerReflectionInfo(requests(), timeout=5):
+        names |= {s.name for s in reply.list_services_response.service}
+    assert {"hitl.v1.AuthService", "hitl.v1.DecisionService", "hitl.v1.AuditService"} <= names
+    assert "grpc.health.v1.Health" in names
+
+
+async def test_each_rpc_logs_one_structured_line(
+    server: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = await server.create_user(Role.ANALYST)
+    token = (await server.login(user.username)).tokens.access_token
+    caplog.set_level(logging.INFO, logger="hitl_grpc.rpc")
+    caplog.clear()
+    await server.auth.GetCurrentUser(
+        auth_pb2.GetCurrentUserRequest(), metadata=bearer(token), timeout=5
+    )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await server.login(user.username, "not-the-password")
+    lines = [vars(r)["fields"] for r in caplog.records if r.name == "hitl_grpc.rpc"]
+    assert [(f["method"], f["code"]) for f in lines] == [
+        ("/hitl.v1.AuthService/GetCurrentUser", "OK"),
+        ("/hitl.v1.AuthService/Login", "UNAUTHENTICATED"),
+    ]
+    assert lines[0]["principal"] == user.username
+    assert lines[0]["peer"].startswith("ipv4:127.0.0.1:")
+    assert lines[0]["duration_ms"] >= 0
+
+
+async def test_metrics_endpoint_counts_rpcs(make_server: ServerFactory) -> None:
+    async with make_server(metrics_listen="127.0.0.1:0") as harness:
+        await harness.health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        url = f"http://127.0.0.1:{harness.running.metrics_port}/metrics"
+
+        def fetch() -> str:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                return str(reply.read().decode())
+
+        body = await asyncio.to_thread(fetch)
+    assert 'hitl_rpc_total{code="OK",method="/grpc.health.v1.Health/Check"} 1.0' in body
+    assert "hitl_rpc_duration_seconds_bucket" in body
+
+
+async def test_oversized_request_is_resource_exhausted(server: Harness) -> None:
+    huge = "p" * (server.running.settings.max_message_bytes + 1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await server.login("admin", huge)
+    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_invalid_field_carries_every_violation_as_bad_request() -> None:
+    err = errors.InvalidField(
+        [
+            errors.FieldViolation("confidence", "must be 0-100"),
+            errors.FieldViolation("source_ip", "not an IP"),
+        ]
+    )
+    status = status_of(err)
+    assert status.code is grpc.StatusCode.INVALID_ARGUMENT
+    [(key, blob)] = status.trailing_metadata
+    assert key == "grpc-status-details-bin"
+    decoded = status_pb2.Status.FromString(blob)
+    bad = error_details_pb2.BadRequest()
+    assert decoded.details[0].Unpack(bad)
+    assert [(v.field, v.description) for v in bad.field_violations] == [
+        ("confidence", "must be 0-100"),
+        ("source_ip", "not an IP"),
+    ]
+
+
+def test_rate_limited_carries_retry_info() -> None:
+    status = status_of(errors.RateLimited("too many attempts", retry_after_s=2.5))
+    assert status.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    decoded = status_pb2.Status.FromString(status.trailing_metadata[0][1])
+    retry = error_details_pb2.RetryInfo()
+    assert decoded.details[0].Unpack(retry)
+    assert retry.retry_delay.ToMilliseconds() == 2500
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.Unauthenticated("x"), grpc.StatusCode.UNAUTHENTICATED),
+        (errors.PermissionDenied("x"), grpc.StatusCode.PERMISSION_DENIED),
+        (errors.NotFound("x"), grpc.StatusCode.NOT_FOUND),
+        (errors.AlreadyExists("x"), grpc.StatusCode.ALREADY_EXISTS),
+        (errors.WrongState("x"), grpc.StatusCode.FAILED_PRECONDITION),
+        (errors.VersionConflict("x"), grpc.StatusCode.ABORTED),
+        (errors.ResourceExhausted("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (errors.OutOfRange("x"), grpc.StatusCode.OUT_OF_RANGE),
+        (errors.Unavailable("x"), grpc.StatusCode.UNAVAILABLE),
+    ],
+)
+def test_error_table_matches_the_design(error: errors.DomainError, code: grpc.StatusCode) -> None:
+    assert status_of(error).code is code
