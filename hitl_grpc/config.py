@@ -225,7 +225,7 @@ def _database_url(raw: str) -> str:
     scheme = raw.split(":", 1)[0].split("+", 1)[0]
     if "://" not in raw or scheme not in ("sqlite", "postgresql", "postgres"):
         raise ValueError(f"must be sqlite:///<file> or postgresql://..., got {raw!r}")
-    if scheme == "sqlite" and raw.split(":///", 1)[-1] in ("", ":memory:"):
+    if scheme == "sqlite" and (":///" not in raw or raw.split(":///", 1)[1] in ("", ":memory:")):
         raise ValueError("SQLite needs a file path: an in-memory database loses everything")
     return raw
 

@@ -1,0 +1,88 @@
+"""Settings are read once from HITL_* variables; a bad one names itself."""
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from hitl_grpc.config import ConfigError, Settings
+from hitl_grpc.domain.values import Priority
+
+
+def test_defaults_serve_sqlite_on_loopback() -> None:
+    settings = Settings.from_env({})
+    assert settings.database_url == "sqlite:///hitl.db"
+    assert settings.listen == "127.0.0.1:50051"
+    assert settings.is_sqlite
+    assert settings.sqlite_path == Path("hitl.db")
+    assert settings.access_token_ttl == timedelta(minutes=15)
+    assert settings.sla[Priority.CRITICAL] == timedelta(minutes=15)
+    assert settings.sla[Priority.LOW] == timedelta(hours=24)
+
+
+def test_every_setting_is_read() -> None:
+    settings = Settings.from_env(
+        {
+            "HITL_DATABASE_URL": "postgresql://u@db:5432/hitl",
+            "HITL_LISTEN": "[::1]:6000",
+            "HITL_JWT_SECRET": "s" * 40,
+            "HITL_JWT_PREVIOUS_SECRETS": "p" * 40 + ", " + "q" * 40,
+            "HITL_ACCESS_TOKEN_TTL_S": "60",
+            "HITL_SLA_CRITICAL_S": "120",
+            "HITL_CLAIM_LEASE_S": "30",
+            "HITL_METRICS_LISTEN": "off",
+            "HITL_LOG_LEVEL": "debug",
+            "HITL_LOGIN_MAX_FAILURES": "3",
+        }
+    )
+    assert not settings.is_sqlite
+    assert settings.sqlite_path is None
+    assert settings.listen == "[::1]:6000"
+    assert settings.jwt_previous_secrets == ("p" * 40, "q" * 40)
+    assert settings.access_token_ttl == timedelta(seconds=60)
+    assert settings.sla[Priority.CRITICAL] == timedelta(seconds=120)
+    assert settings.sla[Priority.HIGH] == timedelta(hours=1)
+    assert settings.claim_lease == timedelta(seconds=30)
+    assert settings.metrics_listen is None
+    assert settings.log_level == "DEBUG"
+    assert settings.login_max_failures == 3
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"HITL_LISTEN": "localhost"}, "HITL_LISTEN"),
+        ({"HITL_LISTEN": "host:-1"}, "HITL_LISTEN"),
+        ({"HITL_LISTEN": "bad host!:80"}, "HITL_LISTEN"),
+        ({"HITL_DATABASE_URL": "redis://x"}, "HITL_DATABASE_URL"),
+        ({"HITL_DATABASE_URL": "sqlite://"}, "HITL_DATABASE_URL"),
+        ({"HITL_JWT_SECRET": "too-short"}, "HITL_JWT_SECRET"),
+        ({"HITL_JWT_SECRET_FILE": "/no/such/file"}, "HITL_JWT_SECRET_FILE"),
+        ({"HITL_TLS_CERT_FILE": "/no/such/cert"}, "HITL_TLS_CERT_FILE"),
+        ({"HITL_SLA_LOW_S": "0"}, "HITL_SLA_LOW_S"),
+        ({"HITL_DB_TIMEOUT_S": "NaN-ish"}, "HITL_DB_TIMEOUT_S"),
+        ({"HITL_LOG_LEVEL": "LOUD"}, "HITL_LOG_LEVEL"),
+        ({"HITL_DATABASE_URL": "postgresql://u@h/db"}, "HITL_JWT_SECRET"),
+    ],
+)
+def test_bad_value_names_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert caught.value.variable == variable
+    assert str(caught.value).startswith(variable + ": ")
+
+
+def test_tls_needs_both_files(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"HITL_TLS_CERT_FILE": str(cert)})
+    assert "HITL_TLS_KEY_FILE" in str(caught.value)
+
+
+def test_secret_and_secret_file_are_exclusive(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("k" * 40)
+    with pytest.raises(ConfigError):
+        Settings.from_env({"HITL_JWT_SECRET": "s" * 40, "HITL_JWT_SECRET_FILE": str(key)})
+    assert Settings.from_env({"HITL_JWT_SECRET_FILE": str(key)}).jwt_secret_file == key
