@@ -110,7 +110,6 @@ class AccessLogInterceptor(ServerInterceptor):
         return wrap_handler(handler, timed)
 
 
-
 def _final_code(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> grpc.StatusCode:
     # An abort has set the code; a cancelled call or a crash has not.
     code: grpc.StatusCode | None = context.code()
