@@ -63,6 +63,8 @@ class Settings:
     heartbeat_s: float = 15.0
     event_retention: timedelta = timedelta(days=7)
     sweep_interval_s: float = 5.0
+    # How often health re-checks the database (NOT_SERVING while it is down).
+    db_check_interval_s: float = 2.0
     login_max_failures: int = 5
     login_window: timedelta = timedelta(minutes=15)
     password_memory_kib: int = 19_456
@@ -151,6 +153,9 @@ class Settings:
             ),
             sweep_interval_s=reader.number(
                 "HITL_SWEEP_INTERVAL_S", defaults.sweep_interval_s, 0.05, 3600
+            ),
+            db_check_interval_s=reader.number(
+                "HITL_DB_CHECK_INTERVAL_S", defaults.db_check_interval_s, 0.05, 3600
             ),
             login_max_failures=int(
                 reader.number("HITL_LOGIN_MAX_FAILURES", defaults.login_max_failures, 1, 1000)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from hitl.v1 import access_pb2, auth_pb2, decision_pb2
 
 from hitl_grpc.auth.accounts import IssuedTokens
-from hitl_grpc.domain.errors import InvalidField
+from hitl_grpc.domain.errors import FieldViolation, InvalidField
+from hitl_grpc.domain.queue import QueueStats, WindowStats
+from hitl_grpc.domain.validation import ActionDraft, AnalysisDraft, VerdictDraft
 from hitl_grpc.domain.values import Action, Decision, Resolution, Role, User
 
 
@@ -112,4 +116,98 @@ def decision_to_proto(decision: Decision) -> decision_pb2.Decision:
         claim_expires_at=timestamp(decision.claim_expires_at),
         resolution=resolution_to_proto(decision.resolution) if decision.resolution else None,
         submitted_by=decision.submitted_by,
+    )
+
+
+# -- decision requests and stats ---------------------------------------------------------
+
+
+def _optional_time(message: Any, name: str, violations: list[FieldViolation]) -> datetime | None:
+    """A set Timestamp field as a datetime; an unrepresentable one becomes a violation."""
+    if not message.HasField(name):
+        return None
+    try:
+        return from_timestamp(getattr(message, name))
+    except (ValueError, OverflowError):
+        violations.append(FieldViolation(name, "is not a representable time"))
+        return None
+
+
+def action_draft_from_proto(action: decision_pb2.Action) -> ActionDraft:
+    """An action as received; validation.py judges it."""
+    return ActionDraft(int(action.type), action.target, action.description)
+
+
+def analysis_draft_from_proto(request: decision_pb2.SubmitDecisionRequest) -> AnalysisDraft:
+    """A SubmitDecision request as received; validation.py judges it."""
+    violations: list[FieldViolation] = []
+    detected_at = _optional_time(request, "detected_at", violations)
+    expires_at = _optional_time(request, "expires_at", violations)
+    return AnalysisDraft(
+        analysis_id=request.analysis_id,
+        incident_id=request.incident_id,
+        threat_level=request.threat_level,
+        source_ip=request.source_ip,
+        attributed_actor=request.attributed_actor,
+        confidence=request.confidence,
+        iocs=list(request.iocs),
+        ttps=list(request.ttps),
+        recommended_actions=[action_draft_from_proto(a) for a in request.recommended_actions],
+        forensic_summary=request.forensic_summary,
+        priority=int(request.priority),
+        detected_at=detected_at,
+        expires_at=expires_at,
+        decode_violations=tuple(violations),
+    )
+
+
+def verdict_draft_from_proto(request: decision_pb2.MakeDecisionRequest) -> VerdictDraft:
+    """A MakeDecision request as received."""
+    return VerdictDraft(
+        status=int(request.status),
+        approved_actions=[action_draft_from_proto(a) for a in request.approved_actions],
+        notes=request.notes,
+        escalation_reason=request.escalation_reason,
+    )
+
+
+def duration(value: timedelta | None) -> Duration | None:
+    """A Duration, or None to leave the field unset."""
+    if value is None:
+        return None
+    result = Duration()
+    result.FromTimedelta(value)
+    return result
+
+
+def window_stats_to_proto(stats: WindowStats) -> decision_pb2.DecisionWindowStats:
+    """One window of decision statistics."""
+    return decision_pb2.DecisionWindowStats(
+        submitted=stats.submitted,
+        approved=stats.approved,
+        rejected=stats.rejected,
+        escalated=stats.escalated,
+        expired=stats.expired,
+        decided=stats.decided,
+        avg_time_to_decision=duration(stats.avg_time_to_decision),
+        p50_time_to_decision=duration(stats.p50_time_to_decision),
+        p90_time_to_decision=duration(stats.p90_time_to_decision),
+        sla_breaches=stats.sla_breaches,
+    )
+
+
+def stats_to_proto(stats: QueueStats) -> decision_pb2.GetDecisionStatsResponse:
+    """The queue's statistics."""
+    return decision_pb2.GetDecisionStatsResponse(
+        pending_by_priority=[
+            decision_pb2.PriorityCount(
+                priority=decision_pb2.Priority.ValueType(int(p)), count=count
+            )
+            for p, count in sorted(stats.pending_by_priority.items())
+        ],
+        pending=stats.pending,
+        in_review=stats.in_review,
+        escalated=stats.escalated,
+        last_24h=window_stats_to_proto(stats.last_24h),
+        all_time=window_stats_to_proto(stats.all_time),
     )

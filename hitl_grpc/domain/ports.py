@@ -7,7 +7,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
 
-from hitl_grpc.domain.values import Account, AuditRecord, Decision, UserId
+from hitl_grpc.domain.queue import QueueFilter, QueueKey, QueueStats
+from hitl_grpc.domain.values import Account, AnalysisId, AuditRecord, Decision, UserId
 
 
 class EventKind(enum.Enum):
@@ -59,6 +60,32 @@ class EventLog(Protocol):
     async def append(self, decision: Decision, kind: EventKind) -> None: ...
 
 
+class DecisionRepository(Protocol):
+    """Decisions: every change is one compare-and-set on status and version."""
+
+    async def insert(self, decision: Decision, payload_hash: str) -> bool: ...
+
+    async def get(self, analysis_id: AnalysisId) -> Decision | None: ...
+
+    async def get_with_hash(self, analysis_id: AnalysisId) -> tuple[Decision, str] | None: ...
+
+    async def replace(
+        self, before: Decision, after: Decision, *, sla_breached: bool = False
+    ) -> Decision | None: ...
+
+    async def list_open(
+        self, queue_filter: QueueFilter, after: QueueKey | None, limit: int
+    ) -> list[Decision]: ...
+
+    async def expired(self, now: datetime, limit: int) -> list[Decision]: ...
+
+    async def overdue(self, now: datetime, limit: int) -> list[Decision]: ...
+
+    async def lapsed_leases(self, now: datetime, limit: int) -> list[Decision]: ...
+
+    async def stats(self, now: datetime) -> QueueStats: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over every repository; nothing persists until commit()."""
 
@@ -73,6 +100,9 @@ class UnitOfWork(Protocol):
 
     @property
     def events(self) -> EventLog: ...
+
+    @property
+    def decisions(self) -> DecisionRepository: ...
 
     async def commit(self) -> None: ...
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hitl_grpc.domain import errors
 from hitl_grpc.store.audit import AuditLog
+from hitl_grpc.store.decisions import DecisionRepository
 from hitl_grpc.store.engine import READONLY
 from hitl_grpc.store.events import EventLog
 from hitl_grpc.store.refresh_tokens import RefreshTokenRepository
@@ -35,6 +36,7 @@ class UnitOfWork:
     refresh_tokens: RefreshTokenRepository
     audit: AuditLog
     events: EventLog
+    decisions: DecisionRepository
 
     def __init__(self, engine: AsyncEngine, *, readonly: bool = False) -> None:
         self._engine = engine
@@ -69,6 +71,7 @@ class UnitOfWork:
         self.refresh_tokens = RefreshTokenRepository(conn)
         self.audit = AuditLog(conn)
         self.events = EventLog(conn)
+        self.decisions = DecisionRepository(conn)
         return self
 
     async def commit(self) -> None:

@@ -1,0 +1,155 @@
+"""DecisionService: translation to and from the decision operations, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Final, TypeVar
+
+import grpc
+from hitl.v1 import decision_pb2, decision_pb2_grpc
+
+from hitl_grpc.api import convert
+from hitl_grpc.api.watch import WatchServicer
+from hitl_grpc.auth.principal import current_principal
+from hitl_grpc.domain import errors
+from hitl_grpc.domain.decisions import DecisionOperations
+from hitl_grpc.domain.queue import parse_page_request
+from hitl_grpc.domain.validation import parse_analysis_id
+
+Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
+
+# Kept back from the caller's deadline so UNAVAILABLE reaches it before DEADLINE_EXCEEDED.
+DEADLINE_MARGIN_S: Final = 0.05
+
+
+def _version(request: Any) -> int | None:
+    return int(request.expected_version) if request.HasField("expected_version") else None
+
+
+class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
+    """The decision queue; the streaming half is the WatchServicer's."""
+
+    def __init__(
+        self, decisions: DecisionOperations, watch: WatchServicer, *, db_timeout_s: float
+    ) -> None:
+        self._decisions = decisions
+        self._watch = watch
+        self._db_timeout_s = db_timeout_s
+
+    async def _bounded(self, context: Context, work: Awaitable[T]) -> T:
+        """The work, or UNAVAILABLE once the database has had the time the caller allows."""
+        remaining = context.time_remaining()
+        budget = self._db_timeout_s
+        if remaining is not None:
+            budget = min(budget, remaining - DEADLINE_MARGIN_S)
+        try:
+            async with asyncio.timeout(max(budget, 0.001)):
+                return await work
+        except TimeoutError:
+            raise errors.Unavailable("the database did not answer in time, retry later") from None
+
+    async def SubmitDecision(
+        self, request: decision_pb2.SubmitDecisionRequest, context: Context
+    ) -> decision_pb2.SubmitDecisionResponse:
+        draft = convert.analysis_draft_from_proto(request)
+        decision, created = await self._bounded(
+            context, self._decisions.submit(draft, by=current_principal())
+        )
+        return decision_pb2.SubmitDecisionResponse(
+            decision=convert.decision_to_proto(decision), created=created
+        )
+
+    async def GetDecision(
+        self, request: decision_pb2.GetDecisionRequest, context: Context
+    ) -> decision_pb2.GetDecisionResponse:
+        analysis_id = parse_analysis_id(request.analysis_id)
+        decision = await self._bounded(
+            context, self._decisions.get(analysis_id, by=current_principal())
+        )
+        return decision_pb2.GetDecisionResponse(decision=convert.decision_to_proto(decision))
+
+    async def ListPendingDecisions(
+        self, request: decision_pb2.ListPendingDecisionsRequest, context: Context
+    ) -> decision_pb2.ListPendingDecisionsResponse:
+        page = parse_page_request(
+            priorities=[int(p) for p in request.priorities],
+            statuses=[int(s) for s in request.statuses],
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        items, token = await self._bounded(context, self._decisions.list_pending(page))
+        return decision_pb2.ListPendingDecisionsResponse(
+            decisions=[convert.decision_to_proto(d) for d in items], next_page_token=token
+        )
+
+    def WatchPending(
+        self, request: decision_pb2.WatchPendingRequest, context: Context
+    ) -> AsyncIterator[decision_pb2.WatchPendingResponse]:
+        return self._watch.WatchPending(request, context)
+
+    def WatchDecision(
+        self, request: decision_pb2.WatchDecisionRequest, context: Context
+    ) -> AsyncIterator[decision_pb2.WatchDecisionResponse]:
+        return self._watch.WatchDecision(request, context)
+
+    async def ClaimDecision(
+        self, request: decision_pb2.ClaimDecisionRequest, context: Context
+    ) -> decision_pb2.ClaimDecisionResponse:
+        analysis_id = parse_analysis_id(request.analysis_id)
+        decision = await self._bounded(
+            context,
+            self._decisions.claim(
+                analysis_id, by=current_principal(), expected_version=_version(request)
+            ),
+        )
+        return decision_pb2.ClaimDecisionResponse(decision=convert.decision_to_proto(decision))
+
+    async def ReleaseDecision(
+        self, request: decision_pb2.ReleaseDecisionRequest, context: Context
+    ) -> decision_pb2.ReleaseDecisionResponse:
+        analysis_id = parse_analysis_id(request.analysis_id)
+        decision = await self._bounded(
+            context,
+            self._decisions.release(
+                analysis_id, by=current_principal(), expected_version=_version(request)
+            ),
+        )
+        return decision_pb2.ReleaseDecisionResponse(decision=convert.decision_to_proto(decision))
+
+    async def MakeDecision(
+        self, request: decision_pb2.MakeDecisionRequest, context: Context
+    ) -> decision_pb2.MakeDecisionResponse:
+        analysis_id = parse_analysis_id(request.analysis_id)
+        decision = await self._bounded(
+            context,
+            self._decisions.make(
+                analysis_id,
+                convert.verdict_draft_from_proto(request),
+                by=current_principal(),
+                expected_version=_version(request),
+            ),
+        )
+        return decision_pb2.MakeDecisionResponse(decision=convert.decision_to_proto(decision))
+
+    async def EscalateDecision(
+        self, request: decision_pb2.EscalateDecisionRequest, context: Context
+    ) -> decision_pb2.EscalateDecisionResponse:
+        analysis_id = parse_analysis_id(request.analysis_id)
+        decision = await self._bounded(
+            context,
+            self._decisions.escalate(
+                analysis_id,
+                request.reason,
+                by=current_principal(),
+                expected_version=_version(request),
+            ),
+        )
+        return decision_pb2.EscalateDecisionResponse(decision=convert.decision_to_proto(decision))
+
+    async def GetDecisionStats(
+        self, request: decision_pb2.GetDecisionStatsRequest, context: Context
+    ) -> decision_pb2.GetDecisionStatsResponse:
+        stats = await self._bounded(context, self._decisions.stats())
+        return convert.stats_to_proto(stats)

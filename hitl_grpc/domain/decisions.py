@@ -1,0 +1,420 @@
+"""Decision operations over the unit of work: submit, read, queue, claim, decide, sweep."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+from hitl_grpc.domain import errors, lifecycle, validation
+from hitl_grpc.domain.clock import Clock
+from hitl_grpc.domain.ports import EventKind, UnitOfWork, UnitOfWorkFactory
+from hitl_grpc.domain.queue import PageRequest, QueueKey, QueueStats, encode_cursor
+from hitl_grpc.domain.validation import AnalysisDraft, VerdictDraft
+from hitl_grpc.domain.values import (
+    AnalysisId,
+    AuditOutcome,
+    AuditRecord,
+    Decision,
+    Principal,
+    Priority,
+    Resolution,
+    Role,
+    Status,
+)
+
+log = logging.getLogger("hitl_grpc.decisions")
+
+# A transition that lost a race is decided again on what is stored now; a decision
+# changing this often under one caller is better answered ABORTED than spun on.
+_RETRIES: Final = 8
+SWEEP_BATCH: Final = 200
+SLA_REASON: Final = "SLA deadline passed without a verdict"
+
+# A plan turns the decision as stored into the decision to store, or raises why not;
+# the flag says whether the change records an SLA breach.
+Plan = Callable[[Decision, datetime], tuple[Decision, bool]]
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What one sweep changed."""
+
+    expired: int = 0
+    escalated: int = 0
+    released: int = 0
+
+
+def _event_kind(before: Status | None, after: Status) -> EventKind:
+    if after not in lifecycle.OPEN:
+        return EventKind.REMOVED
+    return EventKind.ADDED if before is None else EventKind.UPDATED
+
+
+class DecisionOperations:
+    """Every decision use case; one unit of work each."""
+
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        clock: Clock,
+        *,
+        claim_lease: timedelta,
+        sla: Mapping[Priority, timedelta],
+    ) -> None:
+        self._uow = uow
+        self._clock = clock
+        self._claim_lease = claim_lease
+        self._sla = dict(sla)
+
+    # -- audit and events, written in the transaction of the change ---------------------
+
+    async def _record(
+        self,
+        uow: UnitOfWork,
+        kind: str,
+        *,
+        actor: str,
+        peer: str,
+        before: Decision | None,
+        after: Decision,
+        now: datetime,
+    ) -> None:
+        await uow.events.append(after, _event_kind(before.status if before else None, after.status))
+        await uow.audit.append(
+            AuditRecord(
+                time=now,
+                actor=actor,
+                kind=kind,
+                target=after.analysis_id,
+                peer=peer,
+                outcome=AuditOutcome.SUCCESS,
+                details={
+                    "from": before.status.name if before else "",
+                    "to": after.status.name,
+                    "version": str(after.version),
+                },
+            )
+        )
+
+    # -- submit and read ----------------------------------------------------------------
+
+    async def submit(self, draft: AnalysisDraft, *, by: Principal) -> tuple[Decision, bool]:
+        """Queues an analysis; the same payload again returns the stored decision."""
+        now = self._clock.now()
+        analysis = validation.validate_analysis(draft, now)
+        digest = validation.payload_hash(analysis)
+        decision = Decision(
+            analysis=analysis,
+            status=Status.PENDING,
+            version=1,
+            created_at=now,
+            updated_at=now,
+            sla_deadline=now + self._sla[analysis.priority],
+            submitted_by=by.username,
+        )
+        async with self._uow() as uow:
+            if await uow.decisions.insert(decision, digest):
+                await self._record(
+                    uow,
+                    "decision.submit",
+                    actor=by.username,
+                    peer=by.peer,
+                    before=None,
+                    after=decision,
+                    now=now,
+                )
+                await uow.commit()
+                return decision, True
+            found = await uow.decisions.get_with_hash(analysis.analysis_id)
+        if found is None:  # pragma: no cover - a decision is never deleted
+            raise errors.Unavailable("decision vanished while submitting, retry")
+        existing, existing_digest = found
+        foreign = by.role is Role.SERVICE and existing.submitted_by != by.username
+        if existing_digest != digest or foreign:
+            raise errors.AlreadyExists(
+                f"analysis_id {analysis.analysis_id} was already submitted with another payload"
+            )
+        return existing, False
+
+    async def get(self, analysis_id: AnalysisId, *, by: Principal) -> Decision:
+        """One decision; a SERVICE account sees only the ones it submitted."""
+        async with self._uow(readonly=True) as uow:
+            decision = await uow.decisions.get(analysis_id)
+        if decision is None or (by.role is Role.SERVICE and decision.submitted_by != by.username):
+            raise errors.NotFound(f"no decision {analysis_id}")
+        return decision
+
+    async def list_pending(self, page: PageRequest) -> tuple[list[Decision], str]:
+        """One page of the open queue and the token of the next ("" after the last)."""
+        async with self._uow(readonly=True) as uow:
+            # One row more than the page says whether there is a next page.
+            rows = await uow.decisions.list_open(page.filter, page.after, page.size + 1)
+        items = rows[: page.size]
+        token = ""
+        if len(rows) > page.size:
+            token = encode_cursor(QueueKey.of(items[-1]), page.filter)
+        return items, token
+
+    async def stats(self) -> QueueStats:
+        """The queue's counts and times to decision."""
+        async with self._uow(readonly=True) as uow:
+            return await uow.decisions.stats(self._clock.now())
+
+    # -- transitions --------------------------------------------------------------------
+
+    async def _transition(
+        self,
+        analysis_id: AnalysisId,
+        kind: str,
+        plan: Plan,
+        *,
+        by: Principal,
+        expected_version: int | None,
+    ) -> Decision:
+        for _ in range(_RETRIES):
+            now = self._clock.now()
+            async with self._uow() as uow:
+                current = await uow.decisions.get(analysis_id)
+                if current is None:
+                    raise errors.NotFound(f"no decision {analysis_id}")
+                lifecycle.check_version(current, expected_version)
+                after, breached = plan(current, now)
+                stored = await uow.decisions.replace(current, after, sla_breached=breached)
+                if stored is None:
+                    # Changed between our read and our compare-and-set: judge it again.
+                    continue
+                await self._record(
+                    uow,
+                    kind,
+                    actor=by.username,
+                    peer=by.peer,
+                    before=current,
+                    after=stored,
+                    now=now,
+                )
+                await uow.commit()
+                return stored
+        raise errors.VersionConflict(f"decision {analysis_id} kept changing, retry")
+
+    def _next(self, current: Decision, now: datetime, **changes: object) -> Decision:
+        return dataclasses.replace(
+            current,
+            version=current.version + 1,
+            updated_at=now,
+            **changes,  # type: ignore[arg-type]
+        )
+
+    async def claim(
+        self, analysis_id: AnalysisId, *, by: Principal, expected_version: int | None = None
+    ) -> Decision:
+        """Puts the decision under review by the caller, or renews the caller's lease."""
+
+        def plan(current: Decision, now: datetime) -> tuple[Decision, bool]:
+            lifecycle.check_claim(current, by, now)
+            return (
+                self._next(
+                    current,
+                    now,
+                    status=Status.IN_REVIEW,
+                    claimed_by=by.username,
+                    claim_expires_at=now + self._claim_lease,
+                ),
+                False,
+            )
+
+        return await self._transition(
+            analysis_id, "decision.claim", plan, by=by, expected_version=expected_version
+        )
+
+    async def release(
+        self, analysis_id: AnalysisId, *, by: Principal, expected_version: int | None = None
+    ) -> Decision:
+        """Gives a claimed decision back to the queue."""
+
+        def plan(current: Decision, now: datetime) -> tuple[Decision, bool]:
+            lifecycle.check_release(current, by, now)
+            return (
+                self._next(
+                    current, now, status=Status.PENDING, claimed_by="", claim_expires_at=None
+                ),
+                False,
+            )
+
+        return await self._transition(
+            analysis_id, "decision.release", plan, by=by, expected_version=expected_version
+        )
+
+    async def make(
+        self,
+        analysis_id: AnalysisId,
+        draft: VerdictDraft,
+        *,
+        by: Principal,
+        expected_version: int | None = None,
+    ) -> Decision:
+        """Approves, rejects or escalates, as one compare-and-set."""
+        verdict = validation.validate_verdict(draft)
+        if verdict.status is Status.ESCALATED:
+            return await self.escalate(
+                analysis_id,
+                verdict.escalation_reason,
+                by=by,
+                expected_version=expected_version,
+                notes=verdict.notes,
+            )
+
+        def plan(current: Decision, now: datetime) -> tuple[Decision, bool]:
+            lifecycle.check_resolve(current, verdict.status, by, now)
+            validation.check_drawn_from(
+                verdict.approved_actions, current.analysis.recommended_actions
+            )
+            earlier = current.resolution
+            resolution = Resolution(
+                status=verdict.status,
+                approved_actions=verdict.approved_actions,
+                notes=verdict.notes,
+                # An admin's verdict on an escalated item keeps why it was escalated.
+                escalation_reason=earlier.escalation_reason if earlier else "",
+                decided_by=by.username,
+                decided_at=now,
+            )
+            after = self._next(
+                current,
+                now,
+                status=verdict.status,
+                claimed_by="",
+                claim_expires_at=None,
+                resolution=resolution,
+            )
+            return after, now > current.sla_deadline
+
+        kind = f"decision.{verdict.status.name.lower()}"
+        return await self._transition(
+            analysis_id, kind, plan, by=by, expected_version=expected_version
+        )
+
+    async def escalate(
+        self,
+        analysis_id: AnalysisId,
+        reason: str,
+        *,
+        by: Principal,
+        expected_version: int | None = None,
+        notes: str = "",
+    ) -> Decision:
+        """Hands the decision to an admin, with a reason."""
+        validation.validate_reason(reason, "reason")
+
+        def plan(current: Decision, now: datetime) -> tuple[Decision, bool]:
+            lifecycle.check_resolve(current, Status.ESCALATED, by, now)
+            return self._escalated(current, now, reason, by.username, notes), False
+
+        return await self._transition(
+            analysis_id, "decision.escalate", plan, by=by, expected_version=expected_version
+        )
+
+    def _escalated(
+        self, current: Decision, now: datetime, reason: str, actor: str, notes: str = ""
+    ) -> Decision:
+        return self._next(
+            current,
+            now,
+            status=Status.ESCALATED,
+            claimed_by="",
+            claim_expires_at=None,
+            resolution=Resolution(
+                status=Status.ESCALATED,
+                notes=notes,
+                escalation_reason=reason,
+                decided_by=actor,
+                decided_at=now,
+            ),
+        )
+
+    # -- the sweeper's work -------------------------------------------------------------
+
+    async def sweep(self) -> SweepReport:
+        """Expires, escalates overdue and frees lapsed leases; safe with many replicas."""
+        now = self._clock.now()
+        expired = await self._sweep_kind(
+            "decision.expire",
+            lambda uow: uow.decisions.expired(now, SWEEP_BATCH),
+            self._expire,
+            now,
+        )
+        escalated = await self._sweep_kind(
+            "decision.sla_escalate",
+            lambda uow: uow.decisions.overdue(now, SWEEP_BATCH),
+            self._sla_escalate,
+            now,
+        )
+        released = await self._sweep_kind(
+            "decision.lease_expired",
+            lambda uow: uow.decisions.lapsed_leases(now, SWEEP_BATCH),
+            self._lease_lapsed,
+            now,
+        )
+        return SweepReport(expired, escalated, released)
+
+    def _expire(self, current: Decision, now: datetime) -> tuple[Decision, bool]:
+        earlier = current.resolution
+        resolution = Resolution(
+            status=Status.EXPIRED,
+            escalation_reason=earlier.escalation_reason if earlier else "",
+            decided_by=lifecycle.SYSTEM_ACTOR,
+            decided_at=now,
+        )
+        after = self._next(
+            current,
+            now,
+            status=Status.EXPIRED,
+            claimed_by="",
+            claim_expires_at=None,
+            resolution=resolution,
+        )
+        return after, now > current.sla_deadline
+
+    def _sla_escalate(self, current: Decision, now: datetime) -> tuple[Decision, bool]:
+        return self._escalated(current, now, SLA_REASON, lifecycle.SYSTEM_ACTOR), True
+
+    def _lease_lapsed(self, current: Decision, now: datetime) -> tuple[Decision, bool]:
+        after = self._next(
+            current, now, status=Status.PENDING, claimed_by="", claim_expires_at=None
+        )
+        return after, False
+
+    async def _sweep_kind(
+        self,
+        kind: str,
+        candidates: Callable[[UnitOfWork], Awaitable[list[Decision]]],
+        plan: Plan,
+        now: datetime,
+    ) -> int:
+        changed = 0
+        while True:
+            async with self._uow() as uow:
+                due = await candidates(uow)
+                won = 0
+                for current in due:
+                    after, breached = plan(current, now)
+                    stored = await uow.decisions.replace(current, after, sla_breached=breached)
+                    if stored is None:
+                        continue  # another replica (or a caller) got there first
+                    won += 1
+                    await self._record(
+                        uow,
+                        kind,
+                        actor=lifecycle.SYSTEM_ACTOR,
+                        peer="",
+                        before=current,
+                        after=stored,
+                        now=now,
+                    )
+                await uow.commit()
+            changed += won
+            if len(due) < SWEEP_BATCH or won == 0:
+                return changed

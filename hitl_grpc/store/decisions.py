@@ -1,0 +1,274 @@
+"""Decisions: reads, the queue, and every change as one conditional UPDATE ... RETURNING."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Final, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal_column,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from hitl_grpc.domain import lifecycle
+from hitl_grpc.domain.queue import QueueFilter, QueueKey, QueueStats, WindowStats
+from hitl_grpc.domain.values import AnalysisId, Decision, Priority, Status
+from hitl_grpc.store.codec import decision_from_row, decision_to_row
+from hitl_grpc.store.tables import TIME, decisions
+
+# Lifecycle columns: what a transition may change. The analysis itself never changes.
+_LIFECYCLE_COLUMNS: Final = (
+    "status",
+    "version",
+    "updated_at",
+    "claimed_by",
+    "claim_expires_at",
+    "resolution_status",
+    "approved_actions",
+    "notes",
+    "escalation_reason",
+    "decided_by",
+    "decided_at",
+)
+
+
+def _status_in(statuses: frozenset[Status]) -> ColumnElement[bool]:
+    # Literal numbers, not bound parameters: the partial indexes' predicates must be
+    # provable from the query text, which a prepared (generic) plan can't do with $1.
+    numbers = ", ".join(str(int(s)) for s in sorted(statuses))
+    return text(f"decisions.status IN ({numbers})")  # type: ignore[return-value]
+
+
+_OPEN: Final = _status_in(lifecycle.OPEN)
+_WORKABLE: Final = _status_in(lifecycle.WORKABLE)
+
+
+def _duration_s(conn: AsyncConnection) -> ColumnElement[Any]:
+    """Seconds from submission to verdict, computed by the database."""
+    c = decisions.c
+    if conn.dialect.name == "postgresql":
+        return func.extract("epoch", c.decided_at - c.created_at)
+    return (func.julianday(c.decided_at) - func.julianday(c.created_at)) * literal_column(
+        "86400.0", Float
+    )
+
+
+def _decision(row: Row[Any]) -> Decision:
+    return decision_from_row(cast("Mapping[str, Any]", row._mapping))
+
+
+class DecisionRepository:
+    """Decisions, read and written in the caller's transaction."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self._postgres = conn.dialect.name == "postgresql"
+
+    async def insert(self, decision: Decision, payload_hash: str) -> bool:
+        """Adds a new decision; False (and no change) if its analysis_id is taken."""
+        values = {**decision_to_row(decision), "payload_hash": payload_hash}
+        dialect_insert = postgresql.insert if self._postgres else sqlite.insert
+        # ON CONFLICT DO NOTHING: concurrent identical submits wait on the key, then
+        # one inserts and the others see the committed row, with no error to retry.
+        stmt = (
+            dialect_insert(decisions)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=[decisions.c.analysis_id])
+            .returning(decisions.c.analysis_id)
+        )
+        return (await self._conn.execute(stmt)).first() is not None
+
+    async def get(self, analysis_id: AnalysisId) -> Decision | None:
+        """One decision, or None."""
+        row = (
+            await self._conn.execute(
+                select(decisions).where(decisions.c.analysis_id == analysis_id)
+            )
+        ).one_or_none()
+        return _decision(row) if row else None
+
+    async def get_with_hash(self, analysis_id: AnalysisId) -> tuple[Decision, str] | None:
+        """One decision and the hash of the payload it was submitted with."""
+        row = (
+            await self._conn.execute(
+                select(decisions).where(decisions.c.analysis_id == analysis_id)
+            )
+        ).one_or_none()
+        return (_decision(row), row.payload_hash) if row else None
+
+    async def replace(
+        self, before: Decision, after: Decision, *, sla_breached: bool = False
+    ) -> Decision | None:
+        """Writes `after` only if the row is still at `before`'s status and version."""
+        row = decision_to_row(after)
+        values: dict[str, Any] = {name: row[name] for name in _LIFECYCLE_COLUMNS}
+        if sla_breached:
+            values["sla_breached"] = True
+        stmt = (
+            update(decisions)
+            .where(
+                decisions.c.analysis_id == before.analysis_id,
+                decisions.c.status == int(before.status),
+                decisions.c.version == before.version,
+            )
+            .values(**values)
+            .returning(*decisions.c)
+        )
+        result = (await self._conn.execute(stmt)).one_or_none()
+        return _decision(result) if result else None
+
+    async def list_open(
+        self, queue_filter: QueueFilter, after: QueueKey | None, limit: int
+    ) -> list[Decision]:
+        """Open decisions in queue order, strictly after `after`."""
+        c = decisions.c
+        stmt = select(decisions).where(_OPEN)
+        if queue_filter.priorities:
+            stmt = stmt.where(c.priority.in_(sorted(int(p) for p in queue_filter.priorities)))
+        if queue_filter.statuses:
+            stmt = stmt.where(c.status.in_(sorted(int(s) for s in queue_filter.statuses)))
+        if after is not None:
+            stmt = stmt.where(
+                tuple_(c.priority, c.created_at, c.analysis_id)
+                > tuple_(
+                    bindparam("after_p", int(after.priority), type_=c.priority.type),
+                    bindparam("after_c", after.created_at, type_=TIME),
+                    bindparam("after_i", after.analysis_id, type_=c.analysis_id.type),
+                )
+            )
+        stmt = stmt.order_by(c.priority, c.created_at, c.analysis_id).limit(limit)
+        rows = (await self._conn.execute(stmt)).all()
+        return [_decision(r) for r in rows]
+
+    async def _due(self, condition: ColumnElement[bool], order: Any, limit: int) -> list[Decision]:
+        # One order for every replica: two sweepers lock rows in the same sequence,
+        # so racing over the same rows can block but never deadlock.
+        stmt = (
+            select(decisions).where(condition).order_by(order, decisions.c.analysis_id).limit(limit)
+        )
+        rows = (await self._conn.execute(stmt)).all()
+        return [_decision(r) for r in rows]
+
+    async def expired(self, now: datetime, limit: int) -> list[Decision]:
+        """Open decisions past their expires_at."""
+        c = decisions.c
+        return await self._due(
+            and_(_OPEN, c.expires_at.is_not(None), c.expires_at <= now), c.expires_at, limit
+        )
+
+    async def overdue(self, now: datetime, limit: int) -> list[Decision]:
+        """PENDING or IN_REVIEW decisions past their SLA deadline."""
+        c = decisions.c
+        return await self._due(and_(_WORKABLE, c.sla_deadline <= now), c.sla_deadline, limit)
+
+    async def lapsed_leases(self, now: datetime, limit: int) -> list[Decision]:
+        """IN_REVIEW decisions whose lease ran out."""
+        c = decisions.c
+        # _WORKABLE matches ix_decisions_open_sla's predicate, so this scans only open rows.
+        return await self._due(
+            and_(
+                _WORKABLE,
+                c.status == int(Status.IN_REVIEW),
+                c.claim_expires_at <= now,
+            ),
+            c.claim_expires_at,
+            limit,
+        )
+
+    async def stats(self, now: datetime) -> QueueStats:
+        """Counts and times to decision, aggregated by the database."""
+        c = decisions.c
+        open_rows = (
+            await self._conn.execute(
+                select(c.status, c.priority, func.count())
+                .where(_OPEN)
+                .group_by(c.status, c.priority)
+            )
+        ).all()
+        by_status: dict[int, int] = {}
+        pending_by_priority = {p: 0 for p in Priority}
+        for status, priority, count in open_rows:
+            by_status[status] = by_status.get(status, 0) + count
+            if status == Status.PENDING:
+                pending_by_priority[Priority(priority)] = count
+        return QueueStats(
+            pending_by_priority=pending_by_priority,
+            pending=by_status.get(Status.PENDING, 0),
+            in_review=by_status.get(Status.IN_REVIEW, 0),
+            escalated=by_status.get(Status.ESCALATED, 0),
+            last_24h=await self._window(now - timedelta(hours=24)),
+            all_time=await self._window(None),
+        )
+
+    async def _window(self, since: datetime | None) -> WindowStats:
+        c = decisions.c
+
+        def count_if(condition: ColumnElement[bool]) -> ColumnElement[Any]:
+            return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+        counts = select(
+            func.count(),
+            count_if(c.status == int(Status.APPROVED)),
+            count_if(c.status == int(Status.REJECTED)),
+            # Ever escalated, by hand or by SLA: the reason outlives the escalated state.
+            count_if(c.escalation_reason.is_not(None)),
+            count_if(c.status == int(Status.EXPIRED)),
+            count_if(c.sla_breached.is_(True)),
+        )
+        if since is not None:
+            counts = counts.where(c.created_at >= since)
+        submitted, approved, rejected, escalated, expired, breaches = (
+            await self._conn.execute(counts)
+        ).one()
+
+        duration = _duration_s(self._conn)
+        verdict = c.status.in_([int(Status.APPROVED), int(Status.REJECTED)])
+        ranked = select(
+            duration.label("d"),
+            func.row_number().over(order_by=duration).label("rn"),
+            func.count().over().label("n"),
+        ).where(verdict, c.decided_at.is_not(None))
+        if since is not None:
+            ranked = ranked.where(c.decided_at >= since)
+        r = ranked.subquery()
+
+        def nearest_rank(numerator: int, denominator: int) -> ColumnElement[Any]:
+            # The nearest-rank percentile: the smallest value at rank >= ceil(p * n),
+            # with integer arithmetic so both backends agree to the row.
+            rank = (r.c.n * numerator + denominator - 1) // denominator
+            return func.min(case((r.c.rn >= rank, r.c.d)))
+
+        decided, avg_s, p50_s, p90_s = (
+            await self._conn.execute(
+                select(func.count(), func.avg(r.c.d), nearest_rank(1, 2), nearest_rank(9, 10))
+            )
+        ).one()
+
+        def seconds(value: Any) -> timedelta | None:
+            return None if value is None else timedelta(seconds=float(value))
+
+        return WindowStats(
+            submitted=int(submitted),
+            approved=int(approved),
+            rejected=int(rejected),
+            escalated=int(escalated),
+            expired=int(expired),
+            decided=int(decided),
+            avg_time_to_decision=seconds(avg_s),
+            p50_time_to_decision=seconds(p50_s),
+            p90_time_to_decision=seconds(p90_s),
+            sla_breaches=int(breaches),
+        )

@@ -1,0 +1,62 @@
+"""The background sweeper: expiry, SLA escalation and lapsed leases, on every replica."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from hitl_grpc.domain import errors
+from hitl_grpc.domain.decisions import DecisionOperations, SweepReport
+
+log = logging.getLogger("hitl_grpc.sweeper")
+
+
+class Sweeper:
+    """Runs DecisionOperations.sweep every interval; every replica may run one.
+
+    Each change is a compare-and-set on version, so replicas sweeping the same rows
+    at once change each row exactly once; the losers skip it.
+    """
+
+    def __init__(self, decisions: DecisionOperations, *, interval_s: float) -> None:
+        self._decisions = decisions
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self.sweeps = 0
+
+    async def sweep_once(self) -> SweepReport:
+        """One pass over every kind of due work."""
+        report = await self._decisions.sweep()
+        self.sweeps += 1
+        if report != SweepReport():
+            log.info(
+                "sweep: %d expired, %d escalated, %d leases lapsed",
+                report.expired,
+                report.escalated,
+                report.released,
+            )
+        return report
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except errors.Unavailable:
+                log.warning("sweep skipped: database unavailable")
+            except Exception:
+                log.exception("sweep failed")
+            await asyncio.sleep(self._interval_s)
+
+    def start(self) -> None:
+        """Starts sweeping in the background."""
+        self._task = asyncio.create_task(self._run(), name="hitl-sweeper")
+
+    async def stop(self) -> None:
+        """Stops sweeping; a sweep in progress is rolled back."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None

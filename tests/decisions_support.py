@@ -1,0 +1,90 @@
+"""Shared builders for the decision lifecycle tests."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from hitl.v1 import decision_pb2
+from sqlalchemy import text
+
+from tests.harness import Harness, Metadata
+
+
+def ts(value: datetime) -> Timestamp:
+    """A Timestamp for a datetime."""
+    out = Timestamp()
+    out.FromDatetime(value.astimezone(UTC))
+    return out
+
+
+def sample_request(
+    analysis_id: str | None = None, **fields: Any
+) -> decision_pb2.SubmitDecisionRequest:
+    """A valid submission; keyword arguments override fields."""
+    base: dict[str, Any] = {
+        "analysis_id": analysis_id or f"an-{uuid.uuid4().hex}",
+        "incident_id": "inc-1",
+        "threat_level": "high",
+        "source_ip": "203.0.113.7",
+        "attributed_actor": "APT-Example",
+        "confidence": 87.5,
+        "iocs": ["evil.example", "198.51.100.9"],
+        "ttps": ["T1059", "T1566.001"],
+        "recommended_actions": [
+            decision_pb2.Action(
+                type=decision_pb2.ACTION_TYPE_BLOCK_IP, target="203.0.113.7", description="block"
+            ),
+            decision_pb2.Action(
+                type=decision_pb2.ACTION_TYPE_QUARANTINE_SYSTEM, target="host-7", description=""
+            ),
+        ],
+        "forensic_summary": "lateral movement observed",
+        "priority": decision_pb2.PRIORITY_HIGH,
+        "detected_at": ts(datetime.now(UTC) - timedelta(minutes=5)),
+    }
+    base.update(fields)
+    return decision_pb2.SubmitDecisionRequest(**base)
+
+
+async def submit(
+    server: Harness, metadata: Metadata, analysis_id: str | None = None, **fields: Any
+) -> decision_pb2.Decision:
+    """Submits a sample and returns the stored decision."""
+    reply = await server.decisions.SubmitDecision(
+        sample_request(analysis_id, **fields), metadata=metadata, timeout=10
+    )
+    return reply.decision
+
+
+def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The google.rpc.BadRequest field violations of an INVALID_ARGUMENT error."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, "no rich status details"
+    found: dict[str, str] = {}
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            for v in bad.field_violations:
+                found[v.field] = v.description
+    return found
+
+
+async def scalar(server: Harness, sql: str, **params: Any) -> Any:
+    """One value read straight from the test's database."""
+    async with server.running.engine.connect() as conn:
+        return (await conn.execute(text(sql), params)).scalar_one()
+
+
+async def statuses(server: Harness, ids: Sequence[str]) -> dict[str, int]:
+    """The stored status of each decision."""
+    async with server.running.engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT analysis_id, status FROM decisions"))).all()
+    wanted = set(ids)
+    return {r[0]: r[1] for r in rows if r[0] in wanted}
