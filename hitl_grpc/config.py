@@ -71,6 +71,8 @@ class Settings:
     password_time_cost: int = 2
     password_parallelism: int = 1
     watch_queue_size: int = 1024
+    # How often the event reader reads the log without a wake-up (a lost NOTIFY).
+    watch_catchup_s: float = 1.0
     log_level: str = "INFO"
 
     @property
@@ -172,6 +174,9 @@ class Settings:
             ),
             watch_queue_size=int(
                 reader.number("HITL_WATCH_QUEUE_SIZE", defaults.watch_queue_size, 8, 1_000_000)
+            ),
+            watch_catchup_s=reader.number(
+                "HITL_WATCH_CATCHUP_S", defaults.watch_catchup_s, 0.05, 3600
             ),
             log_level=reader.get("HITL_LOG_LEVEL", defaults.log_level, _log_level),
         )

@@ -32,8 +32,18 @@ def wrap_handler(handler: Handler, around: Around) -> Handler:
 
     def streaming(behavior: Any) -> Any:
         if not inspect.isasyncgenfunction(behavior):
-            # Some streaming handlers (grpc's health Watch) write through context.write.
-            return unary(behavior)
+            # Some streaming handlers (grpc's health Watch) write through context.write;
+            # others are plain methods returning an async iterator (a delegate).
+            async def written(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                async with around(context):
+                    result = behavior(request, context)
+                    if inspect.isawaitable(result):
+                        await result
+                        return
+                    async for response in result:
+                        await context.write(response)
+
+            return written
 
         async def call(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]

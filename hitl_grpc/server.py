@@ -37,6 +37,7 @@ from hitl_grpc.auth.policy import load_policies
 from hitl_grpc.auth.tokens import TokenIssuer
 from hitl_grpc.config import Settings
 from hitl_grpc.domain.clock import Clock, SystemClock
+from hitl_grpc.events.hub import EventHub
 from hitl_grpc.domain.errors import InvalidField
 from hitl_grpc.observability import AccessLogInterceptor, RpcMetrics
 from hitl_grpc.store import schema
@@ -77,6 +78,7 @@ class RunningServer:
     generated_admin_password: str | None = None
     metrics_port: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    hub: EventHub | None = None
 
 
 async def open_store(settings: Settings, *, create: bool = True) -> AsyncEngine:
@@ -140,6 +142,19 @@ async def running_server(
         engine = await open_store(settings)
         stack.push_async_callback(engine.dispose)
         uow = UnitOfWorkFactory(engine)
+        # One reader of the event log per process, fanning out to every local watcher.
+        hub = EventHub(
+            engine,
+            clock,
+            queue_size=settings.watch_queue_size,
+            catchup_s=settings.watch_catchup_s,
+            retention=settings.event_retention,
+            prune_interval_s=settings.sweep_interval_s,
+            listen_timeout_s=settings.db_timeout_s,
+        )
+        await hub.start()
+        stack.push_async_callback(hub.close)
+        uow.after_commit = hub.wake
 
         cpu_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="hash")
         stack.callback(cpu_pool.shutdown, wait=False, cancel_futures=True)
@@ -218,9 +233,13 @@ async def running_server(
             health=health,
             generated_admin_password=generated,
             metrics_port=metrics_port,
+            hub=hub,
         )
         try:
             yield running
         finally:
             await health.enter_graceful_shutdown()
+            # Watches end now with UNAVAILABLE (clients resume elsewhere) instead of
+            # holding the grace period and being cancelled at its end.
+            await hub.close()
             await asyncio.shield(server.stop(settings.shutdown_grace_s))

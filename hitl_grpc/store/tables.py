@@ -190,5 +190,17 @@ decision_events = Table(
     Column("payload", JSON, nullable=False),
     Index("ix_decision_events_time", "time"),
     Index("ix_decision_events_analysis_id", "analysis_id", "position"),
+    # The read order on PostgreSQL: (txid, position), below the commit horizon.
+    Index("ix_decision_events_txid_position", "txid", "position"),
     sqlite_autoincrement=True,
+)
+
+# One row (id 1): the last (txid, position) pruned from decision_events. A resume cursor
+# below it may have lost events in between, so it is answered with OUT_OF_RANGE.
+decision_event_horizon = Table(
+    "decision_event_horizon",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("txid", BigInteger, nullable=False),
+    Column("position", BigInteger, nullable=False),
 )

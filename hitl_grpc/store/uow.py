@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -38,9 +39,16 @@ class UnitOfWork:
     events: EventLog
     decisions: DecisionRepository
 
-    def __init__(self, engine: AsyncEngine, *, readonly: bool = False) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        readonly: bool = False,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
         self._engine = engine
         self._readonly = readonly
+        self._after_commit = after_commit
         self._conn: AsyncConnection | None = None
 
     @property
@@ -77,6 +85,9 @@ class UnitOfWork:
     async def commit(self) -> None:
         """Makes every change of this unit durable at once."""
         await self.connection.commit()
+        if self.events.appended and self._after_commit is not None:
+            # Wakes this process's event reader; other processes learn by NOTIFY.
+            self._after_commit()
 
     async def __aexit__(
         self,
@@ -114,7 +125,9 @@ class UnitOfWorkFactory:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # Set by the server once its event reader exists.
+        self.after_commit: Callable[[], None] | None = None
 
     def __call__(self, *, readonly: bool = False) -> UnitOfWork:
         """A new, not yet entered, unit of work."""
-        return UnitOfWork(self.engine, readonly=readonly)
+        return UnitOfWork(self.engine, readonly=readonly, after_commit=self.after_commit)

@@ -62,6 +62,18 @@ def upgrade() -> None:
             "ix_decision_events_analysis_id", ["analysis_id", "position"], unique=False
         )
         batch_op.create_index("ix_decision_events_time", ["time"], unique=False)
+        batch_op.create_index(
+            "ix_decision_events_txid_position", ["txid", "position"], unique=False
+        )
+
+    horizon = op.create_table(
+        "decision_event_horizon",
+        sa.Column("id", sa.SmallInteger(), autoincrement=False, nullable=False),
+        sa.Column("txid", sa.BigInteger(), nullable=False),
+        sa.Column("position", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_decision_event_horizon")),
+    )
+    op.bulk_insert(horizon, [{"id": 1, "txid": 0, "position": 0}])
 
     op.create_table(
         "decisions",
@@ -229,7 +241,9 @@ def downgrade() -> None:
         batch_op.drop_index("ix_decisions_created_at")
 
     op.drop_table("decisions")
+    op.drop_table("decision_event_horizon")
     with op.batch_alter_table("decision_events", schema=None) as batch_op:
+        batch_op.drop_index("ix_decision_events_txid_position")
         batch_op.drop_index("ix_decision_events_time")
         batch_op.drop_index("ix_decision_events_analysis_id")
 

@@ -1,0 +1,303 @@
+"""One event reader per process, fanning the outbox out to every local watcher.
+
+The reader wakes on a signal (a local commit, a PostgreSQL NOTIFY from any replica) or
+on a catch-up timer, reads the next batch of committed events once, and offers each
+event to every matching subscription. Subscriptions hold bounded queues: a watcher that
+falls behind is dropped (and told so) instead of stalling the reader or the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Final
+
+import psycopg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from hitl_grpc.domain import errors
+from hitl_grpc.domain.clock import Clock
+from hitl_grpc.domain.values import AnalysisId, Priority
+from hitl_grpc.store.events import NOTIFY_CHANNEL
+from hitl_grpc.store.outbox import EventPosition, EventStore, StoredEvent
+
+log = logging.getLogger("hitl_grpc.events")
+
+BATCH: Final = 500
+# Retry delays while events are held back behind an open transaction (PostgreSQL).
+HELD_BACK_FIRST_S: Final = 0.005
+ERROR_BACKOFF_MAX_S: Final = 5.0
+
+
+class Subscription:
+    """One watcher's bounded queue of events, fed by the hub."""
+
+    __slots__ = ("_capacity", "_ended", "_hub", "_match", "_queue", "_waiter", "key")
+
+    def __init__(
+        self,
+        hub: EventHub,
+        capacity: int,
+        match: Callable[[StoredEvent], bool] | None,
+        key: AnalysisId | None,
+    ) -> None:
+        self._hub = hub
+        self._capacity = capacity
+        self._match = match
+        self._queue: deque[StoredEvent] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._ended: errors.DomainError | None = None
+        self.key = key
+
+    def offer(self, event: StoredEvent) -> bool:
+        """Queues an event; False (and the subscription ended) if the queue is full."""
+        if self._match is not None and not self._match(event):
+            return True
+        if len(self._queue) >= self._capacity:
+            self.end(
+                errors.ResourceExhausted(
+                    "watcher fell behind the event stream; resume from the last cursor"
+                )
+            )
+            return False
+        self._queue.append(event)
+        self._wake()
+        return True
+
+    def end(self, reason: errors.DomainError) -> None:
+        """Ends the subscription: the watcher's next get() raises `reason`."""
+        if self._ended is None:
+            self._ended = reason
+            self._queue.clear()  # what a dropped watcher missed it re-reads on resume
+            self._hub.forget(self)
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    @property
+    def idle(self) -> bool:
+        """Whether every event offered so far has been taken."""
+        return not self._queue
+
+    async def get(self, timeout_s: float | None) -> StoredEvent | None:
+        """The next event; None if none came within `timeout_s`."""
+        if not self._queue and self._ended is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout_s)
+            except TimeoutError:
+                return None
+            finally:
+                self._waiter = None
+        if self._ended is not None:
+            raise self._ended
+        return self._queue.popleft()
+
+    def close(self) -> None:
+        """The watcher is gone."""
+        if self._ended is None:
+            self._ended = errors.Unavailable("watch closed")
+            self._queue.clear()
+            self._hub.forget(self)
+
+
+class EventHub:
+    """The process's one reader of the outbox and its subscriptions."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Clock,
+        *,
+        queue_size: int,
+        catchup_s: float,
+        retention: timedelta,
+        prune_interval_s: float,
+        listen_timeout_s: float = 5.0,
+    ) -> None:
+        self.store = EventStore(engine)
+        self._engine = engine
+        self._clock = clock
+        self._queue_size = queue_size
+        self._catchup_s = catchup_s
+        self._retention = retention
+        self._prune_interval_s = prune_interval_s
+        self._listen_timeout_s = listen_timeout_s
+        self.head: EventPosition = (0, 0)
+        self._wake = asyncio.Event()
+        self._all: set[Subscription] = set()
+        self._by_id: dict[AnalysisId, set[Subscription]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._notified_txid = 0
+        self._listening = asyncio.Event()
+        # Observability and tests: reads of the log, and reads finished.
+        self.reads = 0
+        self._reads_started = 0
+        self._read_done = asyncio.Condition()
+
+    @property
+    def watchers(self) -> int:
+        """Live subscriptions in this process."""
+        return len(self._all) + sum(len(s) for s in self._by_id.values())
+
+    async def start(self) -> None:
+        """Reads where the log ends now and starts the reader, listener and pruner."""
+        self.head = await self.store.head()
+        self._tasks.append(asyncio.create_task(self._read_loop(), name="hitl-event-reader"))
+        self._tasks.append(asyncio.create_task(self._prune_loop(), name="hitl-event-pruner"))
+        if self.store.postgres:
+            self._tasks.append(asyncio.create_task(self._listen_loop(), name="hitl-event-listen"))
+            # Until LISTEN is in place another replica's commit would only arrive by catch-up.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listening.wait(), self._listen_timeout_s)
+            if not self._listening.is_set():
+                log.warning("LISTEN %s not established yet; relying on catch-up", NOTIFY_CHANNEL)
+
+    async def close(self) -> None:
+        """Ends every watch with UNAVAILABLE (clients reconnect elsewhere) and stops."""
+        self._closing = True
+        for sub in [*self._all, *(s for subs in self._by_id.values() for s in subs)]:
+            sub.end(errors.Unavailable("server is shutting down; reconnect and resume"))
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def wake(self) -> None:
+        """Something was committed: read the log soon."""
+        self._wake.set()
+
+    def subscribe(self, priorities: Iterable[Priority] = ()) -> Subscription:
+        """A subscription to every event (of these priorities, if any) after `head`."""
+        wanted = frozenset(priorities)
+        match = (lambda e: e.priority in wanted) if wanted else None
+        sub = Subscription(self, self._queue_size, match, None)
+        self._register(sub)
+        self._all.add(sub)
+        return sub
+
+    def subscribe_decision(self, analysis_id: AnalysisId) -> Subscription:
+        """A subscription to one decision's events after `head`."""
+        sub = Subscription(self, self._queue_size, None, analysis_id)
+        self._register(sub)
+        self._by_id.setdefault(analysis_id, set()).add(sub)
+        return sub
+
+    def _register(self, sub: Subscription) -> None:
+        if self._closing:
+            raise errors.Unavailable("server is shutting down; reconnect and resume")
+
+    def forget(self, sub: Subscription) -> None:
+        """Drops a subscription from the fan-out."""
+        if sub.key is None:
+            self._all.discard(sub)
+            return
+        subs = self._by_id.get(sub.key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_id[sub.key]
+
+    async def sync(self) -> None:
+        """Waits for a read of the log that started after this call (tests, tools)."""
+        target = self._reads_started + 1
+        self.wake()
+        async with self._read_done:
+            await self._read_done.wait_for(lambda: self.reads >= target)
+
+    async def prune(self) -> int:
+        """Deletes events older than the retention; returns how many."""
+        return await self.store.prune(self._clock.now() - self._retention)
+
+    def _fan_out(self, events: Iterable[StoredEvent]) -> None:
+        for event in events:
+            for sub in list(self._all):
+                sub.offer(event)
+            for sub in list(self._by_id.get(event.analysis_id, ())):
+                sub.offer(event)
+            self.head = event.key
+
+    async def _read_once(self) -> bool:
+        """Reads and fans out everything committed; True if some events are held back."""
+        self._reads_started += 1
+        try:
+            while True:
+                batch = await self.store.read_new(self.head, BATCH)
+                self._fan_out(batch.events)
+                if len(batch.events) < BATCH:
+                    return self.store.postgres and self._notified_txid >= batch.xmin
+        finally:
+            async with self._read_done:
+                self.reads += 1
+                self._read_done.notify_all()
+
+    async def _read_loop(self) -> None:
+        delay: float | None = None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay or self._catchup_s)
+            self._wake.clear()
+            try:
+                held_back = await self._read_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("reading the event log failed; retrying", exc_info=True)
+                delay = min((delay or 0.1) * 2, ERROR_BACKOFF_MAX_S)
+                continue
+            # An event committed behind an older open transaction shows once it ends,
+            # which sends no notification of its own: look again shortly.
+            delay = min((delay or HELD_BACK_FIRST_S) * 2, self._catchup_s) if held_back else None
+
+    async def _listen_loop(self) -> None:
+        url = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        backoff = 0.1
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    url,
+                    autocommit=True,
+                    connect_timeout=max(1, int(self._listen_timeout_s)),
+                    application_name="hitl-grpc-listen",
+                    keepalives=1,
+                    keepalives_idle=10,
+                    keepalives_interval=5,
+                    keepalives_count=3,
+                )
+                async with conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self._listening.set()
+                    backoff = 0.1
+                    self.wake()  # whatever was committed while not listening
+                    async for note in conn.notifies():
+                        with contextlib.suppress(ValueError):
+                            self._notified_txid = max(self._notified_txid, int(note.payload))
+                        self.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._listening.clear()
+                log.warning("event listener lost its connection (%s); reconnecting", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, ERROR_BACKOFF_MAX_S)
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._prune_interval_s)
+            try:
+                pruned = await self.prune()
+                if pruned:
+                    log.info("pruned %d events older than %s", pruned, self._retention)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("pruning the event log failed", exc_info=True)
