@@ -118,7 +118,7 @@ async def test_resume_after_disconnects_has_no_gap_and_no_duplicate(server: Harn
     analyst = await server.as_role(Role.ANALYST)
     total = 1000
     rng = random.Random(6)
-    sizes = []
+    sizes: list[int] = []
     while sum(sizes) < total:
         sizes.append(min(rng.randint(1, 6), total - sum(sizes)))
 

@@ -121,7 +121,7 @@ def event_of(reply: decision_pb2.WatchPendingResponse) -> tuple[str, str, int]:
 
 async def until_live(stream: AsyncIterator[decision_pb2.WatchPendingResponse]) -> list[str]:
     """Reads the snapshot; returns its analysis ids (the stream is then live)."""
-    ids = []
+    ids: list[str] = []
     while True:
         reply = await next_of(stream)
         if reply.HasField("snapshot_complete"):
