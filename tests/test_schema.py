@@ -1,5 +1,8 @@
 """The migrations build exactly the schema the code expects, and a foreign schema is refused."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -43,3 +46,28 @@ async def test_unreachable_database_is_a_startup_error() -> None:
     url = "postgresql://postgres@127.0.0.1:1/none"
     with pytest.raises(StartupError, match="cannot open database"):
         await open_store(Settings.for_tests(url, db_timeout_s=1))
+
+
+async def test_schema_behind_the_build_is_refused_until_migrated(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A build one migration ahead of the database: a copy of ours plus revision 0002.
+    newer = tmp_path / "migrations"
+    shutil.copytree(schema.MIGRATIONS, newer)
+    (newer / "versions" / "0002_next.py").write_text(
+        '"""next"""\n'
+        "import sqlalchemy as sa\n"
+        "from alembic import op\n\n"
+        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        "def upgrade() -> None:\n"
+        '    op.create_table("next_table", sa.Column("id", sa.Integer, primary_key=True))\n'
+    )
+    monkeypatch.setattr(schema, "MIGRATIONS", newer)
+    with pytest.raises(StartupError, match="behind this build"):
+        await open_store(Settings.for_tests(database_url))
+    engine = make_engine(database_url, timeout_s=5)
+    try:
+        await schema.upgrade(engine)
+        assert await schema.state(engine) is schema.SchemaState.CURRENT
+    finally:
+        await engine.dispose()
