@@ -67,6 +67,10 @@ class Settings:
     db_check_interval_s: float = 2.0
     login_max_failures: int = 5
     login_window: timedelta = timedelta(minutes=15)
+    # Per client address: higher, since many people may share one NAT or proxy address.
+    login_max_failures_per_peer: int = 20
+    # The first lockout; each further one doubles, up to a day.
+    login_lockout: timedelta = timedelta(minutes=1)
     password_memory_kib: int = 19_456
     password_time_cost: int = 2
     password_parallelism: int = 1
@@ -163,6 +167,15 @@ class Settings:
                 reader.number("HITL_LOGIN_MAX_FAILURES", defaults.login_max_failures, 1, 1000)
             ),
             login_window=reader.seconds("HITL_LOGIN_WINDOW_S", defaults.login_window, minimum=1),
+            login_max_failures_per_peer=int(
+                reader.number(
+                    "HITL_LOGIN_MAX_FAILURES_PER_PEER",
+                    defaults.login_max_failures_per_peer,
+                    1,
+                    100_000,
+                )
+            ),
+            login_lockout=reader.seconds("HITL_LOGIN_LOCKOUT_S", defaults.login_lockout, minimum=1),
             password_memory_kib=int(
                 reader.number("HITL_PASSWORD_MEMORY_KIB", defaults.password_memory_kib, 8, 2**22)
             ),

@@ -27,6 +27,7 @@ from hitl.v1 import (
 from prometheus_client import CollectorRegistry, start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from hitl_grpc.api.audit import AuditServicer
 from hitl_grpc.api.auth import AuthServicer
 from hitl_grpc.api.errors import ErrorInterceptor
 from hitl_grpc.auth.accounts import Accounts, TokenLifetimes
@@ -34,11 +35,12 @@ from hitl_grpc.auth.interceptor import AuthInterceptor
 from hitl_grpc.auth.keys import load_signing_keys
 from hitl_grpc.auth.passwords import HashParams, Passwords
 from hitl_grpc.auth.policy import load_policies
+from hitl_grpc.auth.throttle import LoginLimits
 from hitl_grpc.auth.tokens import TokenIssuer
 from hitl_grpc.config import Settings
 from hitl_grpc.domain.clock import Clock, SystemClock
-from hitl_grpc.events.hub import EventHub
 from hitl_grpc.domain.errors import InvalidField
+from hitl_grpc.events.hub import EventHub
 from hitl_grpc.observability import AccessLogInterceptor, RpcMetrics
 from hitl_grpc.store import schema
 from hitl_grpc.store.engine import make_engine
@@ -175,7 +177,13 @@ async def running_server(
         lifetimes = TokenLifetimes(
             settings.access_token_ttl, settings.refresh_token_ttl, settings.mfa_challenge_ttl
         )
-        accounts = Accounts(uow, passwords, tokens, clock, lifetimes)
+        limits = LoginLimits(
+            max_failures=settings.login_max_failures,
+            max_failures_per_peer=settings.login_max_failures_per_peer,
+            window=settings.login_window,
+            lockout=settings.login_lockout,
+        )
+        accounts = Accounts(uow, passwords, tokens, clock, lifetimes, limits)
         try:
             generated = await accounts.bootstrap_admin(settings.bootstrap_admin_password)
         except InvalidField as exc:
@@ -190,16 +198,13 @@ async def running_server(
             ],
             options=_server_options(settings),
         )
-        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts), server)  # type: ignore[abstract]
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts), server)
         # Not implemented yet: the generated base answers UNIMPLEMENTED for every method.
         decision_pb2_grpc.add_DecisionServiceServicer_to_server(
             decision_pb2_grpc.DecisionServiceServicer(),  # type: ignore[abstract]
             server,
         )
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(
-            audit_pb2_grpc.AuditServiceServicer(),  # type: ignore[abstract]
-            server,
-        )
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(accounts.trail), server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(

@@ -10,12 +10,14 @@ from hitl.v1 import auth_pb2, auth_pb2_grpc
 from hitl_grpc.api import convert
 from hitl_grpc.auth.accounts import Accounts
 from hitl_grpc.auth.principal import current_peer, current_principal
+from hitl_grpc.auth.users import NewUser
+from hitl_grpc.domain.values import UserId
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
-    """Sign-in and the caller's identity."""
+    """Sign-in, sessions, MFA, the caller's identity and user administration."""
 
     def __init__(self, accounts: Accounts) -> None:
         self._accounts = accounts
@@ -23,11 +25,96 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Login(
         self, request: auth_pb2.LoginRequest, context: Context
     ) -> auth_pb2.LoginResponse:
-        tokens = await self._accounts.login(request.username, request.password, peer=current_peer())
-        return auth_pb2.LoginResponse(tokens=convert.tokens_to_proto(tokens))
+        result = await self._accounts.login(request.username, request.password, peer=current_peer())
+        return convert.login_to_proto(result)
+
+    async def VerifyMfa(
+        self, request: auth_pb2.VerifyMfaRequest, context: Context
+    ) -> auth_pb2.VerifyMfaResponse:
+        tokens = await self._accounts.verify_mfa(
+            request.challenge_token, request.code, peer=current_peer()
+        )
+        return auth_pb2.VerifyMfaResponse(tokens=convert.tokens_to_proto(tokens))
+
+    async def RefreshToken(
+        self, request: auth_pb2.RefreshTokenRequest, context: Context
+    ) -> auth_pb2.RefreshTokenResponse:
+        tokens = await self._accounts.sessions.refresh(request.refresh_token, peer=current_peer())
+        return auth_pb2.RefreshTokenResponse(tokens=convert.tokens_to_proto(tokens))
+
+    async def Logout(
+        self, request: auth_pb2.LogoutRequest, context: Context
+    ) -> auth_pb2.LogoutResponse:
+        await self._accounts.sessions.logout(current_principal(), request.refresh_token)
+        return auth_pb2.LogoutResponse()
 
     async def GetCurrentUser(
         self, request: auth_pb2.GetCurrentUserRequest, context: Context
     ) -> auth_pb2.GetCurrentUserResponse:
         user = await self._accounts.current_user(current_principal())
         return auth_pb2.GetCurrentUserResponse(user=convert.user_to_proto(user))
+
+    async def ChangePassword(
+        self, request: auth_pb2.ChangePasswordRequest, context: Context
+    ) -> auth_pb2.ChangePasswordResponse:
+        await self._accounts.change_password(
+            current_principal(), request.current_password, request.new_password
+        )
+        return auth_pb2.ChangePasswordResponse()
+
+    async def SetupMfa(
+        self, request: auth_pb2.SetupMfaRequest, context: Context
+    ) -> auth_pb2.SetupMfaResponse:
+        secret, uri, codes = await self._accounts.mfa.setup(current_principal())
+        return auth_pb2.SetupMfaResponse(secret=secret, otpauth_uri=uri, backup_codes=codes)
+
+    async def ConfirmMfa(
+        self, request: auth_pb2.ConfirmMfaRequest, context: Context
+    ) -> auth_pb2.ConfirmMfaResponse:
+        user = await self._accounts.mfa.confirm(current_principal(), request.code)
+        return auth_pb2.ConfirmMfaResponse(user=convert.user_to_proto(user))
+
+    async def DisableMfa(
+        self, request: auth_pb2.DisableMfaRequest, context: Context
+    ) -> auth_pb2.DisableMfaResponse:
+        user = await self._accounts.mfa.disable(current_principal(), request.code)
+        return auth_pb2.DisableMfaResponse(user=convert.user_to_proto(user))
+
+    async def CreateUser(
+        self, request: auth_pb2.CreateUserRequest, context: Context
+    ) -> auth_pb2.CreateUserResponse:
+        admin = current_principal()
+        user = await self._accounts.users.create(
+            NewUser(
+                username=request.username,
+                password=request.password,
+                role=convert.role_from_proto(request.role),
+                email=request.email,
+                full_name=request.full_name,
+            ),
+            actor=admin.username,
+            peer=admin.peer,
+        )
+        return auth_pb2.CreateUserResponse(user=convert.user_to_proto(user))
+
+    async def ListUsers(
+        self, request: auth_pb2.ListUsersRequest, context: Context
+    ) -> auth_pb2.ListUsersResponse:
+        after = convert.from_page_token(request.page_token, "u")
+        users, next_key = await self._accounts.users.list_page(request.page_size, after)
+        return auth_pb2.ListUsersResponse(
+            users=[convert.user_to_proto(u) for u in users],
+            next_page_token=convert.page_token("u", next_key or ""),
+        )
+
+    async def UpdateUser(
+        self, request: auth_pb2.UpdateUserRequest, context: Context
+    ) -> auth_pb2.UpdateUserResponse:
+        admin = current_principal()
+        user = await self._accounts.users.update(
+            UserId(request.user_id),
+            convert.user_update_from_proto(request),
+            actor=admin.username,
+            peer=admin.peer,
+        )
+        return auth_pb2.UpdateUserResponse(user=convert.user_to_proto(user))

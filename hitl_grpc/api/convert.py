@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from hitl.v1 import access_pb2, auth_pb2, decision_pb2
+from hitl.v1 import access_pb2, audit_pb2, auth_pb2, decision_pb2
 
 from hitl_grpc.auth.accounts import IssuedTokens
+from hitl_grpc.auth.sessions import MfaChallengeIssued
+from hitl_grpc.auth.trail import PAGE_DEFAULT as AUDIT_PAGE_DEFAULT
+from hitl_grpc.auth.trail import PAGE_MAX as AUDIT_PAGE_MAX
+from hitl_grpc.auth.users import UserUpdate
 from hitl_grpc.domain.errors import FieldViolation, InvalidField
+from hitl_grpc.domain.ports import AuditQuery
 from hitl_grpc.domain.queue import QueueStats, WindowStats
 from hitl_grpc.domain.validation import ActionDraft, AnalysisDraft, VerdictDraft
-from hitl_grpc.domain.values import Action, Decision, Resolution, Role, User
+from hitl_grpc.domain.values import Action, AuditRecord, Decision, Resolution, Role, User
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
@@ -210,4 +216,95 @@ def stats_to_proto(stats: QueueStats) -> decision_pb2.GetDecisionStatsResponse:
         escalated=stats.escalated,
         last_24h=window_stats_to_proto(stats.last_24h),
         all_time=window_stats_to_proto(stats.all_time),
+    )
+
+
+# --- accounts and audit -------------------------------------------------------------------
+
+USER_MASK_FIELDS: Final = frozenset({"role", "active", "email", "full_name", "new_password"})
+
+
+def mfa_challenge_to_proto(challenge: MfaChallengeIssued) -> auth_pb2.MfaChallenge:
+    """The second step of an MFA sign-in."""
+    return auth_pb2.MfaChallenge(
+        challenge_token=challenge.challenge_token, expires_at=timestamp(challenge.expires_at)
+    )
+
+
+def login_to_proto(result: IssuedTokens | MfaChallengeIssued) -> auth_pb2.LoginResponse:
+    """Tokens, or an MFA challenge: never both."""
+    if isinstance(result, MfaChallengeIssued):
+        return auth_pb2.LoginResponse(mfa_challenge=mfa_challenge_to_proto(result))
+    return auth_pb2.LoginResponse(tokens=tokens_to_proto(result))
+
+
+def page_token(kind: str, value: str) -> str:
+    """An opaque cursor for the next page ('' when there is none)."""
+    if not value:
+        return ""
+    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode().rstrip("=")
+
+
+def from_page_token(token: str, kind: str) -> str | None:
+    """The cursor inside a page token from page_token(kind, ...); None for the first page."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raw = ""
+    prefix, sep, value = raw.partition(":")
+    if prefix != kind or not sep or not value:
+        raise InvalidField.one("page_token", "is not a token this method returned")
+    return value
+
+
+def user_update_from_proto(request: auth_pb2.UpdateUserRequest) -> UserUpdate:
+    """The fields an UpdateUser request's mask names, with their new values."""
+    paths = list(request.update_mask.paths)
+    unknown = sorted(set(paths) - USER_MASK_FIELDS)
+    if unknown:
+        raise InvalidField.one(
+            "update_mask", f"unknown field(s) {', '.join(unknown)}; use {sorted(USER_MASK_FIELDS)}"
+        )
+    if not paths:
+        raise InvalidField.one("update_mask", "must name at least one field")
+    return UserUpdate(
+        role=role_from_proto(request.role) if "role" in paths else None,
+        active=request.active if "active" in paths else None,
+        email=request.email if "email" in paths else None,
+        full_name=request.full_name if "full_name" in paths else None,
+        new_password=request.new_password if "new_password" in paths else None,
+    )
+
+
+def audit_query_from_proto(request: audit_pb2.ListAuditEventsRequest) -> AuditQuery:
+    """Filters and page of a ListAuditEvents request."""
+    if request.page_size < 0:
+        raise InvalidField.one("page_size", "must not be negative")
+    before = from_page_token(request.page_token, "a")
+    if before is not None and not before.isdigit():
+        raise InvalidField.one("page_token", "is not a token this method returned")
+    return AuditQuery(
+        actor=request.actor,
+        kind=request.kind,
+        target=request.target,
+        since=from_timestamp(request.since) if request.HasField("since") else None,
+        until=from_timestamp(request.until) if request.HasField("until") else None,
+        before_id=int(before) if before is not None else None,
+        limit=min(request.page_size or AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX),
+    )
+
+
+def audit_event_to_proto(record: AuditRecord) -> audit_pb2.AuditEvent:
+    """One audit event."""
+    return audit_pb2.AuditEvent(
+        id=record.id,
+        time=timestamp(record.time),
+        actor=record.actor,
+        kind=record.kind,
+        target=record.target,
+        peer=record.peer,
+        outcome=audit_pb2.AuditOutcome.ValueType(int(record.outcome)),
+        details=record.details,
     )

@@ -1,63 +1,30 @@
-"""Account operations: sign-in, the caller's identity, and creating accounts."""
+"""Account operations: sign-in (password, then MFA), the caller's identity, passwords."""
 
 from __future__ import annotations
 
 import secrets
-import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 
+from hitl_grpc.auth.mfa import INVALID_CODE, MfaCodes, MfaEnrolment
 from hitl_grpc.auth.passwords import Passwords, check_new_password
-from hitl_grpc.auth.tokens import ACCESS, TokenIssuer, hash_opaque, new_opaque_token
+from hitl_grpc.auth.sessions import IssuedTokens as IssuedTokens
+from hitl_grpc.auth.sessions import MfaChallengeIssued, Sessions
+from hitl_grpc.auth.sessions import TokenLifetimes as TokenLifetimes
+from hitl_grpc.auth.throttle import LoginLimits, LoginThrottle
+from hitl_grpc.auth.tokens import ACCESS, MFA_CHALLENGE, TokenIssuer
+from hitl_grpc.auth.trail import AuditTrail
+from hitl_grpc.auth.users import NewUser as NewUser
+from hitl_grpc.auth.users import UserAdmin
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
-from hitl_grpc.domain.ports import UnitOfWork, UnitOfWorkFactory
-from hitl_grpc.domain.values import (
-    Account,
-    AuditOutcome,
-    AuditRecord,
-    Principal,
-    Role,
-    User,
-    UserId,
-    parse_username,
-)
+from hitl_grpc.domain.ports import UnitOfWork, UnitOfWorkFactory, UserChanges
+from hitl_grpc.domain.values import AuditOutcome, AuditRecord, Principal, Role, User
 
 LOGIN_FAILED = "invalid username or password"
-
-
-@dataclass(frozen=True)
-class TokenLifetimes:
-    """How long each kind of token lives."""
-
-    access: timedelta = timedelta(minutes=15)
-    refresh: timedelta = timedelta(days=7)
-    mfa_challenge: timedelta = timedelta(minutes=5)
-
-
-@dataclass(frozen=True)
-class IssuedTokens:
-    """An access token and the refresh token that renews it."""
-
-    access_token: str
-    access_expires_at: datetime
-    refresh_token: str
-    refresh_expires_at: datetime
-
-
-@dataclass(frozen=True)
-class NewUser:
-    """What creating an account takes."""
-
-    username: str
-    password: str
-    role: Role
-    email: str = ""
-    full_name: str = ""
+SESSION_ENDED = "session ended: sign in again"
 
 
 class Accounts:
-    """Sign-in and identity over the unit of work."""
+    """Sign-in and identity over the unit of work; owns the other account parts."""
 
     def __init__(
         self,
@@ -66,12 +33,18 @@ class Accounts:
         tokens: TokenIssuer,
         clock: Clock,
         lifetimes: TokenLifetimes,
+        limits: LoginLimits | None = None,
     ) -> None:
         self._uow = uow
         self._passwords = passwords
         self._tokens = tokens
         self._clock = clock
-        self._lifetimes = lifetimes
+        self.trail = AuditTrail(uow, clock)
+        self.throttle = LoginThrottle(limits or LoginLimits(), clock)
+        self.sessions = Sessions(uow, tokens, clock, lifetimes, self.trail)
+        self._codes = MfaCodes(clock)
+        self.mfa = MfaEnrolment(uow, clock, self.trail, self.throttle, self._codes)
+        self.users = UserAdmin(uow, passwords, clock, self.trail)
 
     def audit(
         self,
@@ -84,23 +57,53 @@ class Accounts:
         **details: str,
     ) -> AuditRecord:
         """An audit record stamped with the service clock."""
-        return AuditRecord(
-            time=self._clock.now(),
-            actor=actor,
-            kind=kind,
-            target=target,
-            peer=peer,
-            outcome=outcome,
-            details=details,
+        return self.trail.record(
+            kind, actor=actor, target=target, peer=peer, outcome=outcome, **details
         )
 
-    async def login(self, username: str, password: str, *, peer: str) -> IssuedTokens:
-        """Tokens for a correct password; one message for every failure."""
+    async def _locked_out(
+        self, uow: UnitOfWork, kind: str, name: str, peer: str, subjects: list[str]
+    ) -> None:
+        try:
+            await self.throttle.check(uow, subjects)
+        except errors.RateLimited:
+            await uow.audit.append(
+                self.audit(
+                    kind,
+                    actor=name,
+                    target=name,
+                    peer=peer,
+                    outcome=AuditOutcome.DENIED,
+                    reason="locked",
+                )
+            )
+            await uow.commit()
+            raise
+
+    async def login(
+        self, username: str, password: str, *, peer: str
+    ) -> IssuedTokens | MfaChallengeIssued:
+        """Tokens (or an MFA challenge) for a correct password; one message for every failure.
+
+        A locked username or peer is refused before any hashing, whether or not the account
+        exists and whether or not the password is right. Otherwise an unknown user costs the
+        same argon2 run and the same writes as a wrong password.
+        """
+        subjects = self.throttle.subjects(username, peer)
         async with self._uow(readonly=True) as uow:
-            account = await uow.users.by_username(username) if username else None
+            locked = False
+            try:
+                await self.throttle.check(uow, subjects)
+            except errors.RateLimited:
+                locked = True
+            account = await uow.users.by_username(username) if username and not locked else None
+        if locked:
+            async with self._uow() as uow:
+                await self._locked_out(uow, "auth.login", username, peer, subjects)
         ok = await self._passwords.verify(account.password_hash if account else None, password)
         async with self._uow() as uow:
             if not ok or account is None:
+                await self.throttle.record_failure(uow, subjects)
                 await uow.audit.append(
                     self.audit(
                         "auth.login",
@@ -114,6 +117,8 @@ class Accounts:
                 await uow.commit()
                 raise errors.Unauthenticated(LOGIN_FAILED)
             user = account.user
+            # Failures by concurrent attempts may have locked it while this one was hashing.
+            await self._locked_out(uow, "auth.login", user.username, peer, subjects)
             if not user.active:
                 await uow.audit.append(
                     self.audit(
@@ -129,40 +134,81 @@ class Accounts:
                 raise errors.PermissionDenied("account is deactivated")
             if self._passwords.needs_rehash(account.password_hash):
                 await uow.users.set_password_hash(user.id, await self._passwords.hash(password))
-            tokens = await self.issue_tokens(uow, user, family_id=None)
+            await self.throttle.forgive(uow, user.username)
+            result: IssuedTokens | MfaChallengeIssued
+            if user.mfa_enabled:
+                result = self.sessions.challenge(account)
+                step = "mfa_challenge"
+            else:
+                result = await self.sessions.issue(uow, account)
+                step = "tokens"
             await uow.audit.append(
-                self.audit("auth.login", actor=user.username, target=user.username, peer=peer)
+                self.audit(
+                    "auth.login", actor=user.username, target=user.username, peer=peer, result=step
+                )
+            )
+            await uow.commit()
+        return result
+
+    async def verify_mfa(self, challenge_token: str, code: str, *, peer: str) -> IssuedTokens:
+        """Tokens for a challenge token and a TOTP code (unused step) or unused backup code."""
+        claims = self._tokens.verify(challenge_token, MFA_CHALLENGE)
+        async with self._uow() as uow:
+            account = await uow.users.get(claims.user_id)
+            if account is None or account.generation != claims.generation:
+                raise errors.Unauthenticated("invalid token")
+            user = account.user
+            subjects = self.throttle.subjects(user.username, peer)
+            await self._locked_out(uow, "auth.mfa.verify", user.username, peer, subjects)
+            if not user.active:
+                raise errors.PermissionDenied("account is deactivated")
+            if not user.mfa_enabled:
+                raise errors.Unauthenticated(SESSION_ENDED)
+            method = await self._codes.spend(uow, account, code)
+            if method is None:
+                await self.throttle.record_failure(uow, subjects)
+                await uow.audit.append(
+                    self.audit(
+                        "auth.mfa.verify",
+                        actor=user.username,
+                        target=user.username,
+                        peer=peer,
+                        outcome=AuditOutcome.FAILURE,
+                    )
+                )
+                await uow.commit()
+                raise errors.Unauthenticated(INVALID_CODE)
+            await self.throttle.forgive(uow, user.username)
+            tokens = await self.sessions.issue(uow, account)
+            await uow.audit.append(
+                self.audit(
+                    "auth.mfa.verify",
+                    actor=user.username,
+                    target=user.username,
+                    peer=peer,
+                    method=method,
+                )
             )
             await uow.commit()
         return tokens
 
-    async def issue_tokens(
-        self, uow: UnitOfWork, user: User, *, family_id: str | None
-    ) -> IssuedTokens:
-        """A new access token and a stored refresh token (a new family unless given)."""
-        access, access_exp = self._tokens.issue(ACCESS, user.id, user.role, self._lifetimes.access)
-        refresh = new_opaque_token()
-        now = self._clock.now()
-        refresh_exp = (now + self._lifetimes.refresh).replace(microsecond=0)
-        await uow.refresh_tokens.add(
-            token_id=str(uuid.uuid4()),
-            user_id=user.id,
-            family_id=family_id or str(uuid.uuid4()),
-            token_hash=hash_opaque(refresh),
-            issued_at=now,
-            expires_at=refresh_exp,
-        )
-        return IssuedTokens(access, access_exp, refresh, refresh_exp)
-
     async def authenticate(self, token: str, peer: str) -> Principal:
-        """The principal behind an access token, as the account is now."""
+        """The principal behind an access token, as the account is now.
+
+        No cache: one indexed read per call sees a deactivation, role change or revoked
+        session the moment it commits, on every replica. A cache would need invalidation
+        across replicas (LISTEN/NOTIFY, which is lost while disconnected) to be as correct.
+        """
         claims = self._tokens.verify(token, ACCESS)
         async with self._uow(readonly=True) as uow:
-            account = await uow.users.get(claims.user_id)
-        if account is None:
+            found = await uow.users.with_session(claims.user_id, claims.session_id)
+        if found is None:
             raise errors.Unauthenticated("invalid token")
+        account, session_revoked = found
         if not account.user.active:
             raise errors.PermissionDenied("account is deactivated")
+        if session_revoked or account.generation != claims.generation:
+            raise errors.Unauthenticated(SESSION_ENDED)
         # The stored role wins over the token's: a role change takes effect at once.
         return Principal(
             user_id=account.user.id,
@@ -170,6 +216,7 @@ class Accounts:
             role=account.user.role,
             token_id=claims.token_id,
             peer=peer,
+            session_id=claims.session_id,
         )
 
     async def current_user(self, principal: Principal) -> User:
@@ -180,30 +227,46 @@ class Accounts:
             raise errors.NotFound("user not found")
         return account.user
 
-    async def create_user(self, new: NewUser, *, actor: str, peer: str) -> User:
-        """Creates an account; a name taken case-insensitively is AlreadyExists."""
-        username = parse_username(new.username)
-        check_new_password(new.password, username)
-        password_hash = await self._passwords.hash(new.password)
-        user = User(
-            id=UserId(str(uuid.uuid4())),
-            username=username,
-            role=new.role,
-            email=new.email.strip(),
-            full_name=new.full_name.strip(),
-            active=True,
-            mfa_enabled=False,
-            created_at=self._clock.now(),
-        )
+    async def change_password(self, principal: Principal, current: str, new: str) -> None:
+        """Sets a new password given the current one; ends the caller's other sessions."""
+        subjects = self.throttle.subjects(principal.username, principal.peer)
+        async with self._uow(readonly=True) as uow:
+            await self.throttle.check(uow, subjects)
+            account = await uow.users.get(principal.user_id)
+        if account is None:
+            raise errors.Unauthenticated("invalid token")
+        ok = await self._passwords.verify(account.password_hash, current)
+        new_hash = None
+        if ok:
+            check_new_password(new, account.user.username, "new_password")
+            new_hash = await self._passwords.hash(new)
+        name, now = account.user.username, self._clock.now()
         async with self._uow() as uow:
-            await uow.users.add(Account(user=user, password_hash=password_hash))
-            await uow.audit.append(
-                self.audit(
-                    "user.created", actor=actor, target=username, peer=peer, role=new.role.name
+            if new_hash is None:
+                await self.throttle.record_failure(uow, subjects)
+                await uow.audit.append(
+                    self.audit(
+                        "auth.password.change",
+                        actor=name,
+                        target=name,
+                        peer=principal.peer,
+                        outcome=AuditOutcome.FAILURE,
+                    )
                 )
+                await uow.commit()
+                raise errors.InvalidField.one("current_password", "is not the current password")
+            await uow.users.update(account.user.id, UserChanges(password_hash=new_hash), now)
+            await uow.refresh_tokens.revoke_user_sessions(
+                account.user.id, now, keep_family=principal.session_id
+            )
+            await uow.audit.append(
+                self.audit("auth.password.change", actor=name, target=name, peer=principal.peer)
             )
             await uow.commit()
-        return user
+
+    async def create_user(self, new: NewUser, *, actor: str, peer: str) -> User:
+        """Creates an account; a name taken case-insensitively is AlreadyExists."""
+        return await self.users.create(new, actor=actor, peer=peer)
 
     async def bootstrap_admin(self, password: str | None) -> str | None:
         """On an empty database, creates `admin`; returns the password if it was generated."""

@@ -39,6 +39,7 @@ class Claims:
     token_id: str
     expires_at: datetime
     generation: int
+    session_id: str = ""
 
 
 def key_id(secret: bytes) -> str:
@@ -66,7 +67,13 @@ class TokenIssuer:
         self._clock = clock
 
     def issue(
-        self, typ: str, user_id: UserId, role: Role, ttl: timedelta, generation: int = 0
+        self,
+        typ: str,
+        user_id: UserId,
+        role: Role,
+        ttl: timedelta,
+        generation: int = 0,
+        session_id: str = "",
     ) -> tuple[str, datetime]:
         """A signed token of type `typ` and its expiry."""
         now = self._clock.now()
@@ -81,6 +88,7 @@ class TokenIssuer:
             "aud": self._audience,
             "typ": typ,
             "gen": generation,
+            "sid": session_id,
         }
         kid = self._keys.signing_kid
         token = jwt.encode(claims, self._keys.keys[kid], algorithm=ALGORITHM, headers={"kid": kid})
@@ -114,6 +122,7 @@ class TokenIssuer:
                 token_id=str(raw["jti"]),
                 expires_at=expires_at,
                 generation=int(raw.get("gen", 0)),
+                session_id=str(raw.get("sid", "")),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise Unauthenticated("invalid token") from exc

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
 
 from hitl_grpc.domain.queue import QueueFilter, QueueKey, QueueStats
-from hitl_grpc.domain.values import Account, AnalysisId, AuditRecord, Decision, UserId
+from hitl_grpc.domain.values import Account, AnalysisId, AuditRecord, Decision, Role, UserId
 
 
 class EventKind(enum.Enum):
@@ -17,6 +18,55 @@ class EventKind(enum.Enum):
     ADDED = "added"
     UPDATED = "updated"
     REMOVED = "removed"
+
+
+@dataclass(frozen=True)
+class UserChanges:
+    """Fields of an account to change; None leaves a field as it is."""
+
+    role: Role | None = None
+    active: bool | None = None
+    email: str | None = None
+    full_name: str | None = None
+    password_hash: str | None = None
+    # Cuts every live access token of the account (they carry the old generation).
+    bump_generation: bool = False
+
+
+@dataclass(frozen=True)
+class StoredRefreshToken:
+    """A refresh token as stored (its hash only)."""
+
+    id: str
+    user_id: UserId
+    family_id: str
+    expires_at: datetime
+    rotated_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ThrottleState:
+    """Login failures counted for one subject (a username or a peer host)."""
+
+    subject: str
+    failures: int
+    window_started_at: datetime
+    locked_until: datetime | None
+    lockouts: int
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Filters and a page of the audit trail, newest first."""
+
+    actor: str = ""
+    kind: str = ""
+    target: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+    before_id: int | None = None
+    limit: int = 100
 
 
 class UserRepository(Protocol):
@@ -31,6 +81,50 @@ class UserRepository(Protocol):
     async def count(self) -> int: ...
 
     async def set_password_hash(self, user_id: UserId, password_hash: str) -> None: ...
+
+    async def get_for_update(self, user_id: UserId) -> Account | None: ...
+
+    async def with_session(
+        self, user_id: UserId, session_id: str
+    ) -> tuple[Account, bool] | None: ...
+
+    async def list_page(self, after_key: str | None, limit: int) -> list[Account]: ...
+
+    async def update(
+        self, user_id: UserId, changes: UserChanges, at: datetime
+    ) -> Account | None: ...
+
+    async def lock_active_admins(self) -> list[UserId]: ...
+
+    async def set_mfa_pending(self, user_id: UserId, secret: str | None, at: datetime) -> None: ...
+
+    async def enable_mfa(self, user_id: UserId, secret: str, step: int, at: datetime) -> None: ...
+
+    async def disable_mfa(self, user_id: UserId, at: datetime) -> None: ...
+
+    async def claim_mfa_step(self, user_id: UserId, step: int) -> bool: ...
+
+
+class BackupCodeRepository(Protocol):
+    """MFA backup codes, stored hashed; each works once."""
+
+    async def replace(self, user_id: UserId, code_hashes: list[str]) -> None: ...
+
+    async def use(self, user_id: UserId, code_hash: str, at: datetime) -> bool: ...
+
+    async def remaining(self, user_id: UserId) -> int: ...
+
+
+class LoginThrottleRepository(Protocol):
+    """Login failure counters, shared by every replica."""
+
+    async def peek(self, subjects: list[str]) -> list[ThrottleState]: ...
+
+    async def lock(self, subject: str, now: datetime) -> ThrottleState: ...
+
+    async def save(self, state: ThrottleState) -> None: ...
+
+    async def clear(self, subject: str) -> None: ...
 
 
 class RefreshTokenRepository(Protocol):
@@ -47,11 +141,23 @@ class RefreshTokenRepository(Protocol):
         expires_at: datetime,
     ) -> None: ...
 
+    async def by_hash(self, token_hash: str) -> StoredRefreshToken | None: ...
+
+    async def rotate(self, token_id: str, at: datetime) -> bool: ...
+
+    async def revoke_family(self, family_id: str, at: datetime) -> int: ...
+
+    async def revoke_user_sessions(
+        self, user_id: UserId, at: datetime, *, keep_family: str = ""
+    ) -> int: ...
+
 
 class AuditLog(Protocol):
     """The append-only audit trail."""
 
     async def append(self, record: AuditRecord) -> None: ...
+
+    async def query(self, query: AuditQuery) -> list[AuditRecord]: ...
 
 
 class EventLog(Protocol):
@@ -97,6 +203,12 @@ class UnitOfWork(Protocol):
 
     @property
     def audit(self) -> AuditLog: ...
+
+    @property
+    def backup_codes(self) -> BackupCodeRepository: ...
+
+    @property
+    def throttle(self) -> LoginThrottleRepository: ...
 
     @property
     def events(self) -> EventLog: ...

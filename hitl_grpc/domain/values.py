@@ -67,6 +67,8 @@ class Principal:
     role: Role
     token_id: str
     peer: str = ""
+    # The refresh-token family the access token was issued with: one sign-in session.
+    session_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,9 @@ class Account:
     password_hash: str
     mfa_secret: str | None = None
     mfa_last_step: int | None = None
+    mfa_pending_secret: str | None = None
+    # Bumped to cut every live session at once; access tokens carry it as `gen`.
+    generation: int = 0
 
 
 class AuditOutcome(enum.IntEnum):

@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert
+from typing import Any
+
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from hitl_grpc.domain.values import AuditRecord
+from hitl_grpc.domain.ports import AuditQuery
+from hitl_grpc.domain.values import AuditOutcome, AuditRecord
+from hitl_grpc.store.codec import aware
 from hitl_grpc.store.tables import audit_events
 
 ACTOR_MAX = 150
+KIND_MAX = 64
 TARGET_MAX = 256
 PEER_MAX = 128
 
 
+def _record(row: Any) -> AuditRecord:
+    time = aware(row.time)
+    assert time is not None
+    return AuditRecord(
+        id=row.id,
+        time=time,
+        actor=row.actor,
+        kind=row.kind,
+        target=row.target,
+        peer=row.peer,
+        outcome=AuditOutcome(row.outcome),
+        details={str(k): str(v) for k, v in (row.details or {}).items()},
+    )
+
+
 class AuditLog:
-    """Appends audit rows in the caller's transaction."""
+    """Appends audit rows in the caller's transaction, and reads them back."""
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
@@ -25,10 +45,28 @@ class AuditLog:
             insert(audit_events).values(
                 time=record.time,
                 actor=record.actor[:ACTOR_MAX],
-                kind=record.kind,
+                kind=record.kind[:KIND_MAX],
                 target=record.target[:TARGET_MAX],
                 peer=record.peer[:PEER_MAX],
                 outcome=int(record.outcome),
                 details=dict(record.details),
             )
         )
+
+    async def query(self, query: AuditQuery) -> list[AuditRecord]:
+        """A page of matching events, newest (highest id) first."""
+        t = audit_events
+        stmt = select(t).order_by(t.c.id.desc()).limit(query.limit)
+        if query.actor:
+            stmt = stmt.where(t.c.actor == query.actor[:ACTOR_MAX])
+        if query.kind:
+            stmt = stmt.where(t.c.kind == query.kind[:KIND_MAX])
+        if query.target:
+            stmt = stmt.where(t.c.target == query.target[:TARGET_MAX])
+        if query.since is not None:
+            stmt = stmt.where(t.c.time >= query.since)
+        if query.until is not None:
+            stmt = stmt.where(t.c.time < query.until)
+        if query.before_id is not None:
+            stmt = stmt.where(t.c.id < query.before_id)
+        return [_record(row) for row in await self._conn.execute(stmt)]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from hitl_grpc.domain.ports import StoredRefreshToken
 from hitl_grpc.domain.values import UserId
+from hitl_grpc.store.codec import aware
 from hitl_grpc.store.tables import refresh_tokens
 
 
@@ -38,3 +40,61 @@ class RefreshTokenRepository:
                 expires_at=expires_at,
             )
         )
+
+    async def by_hash(self, token_hash: str) -> StoredRefreshToken | None:
+        """The token with this hash, if any."""
+        stmt = select(refresh_tokens).where(refresh_tokens.c.token_hash == token_hash)
+        row = (await self._conn.execute(stmt)).first()
+        if row is None:
+            return None
+        expires_at = aware(row.expires_at)
+        assert expires_at is not None
+        return StoredRefreshToken(
+            id=row.id,
+            user_id=UserId(row.user_id),
+            family_id=row.family_id,
+            expires_at=expires_at,
+            rotated_at=aware(row.rotated_at),
+            revoked_at=aware(row.revoked_at),
+        )
+
+    async def rotate(self, token_id: str, at: datetime) -> bool:
+        """Marks a live token as used; False if it was already rotated or revoked.
+
+        One conditional UPDATE: of two requests presenting the same token, one wins and
+        the other is reuse.
+        """
+        stmt = (
+            update(refresh_tokens)
+            .where(
+                refresh_tokens.c.id == token_id,
+                refresh_tokens.c.rotated_at.is_(None),
+                refresh_tokens.c.revoked_at.is_(None),
+            )
+            .values(rotated_at=at)
+        )
+        return (await self._conn.execute(stmt)).rowcount == 1
+
+    async def revoke_family(self, family_id: str, at: datetime) -> int:
+        """Revokes every token of one sign-in session."""
+        stmt = (
+            update(refresh_tokens)
+            .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+        return (await self._conn.execute(stmt)).rowcount
+
+    async def revoke_user_sessions(
+        self, user_id: UserId, at: datetime, *, keep_family: str = ""
+    ) -> int:
+        """Revokes every session of a user, except one family if given."""
+        stmt = (
+            update(refresh_tokens)
+            .where(
+                refresh_tokens.c.user_id == user_id,
+                refresh_tokens.c.revoked_at.is_(None),
+                refresh_tokens.c.family_id != keep_family,
+            )
+            .values(revoked_at=at)
+        )
+        return (await self._conn.execute(stmt)).rowcount

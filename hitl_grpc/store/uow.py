@@ -13,10 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hitl_grpc.domain import errors
 from hitl_grpc.store.audit import AuditLog
+from hitl_grpc.store.backup_codes import BackupCodeRepository
 from hitl_grpc.store.decisions import DecisionRepository
 from hitl_grpc.store.engine import READONLY
 from hitl_grpc.store.events import EventLog
 from hitl_grpc.store.refresh_tokens import RefreshTokenRepository
+from hitl_grpc.store.throttle import LoginThrottleRepository
 from hitl_grpc.store.users import UserRepository
 
 # What "the database is not there" looks like from the driver or the pool.
@@ -36,6 +38,8 @@ class UnitOfWork:
     users: UserRepository
     refresh_tokens: RefreshTokenRepository
     audit: AuditLog
+    backup_codes: BackupCodeRepository
+    throttle: LoginThrottleRepository
     events: EventLog
     decisions: DecisionRepository
 
@@ -78,6 +82,8 @@ class UnitOfWork:
         self.users = UserRepository(conn)
         self.refresh_tokens = RefreshTokenRepository(conn)
         self.audit = AuditLog(conn)
+        self.backup_codes = BackupCodeRepository(conn)
+        self.throttle = LoginThrottleRepository(conn)
         self.events = EventLog(conn)
         self.decisions = DecisionRepository(conn)
         return self

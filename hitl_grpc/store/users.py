@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hitl_grpc.domain import errors
+from hitl_grpc.domain.ports import UserChanges
 from hitl_grpc.domain.values import Account, Role, User, UserId, username_key
 from hitl_grpc.store.codec import aware
-from hitl_grpc.store.tables import users
+from hitl_grpc.store.tables import refresh_tokens, users
 
 
 def account_from_row(row: Any) -> Account:
@@ -32,6 +34,8 @@ def account_from_row(row: Any) -> Account:
         password_hash=row.password_hash,
         mfa_secret=row.mfa_secret,
         mfa_last_step=row.mfa_last_step,
+        mfa_pending_secret=row.mfa_pending_secret,
+        generation=row.generation,
     )
 
 
@@ -46,11 +50,36 @@ class UserRepository:
         row = (await self._conn.execute(select(users).where(users.c.id == user_id))).first()
         return account_from_row(row) if row else None
 
+    async def get_for_update(self, user_id: UserId) -> Account | None:
+        """The account, its row locked until the transaction ends (PostgreSQL)."""
+        stmt = select(users).where(users.c.id == user_id).with_for_update()
+        row = (await self._conn.execute(stmt)).first()
+        return account_from_row(row) if row else None
+
+    async def with_session(self, user_id: UserId, session_id: str) -> tuple[Account, bool] | None:
+        """The account and whether the session (refresh family) was revoked, in one query."""
+        revoked = exists().where(
+            and_(
+                refresh_tokens.c.family_id == session_id,
+                refresh_tokens.c.revoked_at.is_not(None),
+            )
+        )
+        stmt = select(users, revoked.label("session_revoked")).where(users.c.id == user_id)
+        row = (await self._conn.execute(stmt)).first()
+        return (account_from_row(row), bool(row.session_revoked)) if row else None
+
     async def by_username(self, username: str) -> Account | None:
         """The account whose name is this one, compared NFKC case-insensitively."""
         stmt = select(users).where(users.c.username_key == username_key(username))
         row = (await self._conn.execute(stmt)).first()
         return account_from_row(row) if row else None
+
+    async def list_page(self, after_key: str | None, limit: int) -> list[Account]:
+        """Accounts in username order, after the given username key."""
+        stmt = select(users).order_by(users.c.username_key).limit(limit)
+        if after_key is not None:
+            stmt = stmt.where(users.c.username_key > after_key)
+        return [account_from_row(row) for row in await self._conn.execute(stmt)]
 
     async def add(self, account: Account) -> None:
         """Stores a new account; a taken name is AlreadyExists."""
@@ -84,3 +113,89 @@ class UserRepository:
         await self._conn.execute(
             update(users).where(users.c.id == user_id).values(password_hash=password_hash)
         )
+
+    async def update(self, user_id: UserId, changes: UserChanges, at: datetime) -> Account | None:
+        """Applies the changes; None if there is no such account."""
+        values: dict[str, Any] = {"updated_at": at}
+        if changes.role is not None:
+            values["role"] = int(changes.role)
+        if changes.active is not None:
+            values["active"] = changes.active
+        if changes.email is not None:
+            values["email"] = changes.email
+        if changes.full_name is not None:
+            values["full_name"] = changes.full_name
+        if changes.password_hash is not None:
+            values["password_hash"] = changes.password_hash
+        if changes.bump_generation:
+            values["generation"] = users.c.generation + 1
+        stmt = update(users).where(users.c.id == user_id).values(**values).returning(*users.c)
+        row = (await self._conn.execute(stmt)).first()
+        return account_from_row(row) if row else None
+
+    async def lock_active_admins(self) -> list[UserId]:
+        """The active admins, their rows locked in id order.
+
+        Two transactions demoting two different admins both lock this whole set first, in
+        the same order: the second waits, then sees the first's change, so they can't both
+        conclude that another admin remains. SQLite's BEGIN IMMEDIATE serializes them anyway.
+        """
+        stmt = (
+            select(users.c.id)
+            .where(users.c.role == int(Role.ADMIN), users.c.active.is_(True))
+            .order_by(users.c.id)
+            .with_for_update()
+        )
+        return [UserId(r.id) for r in await self._conn.execute(stmt)]
+
+    async def set_mfa_pending(self, user_id: UserId, secret: str | None, at: datetime) -> None:
+        """Stores the secret of an enrolment not yet confirmed."""
+        await self._conn.execute(
+            update(users)
+            .where(users.c.id == user_id)
+            .values(mfa_pending_secret=secret, updated_at=at)
+        )
+
+    async def enable_mfa(self, user_id: UserId, secret: str, step: int, at: datetime) -> None:
+        """Turns MFA on with the confirmed secret; the confirming step counts as used."""
+        await self._conn.execute(
+            update(users)
+            .where(users.c.id == user_id)
+            .values(
+                mfa_enabled=True,
+                mfa_secret=secret,
+                mfa_pending_secret=None,
+                mfa_last_step=step,
+                updated_at=at,
+            )
+        )
+
+    async def disable_mfa(self, user_id: UserId, at: datetime) -> None:
+        """Turns MFA off and forgets its secrets."""
+        await self._conn.execute(
+            update(users)
+            .where(users.c.id == user_id)
+            .values(
+                mfa_enabled=False,
+                mfa_secret=None,
+                mfa_pending_secret=None,
+                mfa_last_step=None,
+                updated_at=at,
+            )
+        )
+
+    async def claim_mfa_step(self, user_id: UserId, step: int) -> bool:
+        """Records a TOTP step as used; False if it (or a later one) already was.
+
+        One conditional UPDATE, so two requests racing with the same code have one winner.
+        """
+        stmt = (
+            update(users)
+            .where(
+                users.c.id == user_id,
+                or_(users.c.mfa_last_step.is_(None), users.c.mfa_last_step < step),
+            )
+            .values(mfa_last_step=step)
+        )
+        result = await self._conn.execute(stmt)
+        return result.rowcount == 1

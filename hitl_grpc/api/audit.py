@@ -1,0 +1,29 @@
+"""AuditService: pages through the audit trail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from hitl.v1 import audit_pb2, audit_pb2_grpc
+
+from hitl_grpc.api import convert
+from hitl_grpc.auth.trail import AuditTrail
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    """Read access to the append-only audit trail (admins only, by the contract's policy)."""
+
+    def __init__(self, trail: AuditTrail) -> None:
+        self._trail = trail
+
+    async def ListAuditEvents(
+        self, request: audit_pb2.ListAuditEventsRequest, context: Context
+    ) -> audit_pb2.ListAuditEventsResponse:
+        events, next_before = await self._trail.page(convert.audit_query_from_proto(request))
+        return audit_pb2.ListAuditEventsResponse(
+            events=[convert.audit_event_to_proto(e) for e in events],
+            next_page_token=convert.page_token("a", str(next_before or "")),
+        )

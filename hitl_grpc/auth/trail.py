@@ -1,0 +1,49 @@
+"""The audit trail as the auth layer writes and an admin reads it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hitl_grpc.domain.clock import Clock
+from hitl_grpc.domain.ports import AuditQuery, UnitOfWorkFactory
+from hitl_grpc.domain.values import AuditOutcome, AuditRecord
+
+PAGE_DEFAULT = 100
+PAGE_MAX = 1000
+
+
+class AuditTrail:
+    """Stamps audit records with the service clock; pages through them for admins."""
+
+    def __init__(self, uow: UnitOfWorkFactory, clock: Clock) -> None:
+        self._uow = uow
+        self._clock = clock
+
+    def record(
+        self,
+        kind: str,
+        *,
+        actor: str,
+        target: str,
+        peer: str,
+        outcome: AuditOutcome = AuditOutcome.SUCCESS,
+        **details: str,
+    ) -> AuditRecord:
+        """An audit record of an action happening now; append it in the change's unit."""
+        return AuditRecord(
+            time=self._clock.now(),
+            actor=actor,
+            kind=kind,
+            target=target,
+            peer=peer,
+            outcome=outcome,
+            details=details,
+        )
+
+    async def page(self, query: AuditQuery) -> tuple[list[AuditRecord], int | None]:
+        """One page of matching events, newest first, and the cursor of the next page."""
+        # One extra row tells whether another page exists without a count query.
+        async with self._uow(readonly=True) as uow:
+            found = await uow.audit.query(replace(query, limit=query.limit + 1))
+        page = found[: query.limit]
+        return page, (page[-1].id if len(found) > query.limit and page else None)

@@ -1,0 +1,174 @@
+"""User administration: create, list and update accounts (admins, and the CLI)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from hitl_grpc.auth.passwords import Passwords, check_new_password
+from hitl_grpc.auth.trail import AuditTrail
+from hitl_grpc.domain import errors
+from hitl_grpc.domain.clock import Clock
+from hitl_grpc.domain.ports import UnitOfWorkFactory, UserChanges
+from hitl_grpc.domain.values import Account, Role, User, UserId, parse_username, username_key
+
+EMAIL_MAX = 320
+FULL_NAME_MAX = 300
+PAGE_DEFAULT = 50
+PAGE_MAX = 500
+LAST_ADMIN = "the last active admin can't be demoted or deactivated"
+
+
+@dataclass(frozen=True)
+class NewUser:
+    """What creating an account takes."""
+
+    username: str
+    password: str
+    role: Role
+    email: str = ""
+    full_name: str = ""
+
+
+@dataclass(frozen=True)
+class UserUpdate:
+    """Changes an admin makes to an account; None leaves a field as it is."""
+
+    role: Role | None = None
+    active: bool | None = None
+    email: str | None = None
+    full_name: str | None = None
+    new_password: str | None = None
+
+    @property
+    def fields(self) -> list[str]:
+        """The names of the fields being changed."""
+        return [name for name, value in vars(self).items() if value is not None]
+
+
+def _profile(value: str, field: str, limit: int) -> str:
+    value = value.strip()
+    if len(value) > limit:
+        raise errors.InvalidField.one(field, f"must be at most {limit} characters")
+    if any(not ch.isprintable() for ch in value):
+        raise errors.InvalidField.one(field, "must not contain control characters")
+    return value
+
+
+class UserAdmin:
+    """Account administration over the unit of work; every change is audited with it."""
+
+    def __init__(
+        self, uow: UnitOfWorkFactory, passwords: Passwords, clock: Clock, trail: AuditTrail
+    ) -> None:
+        self._uow = uow
+        self._passwords = passwords
+        self._clock = clock
+        self._trail = trail
+
+    async def create(self, new: NewUser, *, actor: str, peer: str) -> User:
+        """Creates an account; a name taken case-insensitively (NFKC) is AlreadyExists."""
+        username = parse_username(new.username)
+        email = _profile(new.email, "email", EMAIL_MAX)
+        full_name = _profile(new.full_name, "full_name", FULL_NAME_MAX)
+        check_new_password(new.password, username)
+        password_hash = await self._passwords.hash(new.password)
+        user = User(
+            id=UserId(str(uuid.uuid4())),
+            username=username,
+            role=new.role,
+            email=email,
+            full_name=full_name,
+            active=True,
+            mfa_enabled=False,
+            created_at=self._clock.now(),
+        )
+        async with self._uow() as uow:
+            # The unique username_key decides a race: the second insert is AlreadyExists.
+            await uow.users.add(Account(user=user, password_hash=password_hash))
+            await uow.audit.append(
+                self._trail.record(
+                    "user.created", actor=actor, target=username, peer=peer, role=new.role.name
+                )
+            )
+            await uow.commit()
+        return user
+
+    async def list_page(self, page_size: int, after: str | None) -> tuple[list[User], str | None]:
+        """A page of accounts in username order and the cursor of the next, if any."""
+        if page_size < 0:
+            raise errors.InvalidField.one("page_size", "must not be negative")
+        limit = min(page_size or PAGE_DEFAULT, PAGE_MAX)
+        async with self._uow(readonly=True) as uow:
+            accounts = await uow.users.list_page(after, limit + 1)
+        page = [a.user for a in accounts[:limit]]
+        more = len(accounts) > limit
+        return page, (username_key(page[-1].username) if more and page else None)
+
+    async def find(self, username: str) -> User:
+        """The account with this name (for the CLI)."""
+        async with self._uow(readonly=True) as uow:
+            account = await uow.users.by_username(username)
+        if account is None:
+            raise errors.NotFound(f"no user {username!r}")
+        return account.user
+
+    async def update(self, user_id: UserId, change: UserUpdate, *, actor: str, peer: str) -> User:
+        """Applies an admin's change; deactivation and password resets cut live sessions."""
+        if not change.fields:
+            raise errors.InvalidField.one("update_mask", "names no field to change")
+        email = None if change.email is None else _profile(change.email, "email", EMAIL_MAX)
+        full_name = (
+            None
+            if change.full_name is None
+            else _profile(change.full_name, "full_name", FULL_NAME_MAX)
+        )
+        password_hash = None
+        if change.new_password is not None:
+            async with self._uow(readonly=True) as uow:
+                current = await uow.users.get(user_id)
+            if current is None:
+                raise errors.NotFound("user not found")
+            check_new_password(change.new_password, current.user.username, "new_password")
+            password_hash = await self._passwords.hash(change.new_password)
+        reduces_admins = (change.role is not None and change.role is not Role.ADMIN) or (
+            change.active is False
+        )
+        cut_sessions = change.active is False or password_hash is not None
+        now = self._clock.now()
+        async with self._uow() as uow:
+            # Lock the admin set before the target row: every writer takes them in one order.
+            admins = await uow.users.lock_active_admins() if reduces_admins else []
+            account = await uow.users.get_for_update(user_id)
+            if account is None:
+                raise errors.NotFound("user not found")
+            if reduces_admins and admins == [account.user.id]:
+                raise errors.WrongState(LAST_ADMIN)
+            updated = await uow.users.update(
+                user_id,
+                UserChanges(
+                    role=change.role,
+                    active=change.active,
+                    email=email,
+                    full_name=full_name,
+                    password_hash=password_hash,
+                    bump_generation=cut_sessions,
+                ),
+                now,
+            )
+            assert updated is not None
+            if cut_sessions:
+                await uow.refresh_tokens.revoke_user_sessions(user_id, now)
+            await uow.audit.append(
+                self._trail.record(
+                    "user.updated",
+                    actor=actor,
+                    target=updated.user.username,
+                    peer=peer,
+                    fields=",".join(sorted(change.fields)),
+                    role=updated.user.role.name,
+                    active=str(updated.user.active).lower(),
+                )
+            )
+            await uow.commit()
+        return updated.user

@@ -1,0 +1,70 @@
+"""Login failure counters in the database, so lockouts hold across replicas and restarts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from hitl_grpc.domain.ports import ThrottleState
+from hitl_grpc.store.codec import aware
+from hitl_grpc.store.tables import login_throttle
+
+
+def _state(row: Any) -> ThrottleState:
+    started = aware(row.window_started_at)
+    assert started is not None
+    return ThrottleState(
+        subject=row.subject,
+        failures=row.failures,
+        window_started_at=started,
+        locked_until=aware(row.locked_until),
+        lockouts=row.lockouts,
+    )
+
+
+class LoginThrottleRepository:
+    """Counters in the caller's transaction."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def peek(self, subjects: list[str]) -> list[ThrottleState]:
+        """The counters of these subjects that exist, without locking them."""
+        stmt = select(login_throttle).where(login_throttle.c.subject.in_(subjects))
+        return [_state(row) for row in await self._conn.execute(stmt)]
+
+    async def lock(self, subject: str, now: datetime) -> ThrottleState:
+        """The subject's counter, created if missing, its row locked until commit.
+
+        INSERT .. ON CONFLICT DO NOTHING then SELECT .. FOR UPDATE: concurrent failures on
+        several replicas queue on the row instead of losing each other's increments.
+        """
+        dialect = postgresql if self._conn.dialect.name == "postgresql" else sqlite
+        await self._conn.execute(
+            dialect.insert(login_throttle)
+            .values(subject=subject, failures=0, window_started_at=now, lockouts=0)
+            .on_conflict_do_nothing(index_elements=["subject"])
+        )
+        stmt = select(login_throttle).where(login_throttle.c.subject == subject).with_for_update()
+        return _state((await self._conn.execute(stmt)).one())
+
+    async def save(self, state: ThrottleState) -> None:
+        """Writes a counter back (after lock())."""
+        await self._conn.execute(
+            update(login_throttle)
+            .where(login_throttle.c.subject == state.subject)
+            .values(
+                failures=state.failures,
+                window_started_at=state.window_started_at,
+                locked_until=state.locked_until,
+                lockouts=state.lockouts,
+            )
+        )
+
+    async def clear(self, subject: str) -> None:
+        """Forgets a subject's failures (after a successful sign-in)."""
+        await self._conn.execute(delete(login_throttle).where(login_throttle.c.subject == subject))
