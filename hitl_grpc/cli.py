@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hitl_grpc import queue_view
 from hitl_grpc.config import ConfigError, Settings
 from hitl_grpc.observability import configure_logging
 from hitl_grpc.server import StartupError, running_server
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="ask a server's gRPC health service; exit 0 if SERVING")
     health.add_argument("--address", help="host:port (default: HITL_LISTEN or 127.0.0.1:50051)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    queue_view.add_parser(sub)
     return parser
 
 
@@ -89,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "health":
         return _run_health(args)
+    if args.command == "watch":
+        return queue_view.run(args)
     settings = _settings()
     configure_logging(settings.log_level)
     try:
