@@ -29,7 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hitl_grpc.api.audit import AuditServicer
 from hitl_grpc.api.auth import AuthServicer
+from hitl_grpc.api.decisions import DecisionServicer
 from hitl_grpc.api.errors import ErrorInterceptor
+from hitl_grpc.api.watch import WatchServicer
 from hitl_grpc.auth.accounts import Accounts, TokenLifetimes
 from hitl_grpc.auth.interceptor import AuthInterceptor
 from hitl_grpc.auth.keys import load_signing_keys
@@ -38,13 +40,16 @@ from hitl_grpc.auth.policy import load_policies
 from hitl_grpc.auth.throttle import LoginLimits
 from hitl_grpc.auth.tokens import TokenIssuer
 from hitl_grpc.config import Settings
+from hitl_grpc.db_monitor import DatabaseMonitor
 from hitl_grpc.domain.clock import Clock, SystemClock
+from hitl_grpc.domain.decisions import DecisionOperations
 from hitl_grpc.domain.errors import InvalidField
 from hitl_grpc.events.hub import EventHub
 from hitl_grpc.observability import AccessLogInterceptor, RpcMetrics
 from hitl_grpc.store import schema
 from hitl_grpc.store.engine import make_engine
 from hitl_grpc.store.uow import UnitOfWorkFactory
+from hitl_grpc.sweeper import Sweeper
 
 log = logging.getLogger("hitl_grpc.server")
 
@@ -199,9 +204,12 @@ async def running_server(
             options=_server_options(settings),
         )
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts), server)
-        # Not implemented yet: the generated base answers UNIMPLEMENTED for every method.
+        decisions = DecisionOperations(
+            uow, clock, claim_lease=settings.claim_lease, sla=settings.sla
+        )
+        watch = WatchServicer(hub, heartbeat_s=settings.heartbeat_s)
         decision_pb2_grpc.add_DecisionServiceServicer_to_server(
-            decision_pb2_grpc.DecisionServiceServicer(),  # type: ignore[abstract]
+            DecisionServicer(decisions, watch, db_timeout_s=settings.db_timeout_s),
             server,
         )
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(accounts.trail), server)
@@ -226,6 +234,18 @@ async def running_server(
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        sweeper = Sweeper(decisions, interval_s=settings.sweep_interval_s)
+        sweeper.start()
+        stack.push_async_callback(sweeper.stop)
+        db_monitor = DatabaseMonitor(
+            engine,
+            health,
+            ("", *SERVICE_NAMES),
+            interval_s=settings.db_check_interval_s,
+            timeout_s=settings.db_timeout_s,
+        )
+        db_monitor.start()
+        stack.push_async_callback(db_monitor.stop)
         host = settings.listen.rpartition(":")[0]
         running = RunningServer(
             settings=settings,
@@ -240,6 +260,7 @@ async def running_server(
             metrics_port=metrics_port,
             hub=hub,
         )
+        running.extras.update(decisions=decisions, sweeper=sweeper, db_monitor=db_monitor)
         try:
             yield running
         finally:

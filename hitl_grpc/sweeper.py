@@ -24,11 +24,14 @@ class Sweeper:
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
         self.sweeps = 0
+        self._swept = asyncio.Condition()
 
     async def sweep_once(self) -> SweepReport:
         """One pass over every kind of due work."""
         report = await self._decisions.sweep()
-        self.sweeps += 1
+        async with self._swept:
+            self.sweeps += 1
+            self._swept.notify_all()
         if report != SweepReport():
             log.info(
                 "sweep: %d expired, %d escalated, %d leases lapsed",
@@ -37,6 +40,11 @@ class Sweeper:
                 report.released,
             )
         return report
+
+    async def wait_for_sweeps(self, count: int) -> None:
+        """Returns once `count` sweeps have finished since the start."""
+        async with self._swept:
+            await self._swept.wait_for(lambda: self.sweeps >= count)
 
     async def _run(self) -> None:
         while True:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -88,3 +89,11 @@ async def statuses(server: Harness, ids: Sequence[str]) -> dict[str, int]:
         rows = (await conn.execute(text("SELECT analysis_id, status FROM decisions"))).all()
     wanted = set(ids)
     return {r[0]: r[1] for r in rows if r[0] in wanted}
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout_s: float = 10.0) -> None:
+    """Returns once `check` holds; fails the test if it doesn't within the deadline."""
+    async with asyncio.timeout(timeout_s):
+        # Polls stored state, which nothing signals; the deadline bounds it.
+        while not await check():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)

@@ -9,6 +9,7 @@ from typing import Any, Final, cast
 from sqlalchemy import (
     ColumnElement,
     Float,
+    Select,
     and_,
     bindparam,
     case,
@@ -68,6 +69,30 @@ def _duration_s(conn: AsyncConnection) -> ColumnElement[Any]:
 
 def _decision(row: Row[Any]) -> Decision:
     return decision_from_row(cast("Mapping[str, Any]", row._mapping))
+
+
+def queue_query(queue_filter: QueueFilter, after: QueueKey | None, limit: int) -> Select[Any]:
+    """The page query: open rows in (priority, created_at, analysis_id) order, after a key.
+
+    Its WHERE repeats ix_decisions_queue's predicate literally and its ORDER BY is the
+    index's, so both backends walk the index and stop after `limit` rows.
+    """
+    c = decisions.c
+    stmt = select(decisions).where(_OPEN)
+    if queue_filter.priorities:
+        stmt = stmt.where(c.priority.in_(sorted(int(p) for p in queue_filter.priorities)))
+    if queue_filter.statuses:
+        stmt = stmt.where(c.status.in_(sorted(int(s) for s in queue_filter.statuses)))
+    if after is not None:
+        stmt = stmt.where(
+            tuple_(c.priority, c.created_at, c.analysis_id)
+            > tuple_(
+                bindparam("after_p", int(after.priority), type_=c.priority.type),
+                bindparam("after_c", after.created_at, type_=TIME),
+                bindparam("after_i", after.analysis_id, type_=c.analysis_id.type),
+            )
+        )
+    return stmt.order_by(c.priority, c.created_at, c.analysis_id).limit(limit)
 
 
 class DecisionRepository:
@@ -134,23 +159,7 @@ class DecisionRepository:
         self, queue_filter: QueueFilter, after: QueueKey | None, limit: int
     ) -> list[Decision]:
         """Open decisions in queue order, strictly after `after`."""
-        c = decisions.c
-        stmt = select(decisions).where(_OPEN)
-        if queue_filter.priorities:
-            stmt = stmt.where(c.priority.in_(sorted(int(p) for p in queue_filter.priorities)))
-        if queue_filter.statuses:
-            stmt = stmt.where(c.status.in_(sorted(int(s) for s in queue_filter.statuses)))
-        if after is not None:
-            stmt = stmt.where(
-                tuple_(c.priority, c.created_at, c.analysis_id)
-                > tuple_(
-                    bindparam("after_p", int(after.priority), type_=c.priority.type),
-                    bindparam("after_c", after.created_at, type_=TIME),
-                    bindparam("after_i", after.analysis_id, type_=c.analysis_id.type),
-                )
-            )
-        stmt = stmt.order_by(c.priority, c.created_at, c.analysis_id).limit(limit)
-        rows = (await self._conn.execute(stmt)).all()
+        rows = (await self._conn.execute(queue_query(queue_filter, after, limit))).all()
         return [_decision(r) for r in rows]
 
     async def _due(self, condition: ColumnElement[bool], order: Any, limit: int) -> list[Decision]:
@@ -224,7 +233,7 @@ class DecisionRepository:
             count_if(c.status == int(Status.APPROVED)),
             count_if(c.status == int(Status.REJECTED)),
             # Ever escalated, by hand or by SLA: the reason outlives the escalated state.
-            count_if(c.escalation_reason.is_not(None)),
+            count_if(and_(c.escalation_reason.is_not(None), c.escalation_reason != "")),
             count_if(c.status == int(Status.EXPIRED)),
             count_if(c.sla_breached.is_(True)),
         )
