@@ -1,4 +1,4 @@
-"""`hitl-grpc serve | migrate | health`: the operator's entry points."""
+"""`hitl-grpc serve | migrate | health | users`: the operator's entry points."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hitl_grpc import queue_view
+from hitl_grpc import queue_view, users_command
 from hitl_grpc.config import ConfigError, Settings
 from hitl_grpc.observability import configure_logging
 from hitl_grpc.server import StartupError, running_server
@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--address", help="host:port (default: HITL_LISTEN or 127.0.0.1:50051)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     queue_view.add_parser(sub)
+    users_command.add_parser(sub)
     return parser
 
 
@@ -95,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return queue_view.run(args)
     settings = _settings()
     configure_logging(settings.log_level)
+    if args.command == "users":
+        return users_command.run(args, settings)
     try:
         if args.command == "serve":
             asyncio.run(_serve(settings))

@@ -1,0 +1,127 @@
+"""`hitl-grpc users ...` works on the configured database, for the first admin and recovery."""
+
+import asyncio
+import os
+import sys
+
+import grpc
+
+from hitl_grpc.domain.ports import AuditQuery
+from hitl_grpc.domain.values import Role
+from tests.harness import PASSWORD, Harness
+from tests.signin import rpc_error, whoami
+
+TIMEOUT_S = 60
+
+
+async def _users(database_url: str, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of `hitl-grpc users ...`."""
+    env = {
+        **os.environ,
+        "HITL_DATABASE_URL": database_url,
+        "HITL_JWT_SECRET": "cli-test-signing-key-" + "c" * 32,
+        "HITL_METRICS_LISTEN": "off",
+        # Same algorithm, test cost, like the in-process servers.
+        "HITL_PASSWORD_MEMORY_KIB": "1024",
+        "HITL_PASSWORD_TIME_COST": "1",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hitl_grpc.cli",
+        "users",
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(
+        proc.communicate(stdin.encode() if stdin is not None else b""), TIMEOUT_S
+    )
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_create_with_a_password_from_stdin(server: Harness, database_url: str) -> None:
+    code, out, err = await _users(
+        database_url,
+        "create",
+        "Ops-Lead",
+        "--role",
+        "admin",
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
+    assert code == 0, err
+    assert "Ops-Lead\tadmin\tactive" in out and PASSWORD not in out
+    token = (await server.login("ops-lead")).tokens.access_token
+    assert (await whoami(server, token)).role == Role.ADMIN.value
+    [row] = (
+        await server.running.accounts.trail.page(AuditQuery(kind="user.created", target="Ops-Lead"))
+    )[0]
+    assert (row.actor, row.peer) == ("cli", "local")
+
+
+async def test_create_without_a_password_prints_a_generated_one(
+    server: Harness, database_url: str
+) -> None:
+    code, out, err = await _users(database_url, "create", "svc", "--role", "service")
+    assert code == 0, err
+    password = out.split("password: ", 1)[1].split(" ", 1)[0]
+    assert (await server.login("svc", password)).tokens.access_token
+
+
+async def test_list_shows_every_account(server: Harness, database_url: str) -> None:
+    await server.create_user(Role.VIEWER, "viewer-one")
+    code, out, err = await _users(database_url, "list")
+    assert code == 0, err
+    names = [line.split("\t")[0] for line in out.splitlines()]
+    assert names == ["admin", "viewer-one"]
+
+
+async def test_set_role_and_deactivate_take_effect_on_live_tokens(
+    server: Harness, database_url: str
+) -> None:
+    user = await server.create_user(Role.ADMIN, "demote-me")
+    token = (await server.login(user.username)).tokens.access_token
+    code, _, err = await _users(database_url, "set-role", "DEMOTE-ME", "viewer")
+    assert code == 0, err
+    assert (await whoami(server, token)).role == Role.VIEWER.value
+    code, _, err = await _users(database_url, "deactivate", "demote-me")
+    assert code == 0, err
+    error = await rpc_error(whoami(server, token))
+    assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+    code, _, err = await _users(database_url, "activate", "demote-me")
+    assert code == 0, err
+    assert (await server.login(user.username)).tokens.access_token
+
+
+async def test_reset_password_recovers_an_account(server: Harness, database_url: str) -> None:
+    user = await server.create_user(Role.ANALYST, "forgetful")
+    old = (await server.login(user.username)).tokens.access_token
+    code, _, err = await _users(
+        database_url,
+        "reset-password",
+        "forgetful",
+        "--password-stdin",
+        stdin="a-brand-new-password-1\n",
+    )
+    assert code == 0, err
+    error = await rpc_error(whoami(server, old))
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert (await server.login(user.username, "a-brand-new-password-1")).tokens.access_token
+    error = await rpc_error(server.login(user.username))
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_refusals_exit_1_with_a_reason(server: Harness, database_url: str) -> None:
+    code, _, err = await _users(database_url, "deactivate", "admin")
+    assert code == 1 and "last active admin" in err
+    code, _, err = await _users(database_url, "set-role", "nobody", "viewer")
+    assert code == 1 and "no user" in err
+    code, _, err = await _users(
+        database_url, "create", "ADMIN", "--role", "viewer", "--password-stdin", stdin=PASSWORD
+    )
+    assert code == 1 and "taken" in err
+    assert (await server.login("admin", "bootstrap-password-for-tests")).tokens.access_token
