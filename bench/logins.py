@@ -48,7 +48,7 @@ async def _hash_ceiling(count: int) -> float:
         return time.perf_counter() - started
 
 
-async def _setup(auth: auth_pb2_grpc.AuthServiceStub) -> list[str]:
+async def _setup(auth: auth_pb2_grpc.AuthServiceAsyncStub) -> list[str]:
     admin = await auth.Login(
         auth_pb2.LoginRequest(username="admin", password=ADMIN_PASSWORD), timeout=60
     )
@@ -66,7 +66,9 @@ async def _setup(auth: auth_pb2_grpc.AuthServiceStub) -> list[str]:
 
 
 async def _storm(
-    auth: auth_pb2_grpc.AuthServiceStub, health: health_pb2_grpc.HealthStub, names: list[str]
+    auth: auth_pb2_grpc.AuthServiceAsyncStub,
+    health: health_pb2_grpc.HealthAsyncStub,
+    names: list[str],
 ) -> tuple[Measured, Measured]:
     turn = 0
 
@@ -83,9 +85,12 @@ async def _storm(
     async def check() -> object:
         return await health.Check(health_pb2.HealthCheckRequest(), timeout=30)
 
+    # The ratio is taken from a storm alone; responsiveness from a second one with probes.
+    alone = await drive(login, concurrency=LOGINS, total=LOGINS)
     storm = asyncio.create_task(drive(login, concurrency=LOGINS, total=LOGINS))
-    checks = await drive(check, concurrency=4, total=200)
-    return await storm, checks
+    checks = await drive(check, concurrency=1, total=100)
+    await storm
+    return alone, checks
 
 
 async def run() -> None:
