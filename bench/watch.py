@@ -1,0 +1,340 @@
+"""WatchPending fan-out: commit-to-delivery latency, events/s and memory per idle watcher.
+
+Beside it, in the same run, a bare grpc.aio fan-out server (`python -m bench.watch
+--bare`) that forwards each published message to every open stream: same runtime, same
+message size, no database, no auth. Latency runs from the start of the call that causes
+the event (SubmitDecision / Publish) to the moment each watcher has the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from hitl.v1 import auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
+
+from bench.common import (
+    ADMIN_PASSWORD,
+    BENCH_SECRET,
+    _process,
+    fresh_postgres,
+    report,
+    serve_subprocess,
+)
+
+WATCHER_COUNTS: Final = (1, 100, 1000)
+EVENTS_PER_COUNT: Final = 40
+BURST: Final = 200
+CHANNELS: Final = 8
+BARE_WATCH: Final = "/bench.Fanout/Watch"
+BARE_PUBLISH: Final = "/bench.Fanout/Publish"
+
+
+# -- the bare fan-out server ---------------------------------------------------------------
+
+
+async def _bare_main() -> None:
+    queues: set[asyncio.Queue[bytes]] = set()
+
+    async def watch(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue(1024)
+        queues.add(queue)
+        try:
+            yield b"ready"
+            while True:
+                yield await queue.get()
+        finally:
+            queues.discard(queue)
+
+    async def publish(request: bytes, context: Any) -> bytes:
+        for queue in queues:
+            queue.put_nowait(request)
+        return b""
+
+    server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 4096)])
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bench.Fanout",
+                {
+                    "Watch": grpc.unary_stream_rpc_method_handler(watch),
+                    "Publish": grpc.unary_unary_rpc_method_handler(publish),
+                },
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"serving on 127.0.0.1:{port}", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+@contextmanager
+def bare_server() -> Iterator[str]:
+    """The ceiling's server in its own process."""
+    with tempfile.TemporaryDirectory(prefix="hitl-fanout-") as tmp:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": root}
+        with _process([sys.executable, "-m", "bench.watch", "--bare"], env, "serving on", tmp) as a:
+            yield a
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+def _rss_kib(port: int) -> int:
+    """The RSS of our child process that serves `port` (found through /proc)."""
+    me = os.getpid()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != me:
+                continue
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    raise RuntimeError(f"no child process found for port {port}")
+
+
+class Watchers:
+    """N open streams; records when each one received each message key."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[str, list[float]] = {}
+        self.waiters: dict[str, tuple[int, asyncio.Future[None]]] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def expect(self, key: str, count: int) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.arrivals[key] = []
+        self.waiters[key] = (count, future)
+        return future
+
+    def arrived(self, key: str) -> None:
+        times = self.arrivals.get(key)
+        if times is None:
+            return
+        times.append(time.perf_counter())
+        count, future = self.waiters[key]
+        if len(times) == count and not future.done():
+            future.set_result(None)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def _open(n: int, start: Callable[[int], Awaitable[None]]) -> None:
+    for i in range(0, n, 50):
+        await asyncio.gather(*(start(j) for j in range(i, min(n, i + 50))))
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(len(ordered) * q) - 1)] * 1000
+
+
+async def _latency(
+    watchers: Watchers, n: int, cause: Callable[[str], Awaitable[object]]
+) -> list[float]:
+    latencies: list[float] = []
+    for _ in range(EVENTS_PER_COUNT):
+        key = f"b-{uuid.uuid4().hex[:12]}"
+        done = watchers.expect(key, n)
+        started = time.perf_counter()
+        await cause(key)
+        await asyncio.wait_for(done, 60)
+        latencies.extend(t - started for t in watchers.arrivals.pop(key))
+    return latencies
+
+
+async def _burst(watchers: Watchers, n: int, cause: Callable[[str], Awaitable[object]]) -> float:
+    keys = [f"burst-{uuid.uuid4().hex[:12]}" for _ in range(BURST)]
+    done = [watchers.expect(k, n) for k in keys]
+    started = time.perf_counter()
+    sem = asyncio.Semaphore(16)
+
+    async def one(key: str) -> None:
+        async with sem:
+            await cause(key)
+
+    await asyncio.gather(*(one(k) for k in keys))
+    await asyncio.wait_for(asyncio.gather(*done), 120)
+    elapsed = time.perf_counter() - started
+    for k in keys:
+        watchers.arrivals.pop(k, None)
+    return n * BURST / elapsed
+
+
+def _request(key: str) -> decision_pb2.SubmitDecisionRequest:
+    detected = Timestamp()
+    detected.FromDatetime(datetime.now(UTC))
+    return decision_pb2.SubmitDecisionRequest(
+        analysis_id=key,
+        incident_id="inc-bench",
+        threat_level="high",
+        source_ip="203.0.113.9",
+        attributed_actor="APT-Bench",
+        confidence=80,
+        iocs=["evil.example"],
+        ttps=["T1021"],
+        recommended_actions=[decision_pb2.Action(type=decision_pb2.ACTION_TYPE_BLOCK_IP)],
+        forensic_summary="s" * 300,
+        priority=decision_pb2.PRIORITY_HIGH,
+        detected_at=detected,
+    )
+
+
+async def _measure_service(address: str) -> dict[str, float]:
+    results: dict[str, float] = {}
+    channels = [grpc.aio.insecure_channel(address) for _ in range(CHANNELS)]
+    auth = auth_pb2_grpc.AuthServiceStub(channels[0])
+    login = await auth.Login(
+        auth_pb2.LoginRequest(username="admin", password=ADMIN_PASSWORD), timeout=30
+    )
+    metadata = (("authorization", f"Bearer {login.tokens.access_token}"),)
+    stubs = [decision_pb2_grpc.DecisionServiceStub(c) for c in channels]
+    port = int(address.rsplit(":", 1)[1])
+
+    async def cause(key: str) -> object:
+        return await stubs[0].SubmitDecision(_request(key), metadata=metadata, timeout=30)
+
+    for n in WATCHER_COUNTS:
+        watchers = Watchers()
+        live = 0
+        ready = asyncio.Event()
+        target = {"live": n}
+
+        async def run(
+            i: int,
+            watchers: Watchers = watchers,
+            target: dict[str, int] = target,
+            ready: asyncio.Event = ready,
+        ) -> None:
+            nonlocal live
+            call = stubs[i % CHANNELS].WatchPending(
+                decision_pb2.WatchPendingRequest(), metadata=metadata
+            )
+            async for reply in call:
+                if reply.HasField("snapshot_complete"):
+                    live += 1
+                    if live == target["live"]:
+                        ready.set()
+                elif reply.HasField("added"):
+                    watchers.arrived(reply.added.analysis_id)
+
+        rss_before = _rss_kib(port)
+        # Opened in groups, as dashboards arrive: a thousand snapshots at once would only
+        # measure the connection pool.
+        for first in range(0, n, 50):
+            ready.clear()
+            group = min(n, first + 50)
+            target["live"] = group
+            watchers.tasks += [asyncio.create_task(run(i)) for i in range(first, group)]
+            await asyncio.wait_for(ready.wait(), 120)
+        if n == max(WATCHER_COUNTS):
+            results["rss_per_watcher_kib"] = (_rss_kib(port) - rss_before) / n
+        lat = await _latency(watchers, n, cause)
+        results[f"p50_{n}"], results[f"p99_{n}"] = _pct(lat, 0.5), _pct(lat, 0.99)
+        if n == 100:
+            results["events_per_s"] = await _burst(watchers, n, cause)
+        await watchers.close()
+    for c in channels:
+        await c.close()
+    return results
+
+
+async def _measure_bare(address: str) -> dict[str, float]:
+    results: dict[str, float] = {}
+    channels = [grpc.aio.insecure_channel(address) for _ in range(CHANNELS)]
+    publish = channels[0].unary_unary(BARE_PUBLISH)
+    # A message the size of a WatchPendingResponse carrying a decision.
+    body = decision_pb2.WatchPendingResponse(cursor="v1:MTIzNDU2Ljc4OQ").SerializeToString()
+    size_like = len(_request("x").SerializeToString()) + 200
+
+    async def cause(key: str) -> object:
+        return await publish(key.encode() + b"|" + b"x" * size_like + body, timeout=30)
+
+    for n in WATCHER_COUNTS:
+        watchers = Watchers()
+        live = 0
+        ready = asyncio.Event()
+
+        async def run(
+            i: int, watchers: Watchers = watchers, n: int = n, ready: asyncio.Event = ready
+        ) -> None:
+            nonlocal live
+            call = channels[i % CHANNELS].unary_stream(BARE_WATCH)(b"")
+            async for message in call:
+                if message == b"ready":
+                    live += 1
+                    if live == n:
+                        ready.set()
+                else:
+                    watchers.arrived(message.split(b"|", 1)[0].decode())
+
+        watchers.tasks = [asyncio.create_task(run(i)) for i in range(n)]
+        await asyncio.wait_for(ready.wait(), 120)
+        lat = await _latency(watchers, n, cause)
+        results[f"p50_{n}"], results[f"p99_{n}"] = _pct(lat, 0.5), _pct(lat, 0.99)
+        if n == 100:
+            results["events_per_s"] = await _burst(watchers, n, cause)
+        await watchers.close()
+    for c in channels:
+        await c.close()
+    return results
+
+
+async def run() -> None:
+    """Measures the service on PostgreSQL and the bare fan-out, and prints both."""
+    with bare_server() as bare_address:
+        bare = await _measure_bare(bare_address)
+    name = f"hitl_bench_watch_{os.getpid()}"
+    with fresh_postgres(name) as url:
+        env = {"HITL_DATABASE_URL": url, "HITL_JWT_SECRET": BENCH_SECRET}
+        with serve_subprocess(env) as address:
+            service = await _measure_service(address)
+    for n in WATCHER_COUNTS:
+        report(
+            f"watch p50 commit->delivery, {n} watchers", service[f"p50_{n}"], bare[f"p50_{n}"], "ms"
+        )
+        report(
+            f"watch p99 commit->delivery, {n} watchers", service[f"p99_{n}"], bare[f"p99_{n}"], "ms"
+        )
+    report(
+        "watch events delivered/s (100 watchers)",
+        service["events_per_s"],
+        bare["events_per_s"],
+        "ev/s",
+    )
+    print(
+        f"{'watch server RSS per idle watcher':<48}"
+        f" {service['rss_per_watcher_kib']:>12.1f} KiB      budget 20 KiB"
+    )
+    print(f"p99 ratio at 1,000 watchers: {service['p99_1000'] / bare['p99_1000']:.2f} (budget 1.5)")
+
+
+if __name__ == "__main__":
+    if "--bare" in sys.argv:
+        asyncio.run(_bare_main())
