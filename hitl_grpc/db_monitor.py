@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+from hitl_grpc.store.uow import UnitOfWorkFactory
 
 log = logging.getLogger("hitl_grpc.db_monitor")
 
@@ -20,14 +21,14 @@ class DatabaseMonitor:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        uow: UnitOfWorkFactory,
         health: HealthServicer,
         services: Sequence[str],
         *,
         interval_s: float,
         timeout_s: float,
     ) -> None:
-        self._engine = engine
+        self._uow = uow
         self._health = health
         self._services = tuple(services)
         self._interval_s = interval_s
@@ -38,9 +39,9 @@ class DatabaseMonitor:
     async def probe(self) -> bool:
         """Whether the database answers a trivial query within the timeout."""
         try:
-            async with asyncio.timeout(self._timeout_s):
-                async with self._engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
+            # A unit of work: the same deadline, and the same detached checkout, as RPCs.
+            async with asyncio.timeout(self._timeout_s), self._uow(readonly=True) as unit:
+                await unit.connection.execute(text("SELECT 1"))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure to answer is "down"; the reason is logged

@@ -148,7 +148,7 @@ async def running_server(
     async with AsyncExitStack() as stack:
         engine = await open_store(settings)
         stack.push_async_callback(engine.dispose)
-        uow = UnitOfWorkFactory(engine)
+        uow = UnitOfWorkFactory(engine, timeout_s=settings.db_timeout_s)
         # One reader of the event log per process, fanning out to every local watcher.
         hub = EventHub(
             engine,
@@ -238,7 +238,7 @@ async def running_server(
         sweeper.start()
         stack.push_async_callback(sweeper.stop)
         db_monitor = DatabaseMonitor(
-            engine,
+            uow,
             health,
             ("", *SERVICE_NAMES),
             interval_s=settings.db_check_interval_s,

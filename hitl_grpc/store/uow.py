@@ -49,10 +49,15 @@ class UnitOfWork:
         *,
         readonly: bool = False,
         after_commit: Callable[[], None] | None = None,
+        timeout_s: float | None = None,
+        detached: set[asyncio.Task[AsyncConnection]] | None = None,
     ) -> None:
         self._engine = engine
+        self._detached = detached if detached is not None else set()
         self._readonly = readonly
         self._after_commit = after_commit
+        self._timeout_s = timeout_s
+        self._deadline: asyncio.Timeout | None = None
         self._conn: AsyncConnection | None = None
 
     @property
@@ -62,8 +67,41 @@ class UnitOfWork:
         return self._conn
 
     async def __aenter__(self) -> Self:
+        # The whole unit runs under one deadline: a database that drops packets
+        # (even during the pool's liveness ping) is UNAVAILABLE, never a hang.
+        if self._timeout_s is not None:
+            self._deadline = asyncio.timeout(self._timeout_s)
+            await self._deadline.__aenter__()
         try:
-            conn = await self._engine.connect()
+            await self._open()
+        except BaseException as exc:
+            await self._end_deadline(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def _connect(self) -> AsyncConnection:
+        # On a cancelled query psycopg first tries a server-side cancel and waits for
+        # it (up to 10 s) before re-raising. Checkout (with its liveness ping) is the
+        # usual place a dead network is first met, so it runs detached: the caller
+        # leaves at its deadline and the checkout finishes, or is discarded, alone.
+        checkout = asyncio.ensure_future(self._engine.connect())
+        try:
+            return await asyncio.shield(checkout)
+        except BaseException:
+            checkout.cancel()
+            self._detached.add(checkout)
+            checkout.add_done_callback(self._discard_late_checkout)
+            raise
+
+    def _discard_late_checkout(self, checkout: asyncio.Task[AsyncConnection]) -> None:
+        self._detached.discard(checkout)
+        if not checkout.cancelled() and checkout.exception() is None:
+            late = asyncio.ensure_future(_discard(checkout.result()))
+            late.add_done_callback(lambda _: None)
+
+    async def _open(self) -> None:
+        try:
+            conn = await self._connect()
         except Exception as exc:
             if is_unavailable(exc):
                 raise errors.Unavailable("database unavailable, retry later") from exc
@@ -86,7 +124,20 @@ class UnitOfWork:
         self.throttle = LoginThrottleRepository(conn)
         self.events = EventLog(conn)
         self.decisions = DecisionRepository(conn)
-        return self
+
+    async def _end_deadline(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        deadline, self._deadline = self._deadline, None
+        if deadline is None:
+            return
+        try:
+            await deadline.__aexit__(exc_type, exc, tb)
+        except TimeoutError as timed_out:
+            raise errors.Unavailable("database did not answer in time, retry later") from timed_out
 
     async def commit(self) -> None:
         """Makes every change of this unit durable at once."""
@@ -101,6 +152,12 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        try:
+            await self._close(exc)
+        finally:
+            await self._end_deadline(exc_type, exc, tb)
+
+    async def _close(self, exc: BaseException | None) -> None:
         conn = self.connection
         self._conn = None
         if isinstance(exc, asyncio.CancelledError | TimeoutError):
@@ -129,11 +186,20 @@ async def _discard(conn: AsyncConnection) -> None:
 class UnitOfWorkFactory:
     """Opens units of work on one engine."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, timeout_s: float | None = None) -> None:
         self.engine = engine
+        self.timeout_s = timeout_s
+        # Checkouts abandoned at a deadline, kept referenced until they finish.
+        self.detached: set[asyncio.Task[AsyncConnection]] = set()
         # Set by the server once its event reader exists.
         self.after_commit: Callable[[], None] | None = None
 
     def __call__(self, *, readonly: bool = False) -> UnitOfWork:
         """A new, not yet entered, unit of work."""
-        return UnitOfWork(self.engine, readonly=readonly, after_commit=self.after_commit)
+        return UnitOfWork(
+            self.engine,
+            readonly=readonly,
+            after_commit=self.after_commit,
+            timeout_s=self.timeout_s,
+            detached=self.detached,
+        )
