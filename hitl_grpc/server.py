@@ -149,6 +149,8 @@ async def running_server(
         engine = await open_store(settings)
         stack.push_async_callback(engine.dispose)
         uow = UnitOfWorkFactory(engine, timeout_s=settings.db_timeout_s)
+        # psycopg may spend 10 s cancelling a query before an abandoned checkout ends.
+        stack.push_async_callback(uow.drain, settings.db_timeout_s + 10)
         # One reader of the event log per process, fanning out to every local watcher.
         hub = EventHub(
             engine,

@@ -111,3 +111,16 @@ async def server(make_server: ServerFactory) -> AsyncIterator[Harness]:
     """The test's own server on 127.0.0.1:0 and a channel to it."""
     async with make_server() as harness:
         yield harness
+
+
+@pytest.fixture(autouse=True)
+async def no_task_outlives_its_server() -> AsyncIterator[None]:
+    """Whatever a test's servers started (readers, sweepers, cleanups) has ended after it."""
+    yield
+    current = asyncio.current_task()
+    leftover = {t for t in asyncio.all_tasks() if t is not current and not t.done()}
+    if leftover:
+        _, pending = await asyncio.wait(leftover, timeout=5)
+        for task in pending:
+            task.cancel()
+        assert not pending, f"tasks outlived the test: {[t.get_coro() for t in pending]}"

@@ -84,6 +84,8 @@ class UnitOfWork:
         # it (up to 10 s) before re-raising. Checkout (with its liveness ping) is the
         # usual place a dead network is first met, so it runs detached: the caller
         # leaves at its deadline and the checkout finishes, or is discarded, alone.
+        if self._engine.dialect.name != "postgresql":
+            return await self._engine.connect()  # a local file: checkout never waits on a network
         checkout = asyncio.ensure_future(self._engine.connect())
         try:
             return await asyncio.shield(checkout)
@@ -193,6 +195,11 @@ class UnitOfWorkFactory:
         self.detached: set[asyncio.Task[AsyncConnection]] = set()
         # Set by the server once its event reader exists.
         self.after_commit: Callable[[], None] | None = None
+
+    async def drain(self, timeout_s: float) -> None:
+        """Waits for checkouts abandoned at a deadline, before the engine is disposed."""
+        if self.detached:
+            await asyncio.wait(set(self.detached), timeout=timeout_s)
 
     def __call__(self, *, readonly: bool = False) -> UnitOfWork:
         """A new, not yet entered, unit of work."""
