@@ -13,6 +13,7 @@ from hitl.v1 import auth_pb2, decision_pb2
 
 from hitl_grpc.client import HitlClient, HitlClientError, PendingChange
 from hitl_grpc.domain.values import Role
+from tests.decisions_support import wait_until
 from tests.harness import PASSWORD, Harness, ServerFactory, bearer
 from tests.watching import append_events, hand_decision, hub_of, next_of, submit_request
 
@@ -127,7 +128,12 @@ async def test_watch_pending_resyncs_when_its_cursor_is_gone(server: Harness) ->
         old = server.running.clock.now() - server.running.settings.event_retention * 2
         await append_events(server, [hand_decision("expired", now=old)])
         await hub_of(server).sync()
-        await hub_of(server).prune()
+
+        async def pruned() -> bool:
+            # On PostgreSQL pruning waits for the cluster-wide commit horizon.
+            return await hub_of(server).prune() > 0
+
+        await wait_until(pruned)
         resumed = aiter(analyst.watch_pending(cursor=complete.cursor))
         assert (await next_of(resumed)).kind == "resync"
         assert (await _until(resumed, "snapshot_complete")).cursor
