@@ -16,6 +16,8 @@ ACTOR_MAX = 150
 KIND_MAX = 64
 TARGET_MAX = 256
 PEER_MAX = 128
+# Built once: SQLAlchemy reuses the compiled statement and only binds the row.
+_APPEND = insert(audit_events)
 
 
 def _record(row: Any) -> AuditRecord:
@@ -42,15 +44,16 @@ class AuditLog:
     async def append(self, record: AuditRecord) -> None:
         """Records one audited action."""
         await self._conn.execute(
-            insert(audit_events).values(
-                time=record.time,
-                actor=record.actor[:ACTOR_MAX],
-                kind=record.kind[:KIND_MAX],
-                target=record.target[:TARGET_MAX],
-                peer=record.peer[:PEER_MAX],
-                outcome=int(record.outcome),
-                details=dict(record.details),
-            )
+            _APPEND,
+            {
+                "time": record.time,
+                "actor": record.actor[:ACTOR_MAX],
+                "kind": record.kind[:KIND_MAX],
+                "target": record.target[:TARGET_MAX],
+                "peer": record.peer[:PEER_MAX],
+                "outcome": int(record.outcome),
+                "details": dict(record.details),
+            },
         )
 
     async def query(self, query: AuditQuery) -> list[AuditRecord]:

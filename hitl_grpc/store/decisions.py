@@ -95,6 +95,17 @@ def queue_query(queue_filter: QueueFilter, after: QueueKey | None, limit: int) -
     return stmt.order_by(c.priority, c.created_at, c.analysis_id).limit(limit)
 
 
+# Built once per dialect: SQLAlchemy reuses the compiled INSERT and only binds the row.
+# ON CONFLICT DO NOTHING: concurrent identical submits wait on the key, then one inserts
+# and the others see the committed row, with no error to retry.
+_INSERT = {
+    name: dialect_insert(decisions)
+    .on_conflict_do_nothing(index_elements=[decisions.c.analysis_id])
+    .returning(decisions.c.analysis_id)
+    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+
+
 class DecisionRepository:
     """Decisions, read and written in the caller's transaction."""
 
@@ -105,16 +116,8 @@ class DecisionRepository:
     async def insert(self, decision: Decision, payload_hash: str) -> bool:
         """Adds a new decision; False (and no change) if its analysis_id is taken."""
         values = {**decision_to_row(decision), "payload_hash": payload_hash}
-        dialect_insert = postgresql.insert if self._postgres else sqlite.insert
-        # ON CONFLICT DO NOTHING: concurrent identical submits wait on the key, then
-        # one inserts and the others see the committed row, with no error to retry.
-        stmt = (
-            dialect_insert(decisions)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=[decisions.c.analysis_id])
-            .returning(decisions.c.analysis_id)
-        )
-        return (await self._conn.execute(stmt)).first() is not None
+        stmt = _INSERT[self._conn.dialect.name]
+        return (await self._conn.execute(stmt, values)).first() is not None
 
     async def get(self, analysis_id: AnalysisId) -> Decision | None:
         """One decision, or None."""

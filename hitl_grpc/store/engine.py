@@ -38,8 +38,9 @@ def make_engine(raw_url: str, *, timeout_s: float, pool_size: int = 10) -> Async
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=timeout_s,
-        # A connection killed server-side must not be handed out again.
-        pool_pre_ping=True,
+        # No liveness ping per checkout (two round trips a unit): a connection killed
+        # server-side fails its first statement, that unit is UNAVAILABLE (retryable), and
+        # SQLAlchemy then invalidates the whole pool. Cancelled units never return theirs.
         pool_recycle=1800,
         connect_args={
             "connect_timeout": max(1, int(timeout_s)),
@@ -72,9 +73,11 @@ def _sqlite_engine(url: URL, timeout_s: float) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # BEGIN IMMEDIATE: SQLite takes the write lock lazily, so a transaction that
-        # read first would get SQLITE_BUSY on upgrade instead of waiting its turn.
-        readonly = conn.get_execution_options().get(READONLY, False)
-        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+        # Read-only units run in autocommit (each statement its own snapshot, as under
+        # READ COMMITTED on PostgreSQL). Writers take BEGIN IMMEDIATE: SQLite takes the
+        # write lock lazily, so a transaction that read first would get SQLITE_BUSY on
+        # upgrade instead of waiting its turn.
+        if not conn.get_execution_options().get(READONLY, False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

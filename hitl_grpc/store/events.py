@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from sqlalchemy import insert, literal_column, text
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import ReturningInsert
 
 from hitl_grpc.domain.ports import EventKind
 from hitl_grpc.domain.values import Decision
@@ -36,6 +37,17 @@ from hitl_grpc.store.tables import decision_events
 # LISTEN/NOTIFY channel: a wake-up only, its payload is the writer's txid.
 NOTIFY_CHANNEL: Final = "hitl_decision_events"
 TXID_SQL: Final = "pg_current_xact_id()::text::bigint"
+
+
+# Built once: SQLAlchemy reuses the compiled statement and only binds the row. On
+# PostgreSQL the writer's txid is taken in the INSERT, and the NOTIFY rides on it (no
+# extra round trip, delivered at commit; identical payloads in one transaction collapse).
+_APPEND_SQLITE = insert(decision_events)
+_APPEND_POSTGRES: ReturningInsert[Any] = (
+    insert(decision_events)
+    .values(txid=text(TXID_SQL))
+    .returning(literal_column(f"pg_notify('{NOTIFY_CHANNEL}', txid::text)"))
+)
 
 
 class EventLog:
@@ -57,11 +69,6 @@ class EventLog:
             "time": decision.updated_at,
             "payload": row_to_payload(decision_to_row(decision)),
         }
-        stmt = insert(decision_events)
-        if self._postgres:
-            values["txid"] = text(TXID_SQL)
-            # NOTIFY rides on the INSERT (no extra round trip) and is delivered at commit;
-            # identical payloads in one transaction collapse into one notification.
-            stmt = stmt.returning(literal_column(f"pg_notify('{NOTIFY_CHANNEL}', txid::text)"))
-        await self._conn.execute(stmt.values(**values))
+        stmt = _APPEND_POSTGRES if self._postgres else _APPEND_SQLITE
+        await self._conn.execute(stmt, values)
         self.appended = True

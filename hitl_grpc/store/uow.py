@@ -111,7 +111,12 @@ class UnitOfWork:
         self._conn = conn
         try:
             if self._readonly:
-                await conn.execution_options(**{READONLY: True})
+                # Reads need no BEGIN/ROLLBACK round trips: under READ COMMITTED every
+                # statement takes its own snapshot whether or not it is in a transaction.
+                options: dict[str, object] = {READONLY: True}
+                if conn.dialect.name == "postgresql":
+                    options["isolation_level"] = "AUTOCOMMIT"
+                await conn.execution_options(**options)
             await conn.begin()
         except BaseException as exc:
             await conn.invalidate()
