@@ -21,14 +21,18 @@ from hitl_grpc.domain.queue import QueueStats, WindowStats
 from hitl_grpc.domain.validation import ActionDraft, AnalysisDraft, VerdictDraft
 from hitl_grpc.domain.values import Action, AuditRecord, Decision, Resolution, Role, User
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
 
 def timestamp(value: datetime | None) -> Timestamp | None:
-    """A Timestamp, or None to leave the field unset."""
+    """A Timestamp, or None to leave the field unset; exact to the microsecond."""
     if value is None:
         return None
-    ts = Timestamp()
-    ts.FromDatetime(value.astimezone(UTC))
-    return ts
+    # Integer arithmetic on an aware datetime: several times cheaper than
+    # Timestamp.FromDatetime, which matters at 50 decisions (7 times each) a page.
+    seconds, micros = divmod((value - _EPOCH) // _MICROSECOND, 1_000_000)
+    return Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
 def from_timestamp(ts: Timestamp) -> datetime:
