@@ -66,3 +66,22 @@ def wrap_handler(handler: Handler, around: Around) -> Handler:
         return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **args)
     assert handler.stream_stream is not None
     return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **args)
+
+
+class WrappingInterceptor(ServerInterceptor):
+    """Runs every call of a method inside the context `around_for(method)` gives."""
+
+    def around_for(self, method: str) -> Around:
+        """The context each call of `method` runs in."""
+        raise NotImplementedError
+
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        # None for a method no servicer implements: grpc answers UNIMPLEMENTED.
+        handler: Handler | None = await continuation(handler_call_details)
+        if handler is None:
+            return None  # type: ignore[return-value]  # grpc accepts None here
+        return wrap_handler(handler, self.around_for(handler_call_details.method))

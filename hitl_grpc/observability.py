@@ -14,7 +14,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from hitl_grpc.auth.principal import _current as current_principal_var
-from hitl_grpc.handlers import Continuation, Handler, ServerInterceptor, wrap_handler
+from hitl_grpc.handlers import Around, WrappingInterceptor
 
 log = logging.getLogger("hitl_grpc.rpc")
 
@@ -62,22 +62,14 @@ class RpcMetrics:
         )
 
 
-class AccessLogInterceptor(ServerInterceptor):
+class AccessLogInterceptor(WrappingInterceptor):
     """Outermost: sees the final status of every call."""
 
     def __init__(self, metrics: RpcMetrics) -> None:
         self._metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        # None for a method no servicer implements: grpc answers UNIMPLEMENTED.
-        handler: Handler | None = await continuation(handler_call_details)
-        if handler is None:
-            return None  # type: ignore[return-value]  # grpc accepts None here
-        method = handler_call_details.method
+    def around_for(self, method: str) -> Around:
+        """Times each call of `method` and logs its outcome."""
         metrics = self._metrics
 
         @asynccontextmanager
@@ -107,7 +99,7 @@ class AccessLogInterceptor(ServerInterceptor):
                     },
                 )
 
-        return wrap_handler(handler, timed)
+        return timed
 
 
 def _final_code(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> grpc.StatusCode:

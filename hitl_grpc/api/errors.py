@@ -14,7 +14,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hitl_grpc.domain import errors
-from hitl_grpc.handlers import Continuation, Handler, ServerInterceptor, wrap_handler
+from hitl_grpc.handlers import Around, WrappingInterceptor
 
 log = logging.getLogger("hitl_grpc.api")
 
@@ -90,16 +90,9 @@ async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIte
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
-class ErrorInterceptor(ServerInterceptor):
+class ErrorInterceptor(WrappingInterceptor):
     """Applies the error table to every method."""
 
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        # None for a method no servicer implements: grpc answers UNIMPLEMENTED.
-        handler: Handler | None = await continuation(handler_call_details)
-        if handler is None:
-            return None  # type: ignore[return-value]  # grpc accepts None here
-        return wrap_handler(handler, mapped_errors)
+    def around_for(self, method: str) -> Around:
+        """Every method gets the same table."""
+        return mapped_errors

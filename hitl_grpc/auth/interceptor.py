@@ -12,7 +12,7 @@ from hitl_grpc.auth import principal as principal_ctx
 from hitl_grpc.auth.policy import Policy, policy_for
 from hitl_grpc.domain.errors import PermissionDenied, Unauthenticated
 from hitl_grpc.domain.values import Principal
-from hitl_grpc.handlers import Continuation, Handler, ServerInterceptor, wrap_handler
+from hitl_grpc.handlers import Around, WrappingInterceptor
 
 Authenticate = Callable[[str, str], Awaitable[Principal]]
 
@@ -28,23 +28,16 @@ def bearer_token(metadata: Any) -> str:
     raise Unauthenticated("authentication required: send 'authorization: Bearer <token>'")
 
 
-class AuthInterceptor(ServerInterceptor):
+class AuthInterceptor(WrappingInterceptor):
     """Denies any method without a policy; binds the caller for the servicer."""
 
     def __init__(self, policies: Mapping[str, Policy], authenticate: Authenticate) -> None:
         self._policies = policies
         self._authenticate = authenticate
 
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        # None for a method no servicer implements: grpc answers UNIMPLEMENTED.
-        handler: Handler | None = await continuation(handler_call_details)
-        if handler is None:
-            return None  # type: ignore[return-value]  # grpc accepts None here
-        policy = policy_for(handler_call_details.method, self._policies)
+    def around_for(self, method: str) -> Around:
+        """Authenticates and authorizes each call of `method` by its policy."""
+        policy = policy_for(method, self._policies)
 
         @asynccontextmanager
         async def guard(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
@@ -57,10 +50,8 @@ class AuthInterceptor(ServerInterceptor):
                 token = bearer_token(context.invocation_metadata())
                 principal = await self._authenticate(token, peer)
                 if principal.role not in policy.roles:
-                    raise PermissionDenied(
-                        f"role {principal.role.name} may not call {handler_call_details.method}"
-                    )
+                    raise PermissionDenied(f"role {principal.role.name} may not call {method}")
                 principal_ctx.bind(principal, peer)
             yield
 
-        return wrap_handler(handler, guard)
+        return guard
