@@ -15,6 +15,7 @@ from hitl_grpc.domain.ports import EventKind, UnitOfWork, UnitOfWorkFactory
 from hitl_grpc.domain.queue import PageRequest, QueueKey, QueueStats, encode_cursor
 from hitl_grpc.domain.validation import AnalysisDraft, VerdictDraft
 from hitl_grpc.domain.values import (
+    Action,
     AnalysisId,
     AuditOutcome,
     AuditRecord,
@@ -272,25 +273,14 @@ class DecisionOperations:
             validation.check_drawn_from(
                 verdict.approved_actions, current.analysis.recommended_actions
             )
-            earlier = current.resolution
-            resolution = Resolution(
-                status=verdict.status,
-                approved_actions=verdict.approved_actions,
-                notes=verdict.notes,
-                # An admin's verdict on an escalated item keeps why it was escalated.
-                escalation_reason=earlier.escalation_reason if earlier else "",
-                decided_by=by.username,
-                decided_at=now,
-            )
-            after = self._next(
+            return self._closed(
                 current,
                 now,
                 status=verdict.status,
-                claimed_by="",
-                claim_expires_at=None,
-                resolution=resolution,
+                decided_by=by.username,
+                approved_actions=verdict.approved_actions,
+                notes=verdict.notes,
             )
-            return after, now > current.sla_deadline
 
         kind = f"decision.{verdict.status.name.lower()}"
         return await self._transition(
@@ -361,17 +351,33 @@ class DecisionOperations:
         return SweepReport(expired, escalated, released)
 
     def _expire(self, current: Decision, now: datetime) -> tuple[Decision, bool]:
+        return self._closed(current, now, status=Status.EXPIRED, decided_by=lifecycle.SYSTEM_ACTOR)
+
+    def _closed(
+        self,
+        current: Decision,
+        now: datetime,
+        *,
+        status: Status,
+        decided_by: str,
+        approved_actions: tuple[Action, ...] = (),
+        notes: str = "",
+    ) -> tuple[Decision, bool]:
+        """The decision in a terminal state, its claim gone, and whether its SLA was missed."""
         earlier = current.resolution
         resolution = Resolution(
-            status=Status.EXPIRED,
+            status=status,
+            approved_actions=approved_actions,
+            notes=notes,
+            # A verdict on an escalated item keeps why it was escalated.
             escalation_reason=earlier.escalation_reason if earlier else "",
-            decided_by=lifecycle.SYSTEM_ACTOR,
+            decided_by=decided_by,
             decided_at=now,
         )
         after = self._next(
             current,
             now,
-            status=Status.EXPIRED,
+            status=status,
             claimed_by="",
             claim_expires_at=None,
             resolution=resolution,
