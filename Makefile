@@ -7,13 +7,21 @@ BUF := $(TOOLS)/node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: serve test lint typecheck gen gen-check buf-lint pytest pytest-sqlite pytest-postgres bench clean
+.PHONY: lock serve test lint typecheck gen gen-check buf-lint pytest pytest-sqlite pytest-postgres bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# Re-resolve every dependency (runtime and dev) from pyproject.toml into constraints.txt.
+lock:
+	rm -rf $(TOOLS)/lock && $(PYTHON) -m venv $(TOOLS)/lock
+	$(TOOLS)/lock/bin/pip install --quiet --upgrade pip
+	$(TOOLS)/lock/bin/pip install --quiet '.[dev]'
+	{ sed -n '1,2p' constraints.txt; $(TOOLS)/lock/bin/pip freeze --exclude-editable | grep -v '^hitl-grpc'; } > constraints.new
+	mv constraints.new constraints.txt
 
 $(BUF): Makefile
 	mkdir -p $(TOOLS)
