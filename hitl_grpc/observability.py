@@ -14,7 +14,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from hitl_grpc.auth.principal import _current as current_principal_var
-from hitl_grpc.handlers import Around, WrappingInterceptor
+from hitl_grpc.handlers import Around, CallRecord, WrappingInterceptor, begin_call
 
 log = logging.getLogger("hitl_grpc.rpc")
 
@@ -75,13 +75,16 @@ class AccessLogInterceptor(WrappingInterceptor):
         @asynccontextmanager
         async def timed(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
             started = time.perf_counter()
+            record = begin_call(context)
             code = grpc.StatusCode.OK
             try:
                 yield
             except BaseException as exc:
-                code = _final_code(context, exc)
+                code = _final_code(record, exc)
                 raise
             finally:
+                # Only the record from here on: the call may have ended, and grpc.aio
+                # segfaults on a context whose call it has released.
                 elapsed = time.perf_counter() - started
                 metrics.calls.labels(method, code.name).inc()
                 metrics.duration.labels(method).observe(elapsed)
@@ -94,7 +97,7 @@ class AccessLogInterceptor(WrappingInterceptor):
                             "code": code.name,
                             "duration_ms": round(elapsed * 1000, 3),
                             "principal": principal.username if principal else "",
-                            "peer": context.peer(),
+                            "peer": record.peer,
                         }
                     },
                 )
@@ -102,11 +105,10 @@ class AccessLogInterceptor(WrappingInterceptor):
         return timed
 
 
-def _final_code(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> grpc.StatusCode:
-    # An abort has set the code; a cancelled call or a crash has not.
-    code: grpc.StatusCode | None = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code
+def _final_code(record: CallRecord, exc: BaseException) -> grpc.StatusCode:
+    # The error table records what it aborted with; a cancelled call or a crash has no code.
+    if record.code is not None:
+        return record.code
     if isinstance(exc, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN

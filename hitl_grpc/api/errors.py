@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -14,7 +14,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hitl_grpc.domain import errors
-from hitl_grpc.handlers import Around, WrappingInterceptor
+from hitl_grpc.handlers import Around, WrappingInterceptor, abort
 
 log = logging.getLogger("hitl_grpc.api")
 
@@ -70,9 +70,6 @@ def status_of(err: errors.DomainError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-Abort = Callable[[grpc.StatusCode, str, Any], Awaitable[None]]
-
-
 @asynccontextmanager
 async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
     """Sends what escapes a servicer as a status: domain errors by the table, else INTERNAL."""
@@ -82,12 +79,12 @@ async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIte
         raise
     except errors.DomainError as err:
         status = status_of(err)
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        await abort(context, status.code, status.details, status.trailing_metadata)
     except NotImplementedError:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented yet")
+        await abort(context, grpc.StatusCode.UNIMPLEMENTED, "method not implemented yet")
     except Exception:
         log.exception("unhandled error in servicer")
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        await abort(context, grpc.StatusCode.INTERNAL, "internal error")
 
 
 class ErrorInterceptor(WrappingInterceptor):
