@@ -1,9 +1,12 @@
 """Wrapping grpc method handlers of every shape with one async context manager.
 
-A call's `ServicerContext` is valid only while grpc's task for that call runs: once the call
-ends grpc releases it, and `peer()`, `write()` or `abort()` on it then dereference a freed
-call and kill the process in cygrpc. So every wrapped method runs to its end inside that
-task, streams included, and what interceptors need afterwards lives in a `CallRecord`.
+Two grpc.aio hazards are handled here once, for every method and interceptor:
+- a call's `ServicerContext` is valid only while grpc's task for that call runs: once the call
+  ends grpc releases it, and `peer()`, `write()` or `abort()` on it then dereference a freed
+  call and kill the process in cygrpc. So every wrapped method runs to its end inside that
+  task, streams included, and what interceptors need afterwards lives in a `CallRecord`.
+- a request deserializer that raises makes grpc answer UNKNOWN with the Python exception in the
+  message; here it never raises, and the method answers INVALID_ARGUMENT instead.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import grpc
+from google.protobuf import descriptor_pool
 
 if TYPE_CHECKING:
     ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
@@ -27,6 +31,7 @@ else:
 Context = grpc.aio.ServicerContext[Any, Any]
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
 Around = Callable[[Context], AbstractAsyncContextManager[None]]
+Deserializer = Callable[[bytes], Any]
 
 
 @dataclass
@@ -58,6 +63,56 @@ async def abort(
     await context.abort(code, details, trailing_metadata)
 
 
+class UnparseableRequest(Exception):
+    """The request bytes are not a message of the method's request type."""
+
+    def __init__(self, message_name: str) -> None:
+        self.message = f"request is not a valid {message_name}"
+        super().__init__(self.message)
+
+
+_UNPARSEABLE: Final = object()
+
+
+class _SafeDeserializer:
+    """A deserializer grpc never sees fail: bad bytes become the _UNPARSEABLE marker."""
+
+    def __init__(self, parse: Deserializer) -> None:
+        self._parse = parse
+
+    def __call__(self, raw: bytes) -> Any:
+        try:
+            return self._parse(raw)
+        except Exception:
+            return _UNPARSEABLE
+
+
+class _CheckedRequests:
+    """A client stream that raises UnparseableRequest at the first message that did not parse."""
+
+    def __init__(self, requests: AsyncIterator[Any], message_name: str) -> None:
+        self._requests = requests
+        self._message_name = message_name
+
+    def __aiter__(self) -> _CheckedRequests:
+        return self
+
+    async def __anext__(self) -> Any:
+        request = await self._requests.__anext__()
+        if request is _UNPARSEABLE:
+            raise UnparseableRequest(self._message_name)
+        return request
+
+
+def _request_name(method: str) -> str:
+    """`hitl.v1.LoginRequest` for "/hitl.v1.AuthService/Login"."""
+    try:
+        found = descriptor_pool.Default().FindMethodByName(method.strip("/").replace("/", "."))
+    except KeyError:
+        return "request message"
+    return str(found.input_type.full_name)
+
+
 async def _write_all(responses: AsyncIterator[Any], context: Context) -> None:
     try:
         async for response in responses:
@@ -71,23 +126,38 @@ async def _write_all(responses: AsyncIterator[Any], context: Context) -> None:
             await aclose()
 
 
-def wrap_handler(handler: Handler, around: Around) -> Handler:
+def wrap_handler(handler: Handler, around: Around, method: str) -> Handler:
     """The same handler, each call running inside `around(context)` within grpc's call task."""
+    deserializer = handler.request_deserializer
+    # The first wrap (the innermost) owns request parsing; outer wraps leave it alone.
+    checks = False
+    if deserializer is not None and not isinstance(deserializer, _SafeDeserializer):
+        deserializer = _SafeDeserializer(deserializer)
+        checks = True
+    name = _request_name(method) if checks else ""
 
-    def unary(behavior: Any) -> Any:
+    def checked(request: Any) -> Any:
+        if checks and request is _UNPARSEABLE:
+            raise UnparseableRequest(name)
+        return request
+
+    def checked_stream(requests: Any) -> Any:
+        return _CheckedRequests(requests, name) if checks else requests
+
+    def unary(behavior: Any, parse: Callable[[Any], Any]) -> Any:
         async def call(request: Any, context: Context) -> Any:
             async with around(context):
-                return await behavior(request, context)
+                return await behavior(parse(request), context)
 
         return call
 
-    def streaming(behavior: Any) -> Any:
+    def streaming(behavior: Any, parse: Callable[[Any], Any]) -> Any:
         # Always the reader/writer form: grpc's own generator loop would leave a cancelled
         # generator for the finalizer (see _write_all). grpc's health Watch writes through
         # context.write itself and returns nothing.
         async def call(request: Any, context: Context) -> None:
             async with around(context):
-                result = behavior(request, context)
+                result = behavior(parse(request), context)
                 if inspect.isawaitable(result):
                     await result
                     return
@@ -96,17 +166,23 @@ def wrap_handler(handler: Handler, around: Around) -> Handler:
         return call
 
     args = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **args)
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary, checked), **args)
     if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **args)
+        return grpc.unary_stream_rpc_method_handler(
+            streaming(handler.unary_stream, checked), **args
+        )
     if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **args)
+        return grpc.stream_unary_rpc_method_handler(
+            unary(handler.stream_unary, checked_stream), **args
+        )
     assert handler.stream_stream is not None
-    return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **args)
+    return grpc.stream_stream_rpc_method_handler(
+        streaming(handler.stream_stream, checked_stream), **args
+    )
 
 
 class WrappingInterceptor(ServerInterceptor):
@@ -125,4 +201,5 @@ class WrappingInterceptor(ServerInterceptor):
         handler: Handler | None = await continuation(handler_call_details)
         if handler is None:
             return None  # type: ignore[return-value]  # grpc accepts None here
-        return wrap_handler(handler, self.around_for(handler_call_details.method))
+        method = handler_call_details.method
+        return wrap_handler(handler, self.around_for(method), method)

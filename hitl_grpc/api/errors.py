@@ -14,7 +14,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hitl_grpc.domain import errors
-from hitl_grpc.handlers import Around, WrappingInterceptor, abort
+from hitl_grpc.handlers import Around, UnparseableRequest, WrappingInterceptor, abort
 
 log = logging.getLogger("hitl_grpc.api")
 
@@ -80,6 +80,8 @@ async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIte
     except errors.DomainError as err:
         status = status_of(err)
         await abort(context, status.code, status.details, status.trailing_metadata)
+    except UnparseableRequest as err:
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, err.message)
     except NotImplementedError:
         await abort(context, grpc.StatusCode.UNIMPLEMENTED, "method not implemented yet")
     except Exception:
