@@ -77,14 +77,31 @@ _UNPARSEABLE: Final = object()
 class _SafeDeserializer:
     """A deserializer grpc never sees fail: bad bytes become the _UNPARSEABLE marker."""
 
-    def __init__(self, parse: Deserializer) -> None:
+    def __init__(self, parse: Deserializer | None) -> None:
         self._parse = parse
 
     def __call__(self, raw: bytes) -> Any:
+        if self._parse is None:
+            return raw
         try:
             return self._parse(raw)
         except Exception:
             return _UNPARSEABLE
+
+
+class _RecordingContext:
+    """The context a servicer sees: its own aborts (grpc's health Check) note their code too."""
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
+    ) -> NoReturn:
+        await abort(self._context, code, details, trailing_metadata)
 
 
 class _CheckedRequests:
@@ -128,26 +145,26 @@ async def _write_all(responses: AsyncIterator[Any], context: Context) -> None:
 
 def wrap_handler(handler: Handler, around: Around, method: str) -> Handler:
     """The same handler, each call running inside `around(context)` within grpc's call task."""
-    deserializer = handler.request_deserializer
-    # The first wrap (the innermost) owns request parsing; outer wraps leave it alone.
-    checks = False
-    if deserializer is not None and not isinstance(deserializer, _SafeDeserializer):
-        deserializer = _SafeDeserializer(deserializer)
-        checks = True
-    name = _request_name(method) if checks else ""
+    # The first wrap (the innermost, next to the servicer) owns request parsing and the
+    # servicer's context; outer wraps leave both alone.
+    innermost = not isinstance(handler.request_deserializer, _SafeDeserializer)
+    name = _request_name(method) if innermost else ""
 
     def checked(request: Any) -> Any:
-        if checks and request is _UNPARSEABLE:
+        if innermost and request is _UNPARSEABLE:
             raise UnparseableRequest(name)
         return request
 
     def checked_stream(requests: Any) -> Any:
-        return _CheckedRequests(requests, name) if checks else requests
+        return _CheckedRequests(requests, name) if innermost else requests
+
+    def inner(context: Context) -> Any:
+        return _RecordingContext(context) if innermost else context
 
     def unary(behavior: Any, parse: Callable[[Any], Any]) -> Any:
         async def call(request: Any, context: Context) -> Any:
             async with around(context):
-                return await behavior(parse(request), context)
+                return await behavior(parse(request), inner(context))
 
         return call
 
@@ -157,7 +174,7 @@ def wrap_handler(handler: Handler, around: Around, method: str) -> Handler:
         # context.write itself and returns nothing.
         async def call(request: Any, context: Context) -> None:
             async with around(context):
-                result = behavior(parse(request), context)
+                result = behavior(parse(request), inner(context))
                 if inspect.isawaitable(result):
                     await result
                     return
@@ -166,7 +183,11 @@ def wrap_handler(handler: Handler, around: Around, method: str) -> Handler:
         return call
 
     args = {
-        "request_deserializer": deserializer,
+        "request_deserializer": (
+            _SafeDeserializer(handler.request_deserializer)
+            if innermost
+            else handler.request_deserializer
+        ),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:

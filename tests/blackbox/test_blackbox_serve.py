@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
+import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc
 
@@ -29,9 +32,8 @@ def test_a_sync_client_logs_in_as_a_new_user_and_health_is_serving(served: Serve
 
 def test_metrics_on_port_zero_are_served_on_the_announced_port(served: Served) -> None:
     served.admin_token()
-    with urllib.request.urlopen(f"http://{served.metrics_address}/metrics", timeout=CALL_S) as r:
-        body = r.read().decode()
-    assert 'hitl_rpc_total{code="OK",method="/hitl.v1.AuthService/Login"}' in body
+    sample = 'hitl_rpc_total{code="OK",method="/hitl.v1.AuthService/Login"} 1.0'
+    assert sample in _wait_for_samples(served, sample)
 
 
 def test_a_node_grpc_js_client_loads_the_protos_and_signs_in(served: Served) -> None:
@@ -51,3 +53,39 @@ def test_grpcurl_lists_every_service_through_reflection(served: Served) -> None:
         "hitl.v1.AuditService",
         "grpc.health.v1.Health",
     }
+
+
+def _metrics(served: Served) -> str:
+    with urllib.request.urlopen(f"http://{served.metrics_address}/metrics", timeout=CALL_S) as r:
+        return str(r.read().decode())
+
+
+def _wait_for_samples(served: Served, *samples: str) -> str:
+    # The client has its status before the server's access log has counted the call.
+    deadline = time.monotonic() + CALL_S
+    while True:
+        body = _metrics(served)
+        if all(s in body for s in samples) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.05)
+
+
+def test_the_access_log_counts_each_call_by_the_status_it_really_ended_with(
+    served: Served,
+) -> None:
+    with served.channel() as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as unknown:
+            health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=CALL_S)
+        with pytest.raises(grpc.RpcError) as garbage:
+            channel.unary_unary("/hitl.v1.AuthService/Login", None, None)(
+                b"\x0a\xff", timeout=CALL_S
+            )
+    assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+    assert garbage.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    expected = (
+        'hitl_rpc_total{code="NOT_FOUND",method="/grpc.health.v1.Health/Check"} 1.0',
+        'hitl_rpc_total{code="INVALID_ARGUMENT",method="/hitl.v1.AuthService/Login"} 1.0',
+    )
+    body = _wait_for_samples(served, *expected)
+    assert all(sample in body for sample in expected), body
