@@ -12,7 +12,8 @@ channel per thread), the grpcurl binary and Node.js @grpc/grpc-js. Everything is
   its own.
 - `served.admin_token()`: an access token for `admin`. `served.create_user(role)`: a new account
   created over the API by the admin, returns (username, password). `served.token(role)`: an
-  access token for a new account with that role.
+  access token for a new account with that role. `served.submit(metadata)`: a sample decision
+  submitted over the API.
 - `served.grpcurl(*args, token=..., data=...)`: runs the grpcurl binary against the server,
   `args` after the address ("list", "describe X", or a method).
 - `served.node(script, *args, env=...)`: runs tests/blackbox/node/<script> with Node.js.
@@ -31,12 +32,13 @@ import sys
 import threading
 import uuid
 from pathlib import Path
-from typing import Final, Self
+from typing import Any, Final, Self
 
 import grpc
 import pytest
-from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc
+from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
+from tests.decisions_support import sample_request
 from tests.harness import Metadata, bearer
 
 ADMIN_PASSWORD: Final = "blackbox-bootstrap-secret-42"
@@ -84,6 +86,7 @@ class Served:
         self.metrics_address = ""
         self.lines: queue.Queue[str | None] = queue.Queue()
         self._admin_token = ""
+        self._death_reported = False
         threading.Thread(target=self._read_stdout, daemon=True).start()
 
     @classmethod
@@ -140,10 +143,13 @@ class Served:
         """Fails the test with the server's stderr if it has exited."""
         code = self.proc.poll()
         if code is not None:
+            self._death_reported = True
             pytest.fail(f"hitl-grpc serve died with exit code {code}:\n{self.stderr_tail()}")
 
     def stop(self) -> None:
         """SIGTERM; the server must have been alive and must exit 0 within STOP_S."""
+        if self._death_reported:
+            return  # the test already failed with the server's stderr
         self.assert_alive()
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -193,6 +199,14 @@ class Served:
     def token(self, role: access_pb2.Role.ValueType) -> str:
         """An access token for a new account with this role."""
         return self.login(*self.create_user(role))
+
+    def submit(self, metadata: Metadata, **fields: Any) -> decision_pb2.Decision:
+        """Submits a valid sample decision (fields override it) and returns it as stored."""
+        with self.channel() as channel:
+            reply = decision_pb2_grpc.DecisionServiceStub(channel).SubmitDecision(
+                sample_request(**fields), metadata=metadata, timeout=CALL_S
+            )
+        return reply.decision
 
     def grpcurl(
         self, *args: str, token: str | None = None, data: str | None = None
