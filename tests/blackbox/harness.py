@@ -16,7 +16,9 @@ channel per thread), the grpcurl binary and Node.js @grpc/grpc-js. Everything is
   submitted over the API.
 - `served.grpcurl(*args, token=..., data=...)`: runs the grpcurl binary against the server,
   `args` after the address ("list", "describe X", or a method).
-- `served.node(script, *args, env=...)`: runs tests/blackbox/node/<script> with Node.js.
+- `served.node(script, *args)`: starts tests/blackbox/node/<script> with Node.js (HITL_ADDRESS
+  and HITL_PROTOS set); `run.wait_for_line(prefix)` waits for a line it prints,
+  `run.finish()` gives its exit code and stderr.
 - `served.assert_alive()`: fails the test, with the server's stderr (faulthandler output
   included), if the server has exited. `served.stop()`: SIGTERM, then asserts a clean exit.
 """
@@ -30,9 +32,10 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import IO, Any, Final, Self
 
 import grpc
 import pytest
@@ -76,6 +79,37 @@ def _env(database_url: str, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+class Lines:
+    """A child's stdout line by line, read by a thread so that every wait has a deadline."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._stream = stream
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self._stream:
+            self._queue.put(line.strip())
+        self._queue.put(None)
+
+    def after(self, prefix: str, timeout_s: float) -> str | None:
+        """The rest of the next line starting with `prefix`; None once the stream has ended.
+
+        Raises TimeoutError when no such line comes within `timeout_s`.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                raise TimeoutError(f"no {prefix!r} line within {timeout_s} s") from None
+            if line is None:
+                self._queue.put(None)
+                return None
+            if line.startswith(prefix):
+                return line.removeprefix(prefix).strip()
+
+
 class Served:
     """A running `hitl-grpc serve` child process."""
 
@@ -84,10 +118,10 @@ class Served:
         self.stderr_path = stderr_path
         self.address = ""
         self.metrics_address = ""
-        self.lines: queue.Queue[str | None] = queue.Queue()
+        assert proc.stdout is not None
+        self.lines = Lines(proc.stdout)
         self._admin_token = ""
         self._death_reported = False
-        threading.Thread(target=self._read_stdout, daemon=True).start()
 
     @classmethod
     def start(cls, database_url: str, workdir: Path, **env: str) -> Self:
@@ -113,23 +147,15 @@ class Served:
             raise
         return served
 
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-        self.lines.put(None)
-
     def wait_for_line(self, prefix: str, timeout_s: float = STARTUP_S) -> str:
         """The rest of the next stdout line starting with `prefix`."""
-        while True:
-            try:
-                line = self.lines.get(timeout=timeout_s)
-            except queue.Empty:
-                pytest.fail(f"no {prefix!r} line within {timeout_s} s\n{self.stderr_tail()}")
-            if line is None:
-                pytest.fail(f"serve exited with {self.proc.wait()}\n{self.stderr_tail()}")
-            if line.startswith(prefix):
-                return line.removeprefix(prefix).strip()
+        try:
+            rest = self.lines.after(prefix, timeout_s)
+        except TimeoutError as err:
+            pytest.fail(f"{err}\n{self.stderr_tail()}")
+        if rest is None:
+            pytest.fail(f"serve exited with {self.proc.wait()}\n{self.stderr_tail()}")
+        return rest
 
     def stderr_tail(self) -> str:
         """What the server wrote on stderr, faulthandler's dump first if there is one."""
@@ -225,26 +251,50 @@ class Served:
             check=False,
         )
 
-    def node(
-        self, script: str, *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
-    ) -> subprocess.CompletedProcess[str]:
-        """Runs tests/blackbox/node/<script> with HITL_ADDRESS and HITL_PROTOS set."""
+    def node(self, script: str, *args: str) -> NodeRun:
+        """Starts tests/blackbox/node/<script> with HITL_ADDRESS and HITL_PROTOS set."""
         node = shutil.which("node")
         if node is None or not (NODE_DIR / "node_modules").is_dir():
             message = "node or tests/blackbox/node/node_modules missing: run 'make node-deps'"
             if os.environ.get("CI") == "true":
                 pytest.fail(message)
             pytest.skip(message)
-        return subprocess.run(
+        proc = subprocess.Popen(
             [node, str(NODE_DIR / script), *args],
-            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout_s,
-            check=False,
-            env={
-                **os.environ,
-                "HITL_ADDRESS": self.address,
-                "HITL_PROTOS": str(PROTOS),
-                **(env or {}),
-            },
+            env={**os.environ, "HITL_ADDRESS": self.address, "HITL_PROTOS": str(PROTOS)},
         )
+        return NodeRun(proc)
+
+
+class NodeRun:
+    """A Node.js client process; its stdout is read line by line, its stderr at the end."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        assert proc.stdout is not None
+        self.lines = Lines(proc.stdout)
+
+    def wait_for_line(self, prefix: str, timeout_s: float = CALL_S) -> str:
+        """The rest of the next stdout line starting with `prefix`."""
+        try:
+            rest = self.lines.after(prefix, timeout_s)
+        except TimeoutError as err:
+            self.proc.kill()
+            pytest.fail(f"node: {err}\n{self.finish()[1]}")
+        if rest is None:
+            pytest.fail(f"node exited before {prefix!r}:\n{self.finish()[1]}")
+        return rest
+
+    def finish(self, timeout_s: float = CALL_S * 3) -> tuple[int, str]:
+        """Its exit code and stderr once it has ended (killed after `timeout_s`)."""
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        assert self.proc.stderr is not None
+        return code, self.proc.stderr.read()

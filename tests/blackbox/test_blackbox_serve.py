@@ -38,21 +38,10 @@ def test_metrics_on_port_zero_are_served_on_the_announced_port(served: Served) -
 
 def test_a_node_grpc_js_client_loads_the_protos_and_signs_in(served: Served) -> None:
     username, password = served.create_user(access_pb2.ROLE_VIEWER)
-    done = served.node("whoami.js", username, password)
-    assert done.returncode == 0, done.stderr
-    user = json.loads(done.stdout)
+    run = served.node("whoami.js", username, password)
+    user = json.loads(run.wait_for_line(""))
+    assert run.finish() == (0, "")
     assert (user["username"], user["role"]) == (username, "ROLE_VIEWER")
-
-
-def test_grpcurl_lists_every_service_through_reflection(served: Served) -> None:
-    done = served.grpcurl("list")
-    assert done.returncode == 0, done.stderr
-    assert set(done.stdout.split()) >= {
-        "hitl.v1.AuthService",
-        "hitl.v1.DecisionService",
-        "hitl.v1.AuditService",
-        "grpc.health.v1.Health",
-    }
 
 
 def _metrics(served: Served) -> str:
