@@ -49,6 +49,9 @@ PASSWORD: Final = "a-long-blackbox-password-42"
 JWT_SECRET: Final = "blackbox-signing-secret-of-at-least-32-bytes"
 STARTUP_S: Final = 60.0
 STOP_S: Final = 60.0
+ABORT_S: Final = 10.0
+# A loaded server sheds with UNAVAILABLE (retryable); submits are idempotent, so retry them.
+SUBMIT_ATTEMPTS: Final = 5
 CALL_S: Final = 20.0
 NODE_DIR: Final = Path(__file__).parent / "node"
 REPO: Final = Path(__file__).parents[2]
@@ -181,8 +184,13 @@ class Served:
         try:
             code = self.proc.wait(STOP_S)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            # SIGABRT makes faulthandler dump every thread: the report shows where it hangs.
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(ABORT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
             pytest.fail(f"serve did not exit within {STOP_S} s of SIGTERM\n{self.stderr_tail()}")
         if code != 0:
             pytest.fail(f"serve exited with {code} after SIGTERM:\n{self.stderr_tail()}")
@@ -228,11 +236,18 @@ class Served:
 
     def submit(self, metadata: Metadata, **fields: Any) -> decision_pb2.Decision:
         """Submits a valid sample decision (fields override it) and returns it as stored."""
+        request = sample_request(**fields)
         with self.channel() as channel:
-            reply = decision_pb2_grpc.DecisionServiceStub(channel).SubmitDecision(
-                sample_request(**fields), metadata=metadata, timeout=CALL_S
-            )
-        return reply.decision
+            stub = decision_pb2_grpc.DecisionServiceStub(channel)
+            attempts_left = SUBMIT_ATTEMPTS
+            while True:
+                try:
+                    reply = stub.SubmitDecision(request, metadata=metadata, timeout=CALL_S)
+                    return reply.decision
+                except grpc.RpcError as err:
+                    attempts_left -= 1
+                    if err.code() is not grpc.StatusCode.UNAVAILABLE or not attempts_left:
+                        raise
 
     def grpcurl(
         self, *args: str, token: str | None = None, data: str | None = None
