@@ -11,6 +11,7 @@ Two grpc.aio hazards are handled here once, for every method and interceptor:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -121,6 +122,8 @@ class _CheckedRequests:
         return request
 
 
+# Interceptors wrap per call; only methods a servicer implements get here, so this stays small.
+@functools.cache
 def _request_name(method: str) -> str:
     """`hitl.v1.LoginRequest` for "/hitl.v1.AuthService/Login"."""
     try:
