@@ -9,7 +9,7 @@ NODE_DIR := tests/blackbox/node
 NODE_DEPS := $(NODE_DIR)/node_modules/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: node-deps lock serve test lint typecheck gen gen-check buf-lint pytest pytest-sqlite pytest-postgres bench clean
+.PHONY: node-deps lock serve test lint typecheck gen gen-check buf-lint pytest pytest-sqlite pytest-postgres bench soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,11 @@ test: buf-lint gen-check lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Two replicas on one PostgreSQL under crashes and database faults; checks nothing was lost.
+SOAK_S ?= 300
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --seconds $(SOAK_S)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .coverage* .mypy_cache .ruff_cache
