@@ -23,7 +23,8 @@ class Fault(enum.Enum):
     NONE = "none"
     # New connections are refused (nothing listens); open ones are reset.
     REFUSE = "refuse"
-    # Connections are accepted and every byte, both ways, is silently dropped.
+    # Connections are accepted and every byte, both ways, is silently dropped; a side
+    # that closes is not told to the other until the fault ends (as in a partition).
     BLACKHOLE = "blackhole"
     # Open connections are reset; new ones are accepted and reset at once.
     RESET = "reset"
@@ -59,6 +60,8 @@ class FaultProxy:
         self._upstream = (upstream_host, upstream_port)
         self.latency_s = latency_s
         self.fault = Fault.NONE
+        self._open_path = asyncio.Event()
+        self._open_path.set()
         self.port = 0
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
@@ -67,6 +70,10 @@ class FaultProxy:
     async def set_fault(self, fault: Fault) -> None:
         """Switches the fault; REFUSE and RESET also break every open connection now."""
         self.fault = fault
+        if fault is Fault.BLACKHOLE:
+            self._open_path.clear()
+        else:
+            self._open_path.set()
         if fault in (Fault.REFUSE, Fault.RESET):
             for link in list(self._links):
                 link.reset()
@@ -104,6 +111,8 @@ class FaultProxy:
                     await dst.drain()
                 elif self.fault is Fault.NONE:
                     late.put_nowait((loop.time(), data))
+            # A close is news like any other byte: a partition does not carry it either.
+            await self._open_path.wait()
         except (ConnectionError, OSError):
             pass
         finally:
