@@ -14,6 +14,8 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Final
 
+from sqlalchemy.engine import make_url
+
 CHUNK: Final = 65536
 
 
@@ -159,3 +161,12 @@ class FaultProxy:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if self._server is not None:
                 await self._server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def proxied(database_url: str) -> AsyncIterator[tuple[FaultProxy, str]]:
+    """A running proxy in front of `database_url`'s server, and the URL that goes through it."""
+    url = make_url(database_url)
+    proxy = FaultProxy(url.host or "127.0.0.1", url.port or 5432)
+    async with proxy.running() as port:
+        yield proxy, url.set(port=port).render_as_string(hide_password=False)

@@ -17,12 +17,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from hitl.v1 import auth_pb2, decision_pb2
-from sqlalchemy.engine import make_url
 
 from hitl_grpc.db_monitor import DatabaseMonitor
 from hitl_grpc.domain.values import Role
 from tests.decisions_support import sample_request, submit
-from tests.faultproxy import Fault, FaultProxy
+from tests.faultproxy import Fault, FaultProxy, proxied
 from tests.harness import Harness, Metadata, server_factory
 
 log = logging.getLogger(__name__)
@@ -39,17 +38,14 @@ NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
 async def _proxied_server(
     database_url: str, **overrides: float
 ) -> AsyncIterator[tuple[FaultProxy, Harness]]:
-    url = make_url(database_url)
-    proxy = FaultProxy(url.host or "127.0.0.1", url.port or 5432, latency_s=1.0)
-    async with proxy.running() as port:
-        proxied = url.set(port=port).render_as_string(hide_password=False)
+    async with proxied(database_url) as (proxy, proxied_url):
         settings: dict[str, float] = {
             "db_timeout_s": DB_TIMEOUT_S,
             "db_check_interval_s": PROBE_INTERVAL_S,
             "watch_catchup_s": 0.2,
         }
         settings.update(overrides)
-        async with server_factory(proxied)(**settings) as server:
+        async with server_factory(proxied_url)(**settings) as server:
             yield proxy, server
 
 

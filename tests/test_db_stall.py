@@ -6,11 +6,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from hitl.v1 import auth_pb2
-from sqlalchemy.engine import make_url
 
 from hitl_grpc.domain.values import Role
 from tests.decisions_support import wait_until
-from tests.faultproxy import Fault, FaultProxy
+from tests.faultproxy import Fault, proxied
 from tests.harness import Harness, bearer, server_factory
 
 SERVING: int = health_pb2.HealthCheckResponse.SERVING
@@ -24,11 +23,8 @@ async def _health(server: Harness) -> int:
 
 @pytest.mark.parametrize("backend", ["postgres"])
 async def test_silent_database_is_unavailable_then_recovers(database_url: str) -> None:
-    url = make_url(database_url)
-    proxy = FaultProxy(url.host or "127.0.0.1", url.port or 5432)
-    async with proxy.running() as port:
-        proxied = url.set(port=port).render_as_string(hide_password=False)
-        start = server_factory(proxied)
+    async with proxied(database_url) as (proxy, proxied_url):
+        start = server_factory(proxied_url)
         async with start(db_timeout_s=1.0, db_check_interval_s=0.1) as server:
             token = await server.token(Role.ANALYST)
             request = auth_pb2.GetCurrentUserRequest()

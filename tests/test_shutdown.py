@@ -18,7 +18,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
-from sqlalchemy.engine import make_url
 
 from hitl_grpc.config import Settings
 from hitl_grpc.db_monitor import DatabaseMonitor
@@ -27,7 +26,7 @@ from hitl_grpc.domain.values import Role
 from hitl_grpc.events.hub import EventHub
 from hitl_grpc.server import SHUTDOWN_MARGIN_S, RunningServer, running_server
 from hitl_grpc.sweeper import Sweeper
-from tests.faultproxy import Fault, FaultProxy
+from tests.faultproxy import Fault, proxied
 from tests.harness import Harness, bearer, stubs_for
 
 GRACE_S: Final = 2.0
@@ -110,12 +109,9 @@ async def _not_serving(channel: grpc.aio.Channel) -> None:
 async def test_a_watcher_cut_by_the_drain_is_refused_when_it_reconnects(
     database_url: str,
 ) -> None:
-    url = make_url(database_url)
-    proxy = FaultProxy(url.host or "127.0.0.1", url.port or 5432)
-    async with proxy.running() as port:
-        proxied = url.set(port=port).render_as_string(hide_password=False)
+    async with proxied(database_url) as (proxy, proxied_url):
         settings = Settings.for_tests(
-            proxied,
+            proxied_url,
             shutdown_grace_s=10.0,
             db_timeout_s=1.0,
             db_check_interval_s=0.2,
@@ -205,17 +201,14 @@ async def _until_cut(stream: Any) -> grpc.StatusCode:
 async def test_sigterm_exits_within_the_grace_period_with_a_blackholed_database(
     database_url: str, tmp_path: Path
 ) -> None:
-    url = make_url(database_url)
-    proxy = FaultProxy(url.host or "127.0.0.1", url.port or 5432)
-    async with proxy.running() as port:
-        proxied = url.set(port=port).render_as_string(hide_password=False)
+    async with proxied(database_url) as (proxy, proxied_url):
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "hitl_grpc.cli",
             "serve",
             cwd=tmp_path,
-            env=_serve_env(proxied),
+            env=_serve_env(proxied_url),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
