@@ -7,8 +7,9 @@ import math
 from typing import Any, Final, TypeVar
 
 import psycopg
-from psycopg import waiting
+from psycopg import generators, pq, waiting
 from psycopg.abc import PQGen
+from psycopg.pq.abc import PGcancelConn
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -27,9 +28,12 @@ class DroppedOnCancel(psycopg.AsyncConnection[Any]):
     On a cancelled wait psycopg 3.3 sends a server-side cancel (up to 5 s), then waits up
     to 5 s more for the query to end: over a silent network that holds the caller 10 s
     past its deadline. A cancelled unit of work never reuses its connection anyway, so
-    this one closes at once; the server sees the disconnect (client_connection_check_
-    interval, keepalives) and rolls the transaction back.
+    this one closes at once. The server-side cancel still goes out, detached and
+    bounded by connect_timeout, so a healthy server stops the statement (and drops its
+    locks) at once instead of at its next client_connection_check_interval.
     """
+
+    _cancelling: asyncio.Task[None] | None = None
 
     async def wait(
         self,
@@ -43,8 +47,22 @@ class DroppedOnCancel(psycopg.AsyncConnection[Any]):
                 gen, self.pgconn.socket, interval=interval, timeout=timeout
             )
         except asyncio.CancelledError:
+            if self.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+                cancel = self.pgconn.cancel_conn()
+                cancel.start()
+                within_s = float(self.info.get_parameters().get("connect_timeout") or 5)
+                self._cancelling = asyncio.ensure_future(_cancel_quietly(cancel, within_s))
             self.pgconn.finish()
             raise
+
+
+async def _cancel_quietly(cancel: PGcancelConn, within_s: float) -> None:
+    try:
+        await waiting.wait_conn_async(generators.cancel(cancel), interval=0.1, timeout=within_s)
+    except Exception:  # noqa: S110 - the server ends the session anyway once it sees the close
+        pass
+    finally:
+        cancel.finish()
 
 
 def postgres_connect_args(timeout_s: float) -> dict[str, Any]:
