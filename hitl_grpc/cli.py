@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import os
 import signal
 import sys
@@ -15,11 +16,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl_grpc import queue_view, users_command
 from hitl_grpc.config import ConfigError, Settings
 from hitl_grpc.observability import configure_logging
-from hitl_grpc.server import StartupError, running_server
+from hitl_grpc.server import SHUTDOWN_MARGIN_S, StartupError, running_server
 from hitl_grpc.store import schema
 from hitl_grpc.store.engine import make_engine
 
 EXIT_CONFIG = 2
+# Beyond the drain's own bound: if anything still holds the process (a thread, an exit
+# handler), it exits anyway with every thread's stack on stderr.
+EXIT_BACKSTOP_S = 5.0
 
 
 def _settings() -> Settings:
@@ -49,6 +53,9 @@ async def _serve(settings: Settings) -> None:
         print(f"hitl-grpc serving on {running.address}", flush=True)
         await stop.wait()
         print("hitl-grpc draining", flush=True)
+        faulthandler.dump_traceback_later(
+            settings.shutdown_grace_s + SHUTDOWN_MARGIN_S + EXIT_BACKSTOP_S, exit=True
+        )
 
 
 async def _migrate(settings: Settings) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -11,42 +10,46 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from sqlalchemy import text
 
-from hitl_grpc.store.uow import UnitOfWorkFactory
+from hitl_grpc import background
+from hitl_grpc.store.door import Door
 
 log = logging.getLogger("hitl_grpc.db_monitor")
 
 
 class DatabaseMonitor:
-    """Probes the database every interval and sets every service's health from it."""
+    """Probes the database every interval and sets every service's health from it.
+
+    Probes start at a fixed rate and each is bounded by the door, for at most one
+    interval: a fault is NOT_SERVING within two intervals, and no probe outlives its
+    interval to report a stale verdict after the database is back.
+    """
 
     def __init__(
         self,
-        uow: UnitOfWorkFactory,
+        door: Door,
         health: HealthServicer,
         services: Sequence[str],
         *,
         interval_s: float,
-        timeout_s: float,
     ) -> None:
-        self._uow = uow
+        self._door = door
         self._health = health
         self._services = tuple(services)
         self._interval_s = interval_s
-        self._timeout_s = timeout_s
+        self._timeout_s = min(interval_s, door.timeout_s or interval_s)
         self._task: asyncio.Task[None] | None = None
+        self._probed = asyncio.Condition()
         self.healthy = True
+        self.probes = 0
 
     async def probe(self) -> bool:
-        """Whether the database answers a trivial query within the timeout."""
+        """Whether the database answers a trivial query within the probe's deadline."""
         try:
-            # A unit of work: the same deadline, and the same detached checkout, as RPCs.
-            async with asyncio.timeout(self._timeout_s), self._uow(readonly=True) as unit:
-                await unit.connection.execute(text("SELECT 1"))
-        except asyncio.CancelledError:
-            raise
+            async with self._door.passage(readonly=True, timeout_s=self._timeout_s) as passage:
+                await passage.connection.execute(text("SELECT 1"))
         except Exception as exc:  # any failure to answer is "down"; the reason is logged
             if self.healthy:
-                log.warning("database unreachable: %s", type(exc).__name__)
+                log.warning("database unreachable: %s", exc)
             return False
         return True
 
@@ -63,12 +66,23 @@ class DatabaseMonitor:
             for name in self._services:
                 await self._health.set(name, status)
             log.warning("database %s", "reachable again" if healthy else "down: NOT_SERVING")
+        async with self._probed:
+            self.probes += 1
+            self._probed.notify_all()
         return healthy
 
+    async def wait_for_probes(self, count: int) -> None:
+        """Returns once `count` probes have finished since the start."""
+        async with self._probed:
+            await self._probed.wait_for(lambda: self.probes >= count)
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
             await self.check_once()
-            await asyncio.sleep(self._interval_s)
+            due = max(due + self._interval_s, loop.time())
+            await asyncio.sleep(due - loop.time())
 
     def start(self) -> None:
         """Starts probing in the background."""
@@ -76,9 +90,6 @@ class DatabaseMonitor:
 
     async def stop(self) -> None:
         """Stops probing."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        if self._task is not None:
+            await background.stop(self._task)
+            self._task = None

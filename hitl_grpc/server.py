@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,6 +27,7 @@ from hitl.v1 import (
 from prometheus_client import CollectorRegistry, start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from hitl_grpc import background
 from hitl_grpc.api.audit import AuditServicer
 from hitl_grpc.api.auth import AuthServicer
 from hitl_grpc.api.decisions import DecisionServicer
@@ -47,11 +48,18 @@ from hitl_grpc.domain.errors import InvalidField
 from hitl_grpc.events.hub import EventHub
 from hitl_grpc.observability import AccessLogInterceptor, RpcMetrics
 from hitl_grpc.store import schema
+from hitl_grpc.store.door import Door
 from hitl_grpc.store.engine import make_engine
 from hitl_grpc.store.uow import UnitOfWorkFactory
 from hitl_grpc.sweeper import Sweeper
 
 log = logging.getLogger("hitl_grpc.server")
+
+# After the grace period: grpc cancels what is left, then the background tasks stop
+# (each bounded by background.STOP_WITHIN_S, all at once), then the pool closes.
+CANCEL_WITHIN_S: Final = 1.0
+DISPOSE_WITHIN_S: Final = 1.0
+SHUTDOWN_MARGIN_S: Final = CANCEL_WITHIN_S + background.STOP_WITHIN_S + DISPOSE_WITHIN_S
 
 SERVICE_NAMES = (
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
@@ -78,6 +86,7 @@ class RunningServer:
     address: str
     port: int
     engine: AsyncEngine
+    door: Door
     uow: UnitOfWorkFactory
     accounts: Accounts
     clock: Clock
@@ -92,7 +101,8 @@ async def open_store(settings: Settings, *, create: bool = True) -> AsyncEngine:
     """An engine on a schema that is current; an empty database is migrated when `create`."""
     engine = make_engine(settings.database_url, timeout_s=settings.db_timeout_s)
     try:
-        state = await schema.state(engine)
+        async with asyncio.timeout(settings.db_timeout_s):
+            state = await schema.state(engine)
         if state is schema.SchemaState.EMPTY and create:
             await schema.upgrade(engine)
         elif state is schema.SchemaState.BEHIND:
@@ -147,19 +157,18 @@ async def running_server(
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
         engine = await open_store(settings)
-        stack.push_async_callback(engine.dispose)
-        uow = UnitOfWorkFactory(engine, timeout_s=settings.db_timeout_s)
-        # psycopg may spend 10 s cancelling a query before an abandoned checkout ends.
-        stack.push_async_callback(uow.drain, settings.db_timeout_s + 10)
+        stack.push_async_callback(_dispose, engine)
+        door = Door(engine, timeout_s=settings.db_timeout_s)
+        uow = UnitOfWorkFactory(door)
         # One reader of the event log per process, fanning out to every local watcher.
         hub = EventHub(
-            engine,
+            door,
             clock,
             queue_size=settings.watch_queue_size,
             catchup_s=settings.watch_catchup_s,
             retention=settings.event_retention,
             prune_interval_s=settings.sweep_interval_s,
-            listen_timeout_s=settings.db_timeout_s,
+            listen_check_s=settings.db_check_interval_s,
         )
         await hub.start()
         stack.push_async_callback(hub.close)
@@ -240,11 +249,7 @@ async def running_server(
         sweeper.start()
         stack.push_async_callback(sweeper.stop)
         db_monitor = DatabaseMonitor(
-            uow,
-            health,
-            ("", *SERVICE_NAMES),
-            interval_s=settings.db_check_interval_s,
-            timeout_s=settings.db_timeout_s,
+            door, health, ("", *SERVICE_NAMES), interval_s=settings.db_check_interval_s
         )
         db_monitor.start()
         stack.push_async_callback(db_monitor.stop)
@@ -254,6 +259,7 @@ async def running_server(
             address=f"{host}:{port}",
             port=port,
             engine=engine,
+            door=door,
             uow=uow,
             accounts=accounts,
             clock=clock,
@@ -266,8 +272,32 @@ async def running_server(
         try:
             yield running
         finally:
-            await health.enter_graceful_shutdown()
-            # Watches end now with UNAVAILABLE (clients resume elsewhere) instead of
-            # holding the grace period and being cancelled at its end.
-            await hub.close()
-            await asyncio.shield(server.stop(settings.shutdown_grace_s))
+            await _drain(server, health, hub, settings.shutdown_grace_s)
+            await asyncio.gather(hub.close(), sweeper.stop(), db_monitor.stop())
+
+
+async def _drain(
+    server: grpc.aio.Server, health: HealthServicer, hub: EventHub, grace_s: float
+) -> None:
+    """Stops serving within the grace period plus CANCEL_WITHIN_S, whatever the database does."""
+    await health.enter_graceful_shutdown()
+    stopping = asyncio.create_task(server.stop(grace_s), name="hitl-grpc-stop")
+    # The stop task's first step closes the listeners and sends GOAWAY; it runs before
+    # this task resumes. Only then do watches end, so a client that reconnects at once
+    # is refused here and goes to another replica, instead of being accepted again on
+    # this connection and cut at the end of the grace period.
+    await asyncio.sleep(0)
+    hub.end_watches()
+    try:
+        async with asyncio.timeout(grace_s + CANCEL_WITHIN_S):
+            await asyncio.shield(stopping)
+    except TimeoutError:
+        log.error("grpc calls still running %.1f s after the grace period", CANCEL_WITHIN_S)
+
+
+async def _dispose(engine: AsyncEngine) -> None:
+    try:
+        async with asyncio.timeout(DISPOSE_WITHIN_S):
+            await engine.dispose()
+    except TimeoutError:
+        log.error("closing the database pool took over %.1f s; left to the exit", DISPOSE_WITHIN_S)

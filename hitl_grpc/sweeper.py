@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
+from hitl_grpc import background
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.decisions import DecisionOperations, SweepReport
 
@@ -62,9 +62,6 @@ class Sweeper:
 
     async def stop(self) -> None:
         """Stops sweeping; a sweep in progress is rolled back."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        if self._task is not None:
+            await background.stop(self._task)
+            self._task = None

@@ -24,6 +24,7 @@ from hitl_grpc.domain.clock import SystemClock
 from hitl_grpc.domain.errors import DomainError
 from hitl_grpc.domain.values import Role, User
 from hitl_grpc.server import StartupError, open_store
+from hitl_grpc.store.door import Door
 from hitl_grpc.store.uow import UnitOfWorkFactory
 
 ACTOR = "cli"
@@ -80,7 +81,7 @@ async def _admin(settings: Settings) -> AsyncIterator[UserAdmin]:
             ),
             pool,
         )
-        uow = UnitOfWorkFactory(engine)
+        uow = UnitOfWorkFactory(Door(engine, timeout_s=settings.db_timeout_s))
         clock = SystemClock()
         yield UserAdmin(uow, passwords, clock, AuditTrail(uow, clock))
     finally:

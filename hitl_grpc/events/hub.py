@@ -16,12 +16,11 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Final
 
-import psycopg
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from hitl_grpc import background
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.values import AnalysisId, Priority
+from hitl_grpc.store.door import Door
 from hitl_grpc.store.events import NOTIFY_CHANNEL
 from hitl_grpc.store.outbox import EventPosition, EventStore, StoredEvent
 
@@ -90,7 +89,8 @@ class Subscription:
         if not self._queue and self._ended is None:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self._waiter, timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self._waiter
             except TimeoutError:
                 return None
             finally:
@@ -112,23 +112,23 @@ class EventHub:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        door: Door,
         clock: Clock,
         *,
         queue_size: int,
         catchup_s: float,
         retention: timedelta,
         prune_interval_s: float,
-        listen_timeout_s: float = 5.0,
+        listen_check_s: float = 5.0,
     ) -> None:
-        self.store = EventStore(engine)
-        self._engine = engine
+        self.store = EventStore(door)
+        self._door = door
         self._clock = clock
         self._queue_size = queue_size
         self._catchup_s = catchup_s
         self._retention = retention
         self._prune_interval_s = prune_interval_s
-        self._listen_timeout_s = listen_timeout_s
+        self._listen_check_s = listen_check_s
         self.head: EventPosition = (0, 0)
         self._wake = asyncio.Event()
         self._all: set[Subscription] = set()
@@ -156,21 +156,22 @@ class EventHub:
             self._tasks.append(asyncio.create_task(self._listen_loop(), name="hitl-event-listen"))
             # Until LISTEN is in place another replica's commit would only arrive by catch-up.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._listening.wait(), self._listen_timeout_s)
+                async with asyncio.timeout(self._door.timeout_s):
+                    await self._listening.wait()
             if not self._listening.is_set():
                 log.warning("LISTEN %s not established yet; relying on catch-up", NOTIFY_CHANNEL)
 
-    async def close(self) -> None:
-        """Ends every watch with UNAVAILABLE (clients reconnect elsewhere) and stops."""
+    def end_watches(self) -> None:
+        """Ends every watch with UNAVAILABLE, so clients reconnect elsewhere; refuses new ones."""
         self._closing = True
         for sub in [*self._all, *(s for subs in self._by_id.values() for s in subs)]:
             sub.end(errors.Unavailable("server is shutting down; reconnect and resume"))
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+
+    async def close(self) -> None:
+        """Ends every watch and stops the reader, listener and pruner, each within a bound."""
+        self.end_watches()
+        tasks, self._tasks = self._tasks, []
+        await asyncio.gather(*(background.stop(task) for task in tasks))
 
     def wake(self) -> None:
         """Something was committed: read the log soon."""
@@ -244,7 +245,8 @@ class EventHub:
         delay: float | None = None
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay or self._catchup_s)
+                async with asyncio.timeout(delay or self._catchup_s):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 held_back = await self._read_once()
@@ -259,31 +261,17 @@ class EventHub:
             delay = min((delay or HELD_BACK_FIRST_S) * 2, self._catchup_s) if held_back else None
 
     async def _listen_loop(self) -> None:
-        url = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         backoff = 0.1
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(
-                    url,
-                    autocommit=True,
-                    connect_timeout=max(1, int(self._listen_timeout_s)),
-                    application_name="hitl-grpc-listen",
-                    keepalives=1,
-                    keepalives_idle=10,
-                    keepalives_interval=5,
-                    keepalives_count=3,
-                )
-                async with conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                async with self._door.listening(NOTIFY_CHANNEL) as listener:
                     self._listening.set()
                     backoff = 0.1
                     self.wake()  # whatever was committed while not listening
-                    async for note in conn.notifies():
+                    async for payload in listener.payloads(self._listen_check_s):
                         with contextlib.suppress(ValueError):
-                            self._notified_txid = max(self._notified_txid, int(note.payload))
+                            self._notified_txid = max(self._notified_txid, int(payload))
                         self.wake()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 self._listening.clear()
                 log.warning("event listener lost its connection (%s); reconnecting", exc)

@@ -2,14 +2,102 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+import asyncio
+import math
+from typing import Any, Final, TypeVar
 
+import psycopg
+from psycopg import generators, pq, waiting
+from psycopg.abc import PQGen
+from psycopg.pq.abc import PGcancelConn
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 READONLY: Final = "hitl_readonly"
+# How long after HITL_DB_TIMEOUT_S the server itself ends a transaction of ours that sits
+# idle, its client gone (a replica cut off mid-transaction).
+IDLE_IN_TRANSACTION_MARGIN_S: Final = 1.0
+RV = TypeVar("RV")
+
+
+class DroppedOnCancel(psycopg.AsyncConnection[Any]):
+    """A psycopg connection that is closed, not cancelled, when its caller stops waiting.
+
+    On a cancelled wait psycopg 3.3 sends a server-side cancel (up to 5 s), then waits up
+    to 5 s more for the query to end: over a silent network that holds the caller 10 s
+    past its deadline. A cancelled unit of work never reuses its connection anyway, so
+    this one closes at once. The server-side cancel still goes out, detached and
+    bounded by connect_timeout, so a healthy server stops the statement (and drops its
+    locks) at once instead of at its next client_connection_check_interval.
+    """
+
+    _cancelling: asyncio.Task[None] | None = None
+
+    async def wait(
+        self,
+        gen: PQGen[RV],
+        interval: float = 0.1,
+        timeout: float | None = None,  # noqa: ASYNC109 - psycopg's own signature
+    ) -> RV:
+        """Runs one protocol exchange; a cancel closes the connection instead of cancelling."""
+        try:
+            return await waiting.wait_async(
+                gen, self.pgconn.socket, interval=interval, timeout=timeout
+            )
+        except asyncio.CancelledError:
+            if self.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+                cancel = self.pgconn.cancel_conn()
+                cancel.start()
+                within_s = float(self.info.get_parameters().get("connect_timeout") or 5)
+                self._cancelling = asyncio.ensure_future(_cancel_quietly(cancel, within_s))
+            self.pgconn.finish()
+            raise
+
+
+async def _cancel_quietly(cancel: PGcancelConn, within_s: float) -> None:
+    try:
+        await waiting.wait_conn_async(generators.cancel(cancel), interval=0.1, timeout=within_s)
+    except Exception:  # noqa: S110 - the server ends the session anyway once it sees the close
+        pass
+    finally:
+        cancel.finish()
+
+
+def postgres_connect_args(timeout_s: float) -> dict[str, Any]:
+    """libpq and server settings that bound every session of ours by `timeout_s`."""
+    probe_s = max(1, math.ceil(timeout_s / 3))
+    return {
+        "connect_timeout": max(1, math.ceil(timeout_s)),
+        "application_name": "hitl-grpc",
+        # Client side: a dead peer or path is noticed even on an idle or LISTEN connection.
+        "keepalives": 1,
+        "keepalives_idle": max(1, math.ceil(timeout_s)),
+        "keepalives_interval": probe_s,
+        "keepalives_count": 3,
+        "tcp_user_timeout": math.ceil(2 * timeout_s * 1000),
+        # Server side: a session whose client vanished ends by itself, releasing its locks.
+        "options": " ".join(
+            f"-c {name}={value}" for name, value in server_session_limits(timeout_s).items()
+        ),
+    }
+
+
+def server_session_limits(timeout_s: float) -> dict[str, int]:
+    """PostgreSQL settings (ms or s, as PostgreSQL counts them) for each of our sessions."""
+    return {
+        # A runaway statement is ended by the server, not only by our deadline.
+        "statement_timeout": math.ceil(timeout_s * 1000),
+        "idle_in_transaction_session_timeout": math.ceil(
+            (timeout_s + IDLE_IN_TRANSACTION_MARGIN_S) * 1000
+        ),
+        # A statement running for a client that has gone is stopped within this.
+        "client_connection_check_interval": max(100, math.ceil(timeout_s * 1000 / 2)),
+        "tcp_keepalives_idle": max(1, math.ceil(timeout_s)),
+        "tcp_keepalives_interval": max(1, math.ceil(timeout_s / 3)),
+        "tcp_keepalives_count": 3,
+    }
 
 
 def normalize_url(raw: str) -> URL:
@@ -43,10 +131,8 @@ def make_engine(raw_url: str, *, timeout_s: float, pool_size: int = 10) -> Async
         # SQLAlchemy then invalidates the whole pool. Cancelled units never return theirs.
         pool_recycle=1800,
         connect_args={
-            "connect_timeout": max(1, int(timeout_s)),
-            "application_name": "hitl-grpc",
-            # A runaway statement is ended by the server, not only by our deadline.
-            "options": f"-c statement_timeout={int(timeout_s * 1000)}",
+            **postgres_connect_args(timeout_s),
+            "async_creator_fn": DroppedOnCancel.connect,
         },
     )
 

@@ -9,15 +9,13 @@ from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import func, literal, select, text, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from hitl_grpc.domain import errors
 from hitl_grpc.domain.ports import EventKind
 from hitl_grpc.domain.values import AnalysisId, Decision, Priority, Status
 from hitl_grpc.store.codec import decision_from_row, payload_to_row
-from hitl_grpc.store.engine import READONLY
+from hitl_grpc.store.door import Door
 from hitl_grpc.store.tables import decision_event_horizon, decision_events, decisions
-from hitl_grpc.store.uow import is_unavailable
 
 OPEN_STATUSES: Final = (Status.PENDING, Status.IN_REVIEW, Status.ESCALATED)
 XMIN_SQL: Final = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
@@ -93,29 +91,21 @@ _EVENT_COLUMNS = (
 class EventStore:
     """Reads the outbox in (txid, position) order, snapshots the open set, prunes."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self.postgres = engine.dialect.name == "postgresql"
+    def __init__(self, door: Door) -> None:
+        self._door = door
+        self.postgres = door.postgres
 
     @asynccontextmanager
     async def _reading(self, *, repeatable: bool = False) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._engine.connect() as conn:
-                if self.postgres:
-                    await conn.execution_options(
-                        isolation_level="REPEATABLE READ" if repeatable else "READ COMMITTED",
-                        postgresql_readonly=True,
-                    )
-                else:
-                    await conn.execution_options(**{READONLY: True})
-                async with conn.begin():
-                    yield conn
-        except errors.DomainError:
-            raise
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise errors.Unavailable("database unavailable, retry later") from exc
-            raise
+        isolation = "REPEATABLE READ" if repeatable else "READ COMMITTED"
+        async with self._door.passage(readonly=True, isolation=isolation) as passage:
+            yield passage.connection
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        async with self._door.passage() as passage:
+            yield passage.connection
+            await passage.commit()
 
     def _after(self, after: EventPosition) -> Any:
         if self.postgres:
@@ -246,31 +236,26 @@ class EventStore:
 
     async def prune(self, cutoff: datetime) -> int:
         """Deletes the prefix of the log older than `cutoff`; records how far it went."""
-        try:
-            async with self._engine.begin() as conn:
-                stmt = select(decision_events.c.txid, decision_events.c.position).where(
-                    decision_events.c.time < cutoff
+        async with self._writing() as conn:
+            stmt = select(decision_events.c.txid, decision_events.c.position).where(
+                decision_events.c.time < cutoff
+            )
+            if self.postgres:
+                stmt = stmt.where(decision_events.c.txid < text(XMIN_SQL))
+            order = [c.desc() for c in self._order()]
+            row = (await conn.execute(stmt.order_by(*order).limit(1))).one_or_none()
+            if row is None:
+                return 0
+            upto: EventPosition = (int(row.txid or 0), int(row.position))
+            deleted = await conn.execute(decision_events.delete().where(self._upto(upto)))
+            horizon = decision_event_horizon.c
+            await conn.execute(
+                update(decision_event_horizon)
+                .where(
+                    horizon.id == 1,
+                    tuple_(horizon.txid, horizon.position)
+                    < tuple_(literal(upto[0]), literal(upto[1])),
                 )
-                if self.postgres:
-                    stmt = stmt.where(decision_events.c.txid < text(XMIN_SQL))
-                order = [c.desc() for c in self._order()]
-                row = (await conn.execute(stmt.order_by(*order).limit(1))).one_or_none()
-                if row is None:
-                    return 0
-                upto: EventPosition = (int(row.txid or 0), int(row.position))
-                deleted = await conn.execute(decision_events.delete().where(self._upto(upto)))
-                horizon = decision_event_horizon.c
-                await conn.execute(
-                    update(decision_event_horizon)
-                    .where(
-                        horizon.id == 1,
-                        tuple_(horizon.txid, horizon.position)
-                        < tuple_(literal(upto[0]), literal(upto[1])),
-                    )
-                    .values(txid=upto[0], position=upto[1])
-                )
-                return int(deleted.rowcount or 0)
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise errors.Unavailable("database unavailable, retry later") from exc
-            raise
+                .values(txid=upto[0], position=upto[1])
+            )
+            return int(deleted.rowcount or 0)
