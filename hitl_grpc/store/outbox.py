@@ -2,43 +2,58 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import func, literal, select, text, tuple_, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.ports import EventKind
-from hitl_grpc.domain.values import AnalysisId, Decision, Priority, Status
+from hitl_grpc.domain.queue import QueueFilter, QueueKey
+from hitl_grpc.domain.values import AnalysisId, Decision, Priority
 from hitl_grpc.store.codec import decision_from_row, payload_to_row
+from hitl_grpc.store.decisions import queue_query
 from hitl_grpc.store.engine import READONLY
 from hitl_grpc.store.tables import decision_event_horizon, decision_events, decisions
 from hitl_grpc.store.uow import is_unavailable
 
-OPEN_STATUSES: Final = (Status.PENDING, Status.IN_REVIEW, Status.ESCALATED)
-XMIN_SQL: Final = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+# Rows fetched from the driver at a time while filling a snapshot page.
+_PAGE_FETCH: Final = 8
+# A page's row count is bounded too, so tiny rows do not make one page the whole queue.
+_PAGE_ROWS_MAX: Final = 500
+# What a value costs beyond its text: a generous flat figure per field and per row.
+_FIELD_OVERHEAD: Final = 16
+_ROW_OVERHEAD: Final = 256
 
-# (txid, position): the order events are read and resumed in; txid is 0 on SQLite.
-EventPosition = tuple[int, int]
+
+def encoded_bytes(value: object) -> int:
+    """About how many bytes a row's value takes on the wire (UTF-8 text plus framing)."""
+    if isinstance(value, str):
+        return _FIELD_OVERHEAD + (len(value) if value.isascii() else len(value.encode()))
+    if isinstance(value, Mapping):
+        return _FIELD_OVERHEAD + sum(encoded_bytes(k) + encoded_bytes(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return _FIELD_OVERHEAD + sum(encoded_bytes(v) for v in value)
+    return _FIELD_OVERHEAD
+
+
+def _row_bytes(row: Mapping[str, Any]) -> int:
+    return _ROW_OVERHEAD + sum(encoded_bytes(v) for v in row.values())
 
 
 @dataclass(frozen=True)
 class StoredEvent:
     """One outbox row, decoded once per process and shared by every watcher."""
 
-    txid: int
     position: int
     kind: EventKind
     decision: Decision
-
-    @property
-    def key(self) -> EventPosition:
-        """Where the event sorts in the log."""
-        return (self.txid, self.position)
+    # Bytes the event costs a watcher's queue; computed once, when it is read.
+    size: int
 
     @property
     def analysis_id(self) -> AnalysisId:
@@ -52,46 +67,38 @@ class StoredEvent:
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """The open set as of one MVCC snapshot, and what that snapshot had seen of the log."""
+class SnapshotPage:
+    """Open decisions in queue order, as one statement saw them."""
 
     decisions: tuple[Decision, ...]
-    after: EventPosition
-    # PostgreSQL: events with after[0] <= txid < xmax and txid not in xip were already
-    # visible to the snapshot. 0 and () on SQLite, where `after` alone is exact.
-    xmax: int
-    xip: tuple[int, ...]
+    # Whether the queue may go on after this page.
+    more: bool
 
 
 @dataclass(frozen=True)
-class ReadBatch:
-    """What one read of the log returned."""
+class LogBounds:
+    """The retained log: events up to `pruned` are gone, `head` is the newest position."""
 
-    events: tuple[StoredEvent, ...]
-    # PostgreSQL: the horizon the read was below; events of txids >= it are held back.
-    xmin: int
+    pruned: int
+    head: int
 
 
 def _event(row: Any) -> StoredEvent:
     m = row._mapping
+    payload = payload_to_row(m["payload"])
     return StoredEvent(
-        txid=int(m["txid"] or 0),
         position=int(m["position"]),
         kind=EventKind(m["kind"]),
-        decision=decision_from_row(payload_to_row(m["payload"])),
+        decision=decision_from_row(payload),
+        size=_row_bytes(payload),
     )
 
 
-_EVENT_COLUMNS = (
-    decision_events.c.txid,
-    decision_events.c.position,
-    decision_events.c.kind,
-    decision_events.c.payload,
-)
+_EVENT_COLUMNS = (decision_events.c.position, decision_events.c.kind, decision_events.c.payload)
 
 
 class EventStore:
-    """Reads the outbox in (txid, position) order, snapshots the open set, prunes."""
+    """Reads the outbox in position order, pages through the open set, prunes."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -117,124 +124,103 @@ class EventStore:
                 raise errors.Unavailable("database unavailable, retry later") from exc
             raise
 
-    def _after(self, after: EventPosition) -> Any:
-        if self.postgres:
-            return tuple_(decision_events.c.txid, decision_events.c.position) > tuple_(
-                literal(after[0]), literal(after[1])
-            )
-        return decision_events.c.position > after[1]
+    async def read_new(self, after: int, limit: int) -> tuple[StoredEvent, ...]:
+        """The next committed events after position `after`, in order; one statement.
 
-    def _upto(self, upto: EventPosition) -> Any:
-        if self.postgres:
-            return tuple_(decision_events.c.txid, decision_events.c.position) <= tuple_(
-                literal(upto[0]), literal(upto[1])
-            )
-        return decision_events.c.position <= upto[1]
-
-    def _order(self) -> Sequence[Any]:
-        if self.postgres:
-            return (decision_events.c.txid, decision_events.c.position)
-        return (decision_events.c.position,)
-
-    async def read_new(self, after: EventPosition, limit: int) -> ReadBatch:
-        """The next committed events after `after`, in order; one statement."""
-        async with self._reading() as conn:
-            if not self.postgres:
-                rows = await conn.execute(
-                    select(*_EVENT_COLUMNS)
-                    .where(self._after(after))
-                    .order_by(*self._order())
-                    .limit(limit)
-                )
-                return ReadBatch(tuple(_event(r) for r in rows), 0)
-            rows = await conn.execute(
-                text(
-                    "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-                    " AS xmin) "
-                    "SELECT h.xmin, e.txid, e.position, e.kind, e.payload FROM h "
-                    "LEFT JOIN LATERAL (SELECT txid, position, kind, payload"
-                    " FROM decision_events WHERE (txid, position) > (:t, :p)"
-                    " AND txid < h.xmin ORDER BY txid, position LIMIT :n) e ON true"
-                ),
-                {"t": after[0], "p": after[1], "n": limit},
-            )
-            found = rows.all()
-            xmin = int(found[0]._mapping["xmin"])
-            return ReadBatch(
-                tuple(_event(r) for r in found if r._mapping["position"] is not None), xmin
-            )
-
-    async def read_range(
-        self, after: EventPosition, upto: EventPosition, limit: int
-    ) -> tuple[tuple[StoredEvent, ...], EventPosition]:
-        """Events in (after, upto], in order, and the pruning horizon read after them."""
+        No horizon to wait for: a position becomes visible only after every lower one
+        has (store/events.py), so nothing can still appear behind what this returns.
+        """
         async with self._reading() as conn:
             rows = await conn.execute(
                 select(*_EVENT_COLUMNS)
-                .where(self._after(after), self._upto(upto))
-                .order_by(*self._order())
+                .where(decision_events.c.position > after)
+                .order_by(decision_events.c.position)
                 .limit(limit)
             )
-            events = tuple(_event(r) for r in rows)
-            # Read after the events: a prune that raced the read shows up here.
-            horizon = await self._horizon(conn)
-        return events, horizon
+            return tuple(_event(r) for r in rows)
 
-    async def _horizon(self, conn: AsyncConnection) -> EventPosition:
-        row = (
-            await conn.execute(
-                select(decision_event_horizon.c.txid, decision_event_horizon.c.position).where(
-                    decision_event_horizon.c.id == 1
-                )
+    async def read_range(
+        self, after: int, upto: int, limit: int, budget_bytes: int
+    ) -> tuple[tuple[StoredEvent, ...], int]:
+        """Events in (after, upto], in order, at most `limit` and `budget_bytes` of them (but
+        at least one), and the pruning horizon read after them."""
+        async with self._reading() as conn:
+            c = decision_events.c
+            events: list[StoredEvent] = []
+            used = 0
+            # Streamed a few rows at a time: a catching-up watcher holds one budget at most.
+            result = await conn.stream(
+                select(*_EVENT_COLUMNS)
+                .where(c.position > after, c.position <= upto)
+                .order_by(c.position)
+                .limit(limit)
+                .execution_options(yield_per=_PAGE_FETCH)
             )
-        ).one_or_none()
-        return (int(row.txid), int(row.position)) if row else (0, 0)
+            try:
+                async for row in result:
+                    event = _event(row)
+                    if events and used + event.size > budget_bytes:
+                        break
+                    events.append(event)
+                    used += event.size
+            finally:
+                await result.close()
+            # Read after the events: a prune that raced the read shows up here.
+            pruned = await self._pruned(conn)
+        return tuple(events), pruned
 
-    async def head(self) -> EventPosition:
+    async def _pruned(self, conn: AsyncConnection) -> int:
+        position = (
+            await conn.execute(
+                select(decision_event_horizon.c.position).where(decision_event_horizon.c.id == 1)
+            )
+        ).scalar()
+        return int(position or 0)
+
+    async def _head(self, conn: AsyncConnection) -> int:
+        # A fully pruned log still ends where the horizon says.
+        last = (await conn.execute(select(func.max(decision_events.c.position)))).scalar()
+        return max(int(last or 0), await self._pruned(conn))
+
+    async def head(self) -> int:
         """Where a reader starting now begins: after every event already committed."""
         async with self._reading() as conn:
-            if self.postgres:
-                row = (
-                    await conn.execute(
-                        text(
-                            "SELECT txid, position FROM decision_events"
-                            " WHERE txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-                            " ORDER BY txid DESC, position DESC LIMIT 1"
-                        )
-                    )
-                ).one_or_none()
-                return (int(row.txid), int(row.position)) if row else (0, 0)
-            last = (await conn.execute(select(func.max(decision_events.c.position)))).scalar()
-            return (0, int(last or 0))
+            return await self._head(conn)
 
-    async def snapshot(self) -> Snapshot:
-        """The open set (queue order) and the log position it reflects, from one snapshot."""
+    async def bounds(self) -> LogBounds:
+        """How far the log has been pruned, and where it ends."""
         async with self._reading(repeatable=True) as conn:
-            xmax: int = 0
-            xip: tuple[int, ...] = ()
-            if self.postgres:
-                row = (
-                    await conn.execute(
-                        text(
-                            "SELECT pg_snapshot_xmin(s)::text::bigint AS xmin,"
-                            " pg_snapshot_xmax(s)::text::bigint AS xmax,"
-                            " ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) x) AS xip"
-                            " FROM pg_current_snapshot() s"
-                        )
-                    )
-                ).one()
-                after: EventPosition = (int(row.xmin), 0)
-                xmax, xip = int(row.xmax), tuple(sorted(int(x) for x in row.xip))
-            else:
-                last = (await conn.execute(select(func.max(decision_events.c.position)))).scalar()
-                after = (0, int(last or 0))
-            rows = await conn.execute(
-                select(decisions)
-                .where(decisions.c.status.in_([int(s) for s in OPEN_STATUSES]))
-                .order_by(decisions.c.priority, decisions.c.created_at, decisions.c.analysis_id)
+            return LogBounds(await self._pruned(conn), await self._head(conn))
+
+    async def snapshot_page(
+        self, after: QueueKey | None, priorities: frozenset[Priority], budget_bytes: int
+    ) -> SnapshotPage:
+        """Open decisions after `after` in queue order, at most `budget_bytes` of them (but
+        always at least one), read by one statement."""
+        async with self._reading() as conn:
+            found: list[Decision] = []
+            used = 0
+            more = False
+            # Streamed a few rows at a time: a page never holds more than its budget.
+            result = await conn.stream(
+                queue_query(QueueFilter(priorities), after, _PAGE_ROWS_MAX).execution_options(
+                    yield_per=_PAGE_FETCH
+                )
             )
-            found = tuple(decision_from_row(dict(r._mapping)) for r in rows)
-        return Snapshot(found, after, xmax, xip)
+            try:
+                async for row in result:
+                    mapping = dict(row._mapping)
+                    size = _row_bytes(mapping)
+                    if found and used + size > budget_bytes:
+                        more = True
+                        break
+                    found.append(decision_from_row(mapping))
+                    used += size
+                else:
+                    more = len(found) == _PAGE_ROWS_MAX
+            finally:
+                await result.close()
+        return SnapshotPage(tuple(found), more)
 
     async def decision(self, analysis_id: AnalysisId) -> Decision | None:
         """One decision's current state."""
@@ -248,26 +234,20 @@ class EventStore:
         """Deletes the prefix of the log older than `cutoff`; records how far it went."""
         try:
             async with self._engine.begin() as conn:
-                stmt = select(decision_events.c.txid, decision_events.c.position).where(
-                    decision_events.c.time < cutoff
-                )
-                if self.postgres:
-                    stmt = stmt.where(decision_events.c.txid < text(XMIN_SQL))
-                order = [c.desc() for c in self._order()]
-                row = (await conn.execute(stmt.order_by(*order).limit(1))).one_or_none()
-                if row is None:
+                # Invisible events are a suffix of the positions (store/events.py), so a
+                # prefix up to a visible position never takes one still to be read.
+                c = decision_events.c
+                upto = (
+                    await conn.execute(select(func.max(c.position)).where(c.time < cutoff))
+                ).scalar()
+                if upto is None:
                     return 0
-                upto: EventPosition = (int(row.txid or 0), int(row.position))
-                deleted = await conn.execute(decision_events.delete().where(self._upto(upto)))
+                deleted = await conn.execute(decision_events.delete().where(c.position <= upto))
                 horizon = decision_event_horizon.c
                 await conn.execute(
                     update(decision_event_horizon)
-                    .where(
-                        horizon.id == 1,
-                        tuple_(horizon.txid, horizon.position)
-                        < tuple_(literal(upto[0]), literal(upto[1])),
-                    )
-                    .values(txid=upto[0], position=upto[1])
+                    .where(horizon.id == 1, horizon.position < upto)
+                    .values(position=upto)
                 )
                 return int(deleted.rowcount or 0)
         except Exception as exc:
