@@ -210,8 +210,7 @@ async def test_cursor_older_than_retention_is_out_of_range(server: Harness) -> N
     newest = replies[-1].cursor
     assert [event_of(r)[1] for r in replies] == ["older-than-retention", "kept-1", "kept-2"]
 
-    # Pruning removes the whole prefix up to the last expired event. On PostgreSQL it
-    # waits for the cluster-wide commit horizon, which other sessions may hold back.
+    # Pruning removes the whole prefix up to the last expired event.
     pruned = 0
 
     async def pruned_prefix() -> bool:
