@@ -52,7 +52,7 @@ async def test_one_log_read_per_batch_whatever_the_number_of_watchers(
 
         def hub_read(statement: str) -> bool:
             # The hub reads open-ended (position > head); a watcher catching up, a range.
-            return statement.lstrip().startswith("SELECT decision_events.position") and (
+            return "decision_events.position >" in statement and (
                 "decision_events.position <=" not in statement
             )
 

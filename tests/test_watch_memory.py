@@ -75,12 +75,19 @@ async def test_catch_up_reads_are_bounded_in_bytes(make_server: ServerFactory) -
         await append_events(server, [hand_decision(f"big-{n}", summary=BIG * 5) for n in range(6)])
         store = hub_of(server).store
         head = await store.head()
-        two, _ = await store.read_range(0, head, 500, 25_000)
-        assert [e.analysis_id for e in two] == ["big-0", "big-1"]
-        assert sum(e.size for e in two) <= 25_000
+        size = (await store.read_range(0, head, 1, 1))[0][0].size
+        assert size > 10_000
+        # Up to the event that crosses the budget, and not one more.
+        some, _ = await store.read_range(0, head, 500, 2 * size + 1)
+        assert [e.analysis_id for e in some] == ["big-0", "big-1", "big-2"]
         # However small the budget, a read makes progress.
-        one, _ = await store.read_range(two[-1].position, head, 500, 1)
-        assert [e.analysis_id for e in one] == ["big-2"]
+        one, _ = await store.read_range(some[-1].position, head, 500, 1)
+        assert [e.analysis_id for e in one] == ["big-3"]
+        # The reader's own batches are bounded the same way, and say whether more follow.
+        batch, more = await store.read_new(0, 500, 2 * size + 1)
+        assert len(batch) == 3 and more
+        rest, more = await store.read_new(batch[-1].position, 500, 10 * size)
+        assert [e.analysis_id for e in rest] == ["big-3", "big-4", "big-5"] and not more
 
 
 async def test_watcher_queue_is_bounded_in_bytes_not_only_in_events(

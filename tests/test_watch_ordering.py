@@ -120,7 +120,7 @@ async def test_stranded_writer_delays_others_only_until_its_session_times_out(
     await stranded.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
     await stranded.execute(
         "INSERT INTO decision_events (analysis_id, kind, status, priority, version, time,"
-        " payload) VALUES ('stranded', 'added', 1, 2, 1, now(), '{}')"
+        " payload, size) VALUES ('stranded', 'added', 1, 2, 1, now(), '{}', 2)"
     )
     started = time.monotonic()
     reply = await server.decisions.SubmitDecision(

@@ -254,11 +254,12 @@ class EventHub:
         """Reads and fans out everything committed."""
         self._reads_started += 1
         try:
-            while True:
-                events = await self.store.read_new(self.head, BATCH)
+            more = True
+            while more:
+                # A batch holds no more than one watcher's queue may: the reader's own
+                # memory stays bounded however large the decisions committed at once.
+                events, more = await self.store.read_new(self.head, BATCH, self._queue_bytes)
                 self._fan_out(events)
-                if len(events) < BATCH:
-                    return
         finally:
             async with self._read_done:
                 self.reads += 1

@@ -22,6 +22,7 @@ session (idle_in_transaction_session_timeout).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 from sqlalchemy import insert, text
@@ -47,6 +48,27 @@ _LOCK_AND_NOTIFY: Final = text(
 )
 
 
+# What a value costs beyond its text: a generous flat figure per field and per row.
+_FIELD_OVERHEAD: Final = 16
+_ROW_OVERHEAD: Final = 256
+
+
+def encoded_bytes(value: object) -> int:
+    """About how many bytes a value takes on the wire (UTF-8 text plus framing)."""
+    if isinstance(value, str):
+        return _FIELD_OVERHEAD + (len(value) if value.isascii() else len(value.encode()))
+    if isinstance(value, Mapping):
+        return _FIELD_OVERHEAD + sum(encoded_bytes(k) + encoded_bytes(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return _FIELD_OVERHEAD + sum(encoded_bytes(v) for v in value)
+    return _FIELD_OVERHEAD
+
+
+def row_bytes(row: Mapping[str, Any]) -> int:
+    """About how many bytes a decision row (or an event's payload) takes on the wire."""
+    return _ROW_OVERHEAD + sum(encoded_bytes(v) for v in row.values())
+
+
 class EventLog:
     """Collects decision events for the caller's transaction; flush() writes them last."""
 
@@ -58,6 +80,7 @@ class EventLog:
 
     async def append(self, decision: Decision, kind: EventKind) -> None:
         """Records a change; written at flush() and seen by readers once committed."""
+        payload = row_to_payload(decision_to_row(decision))
         self._pending.append(
             {
                 "analysis_id": decision.analysis_id,
@@ -66,7 +89,8 @@ class EventLog:
                 "priority": int(decision.analysis.priority),
                 "version": decision.version,
                 "time": decision.updated_at,
-                "payload": row_to_payload(decision_to_row(decision)),
+                "payload": payload,
+                "size": row_bytes(payload),
             }
         )
         self.appended = True

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hitl_grpc.domain import errors
@@ -18,31 +18,14 @@ from hitl_grpc.domain.values import AnalysisId, Decision, Priority
 from hitl_grpc.store.codec import decision_from_row, payload_to_row
 from hitl_grpc.store.decisions import queue_query
 from hitl_grpc.store.engine import READONLY
+from hitl_grpc.store.events import row_bytes
 from hitl_grpc.store.tables import decision_event_horizon, decision_events, decisions
 from hitl_grpc.store.uow import is_unavailable
 
 # Rows fetched from the driver at a time while filling a snapshot page.
-_PAGE_FETCH: Final = 8
+_PAGE_FETCH: Final = 16
 # A page's row count is bounded too, so tiny rows do not make one page the whole queue.
 _PAGE_ROWS_MAX: Final = 500
-# What a value costs beyond its text: a generous flat figure per field and per row.
-_FIELD_OVERHEAD: Final = 16
-_ROW_OVERHEAD: Final = 256
-
-
-def encoded_bytes(value: object) -> int:
-    """About how many bytes a row's value takes on the wire (UTF-8 text plus framing)."""
-    if isinstance(value, str):
-        return _FIELD_OVERHEAD + (len(value) if value.isascii() else len(value.encode()))
-    if isinstance(value, Mapping):
-        return _FIELD_OVERHEAD + sum(encoded_bytes(k) + encoded_bytes(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return _FIELD_OVERHEAD + sum(encoded_bytes(v) for v in value)
-    return _FIELD_OVERHEAD
-
-
-def _row_bytes(row: Mapping[str, Any]) -> int:
-    return _ROW_OVERHEAD + sum(encoded_bytes(v) for v in row.values())
 
 
 @dataclass(frozen=True)
@@ -52,7 +35,7 @@ class StoredEvent:
     position: int
     kind: EventKind
     decision: Decision
-    # Bytes the event costs a watcher's queue; computed once, when it is read.
+    # Bytes the event costs a watcher's queue; estimated once, when it was written.
     size: int
 
     @property
@@ -85,16 +68,35 @@ class LogBounds:
 
 def _event(row: Any) -> StoredEvent:
     m = row._mapping
-    payload = payload_to_row(m["payload"])
     return StoredEvent(
         position=int(m["position"]),
         kind=EventKind(m["kind"]),
-        decision=decision_from_row(payload),
-        size=_row_bytes(payload),
+        decision=decision_from_row(payload_to_row(m["payload"])),
+        size=int(m["size"]),
     )
 
 
-_EVENT_COLUMNS = (decision_events.c.position, decision_events.c.kind, decision_events.c.payload)
+def _events_within(where: Sequence[Any], limit: int, budget_bytes: int) -> Select[Any]:
+    """Events in position order, `limit` at most, and only as far as `budget_bytes` reaches
+    (the event that crosses it included, so a read always makes progress).
+
+    One statement: the running total of the stored sizes decides, so a payload is never
+    fetched only to be dropped.
+    """
+    c = decision_events.c
+    running = func.sum(c.size).over(order_by=c.position, rows=(None, 0))
+    inner = (
+        select(c.position, c.kind, c.payload, c.size, running.label("running"))
+        .where(*where)
+        .order_by(c.position)
+        .limit(limit)
+        .subquery()
+    )
+    return (
+        select(inner.c.position, inner.c.kind, inner.c.payload, inner.c.size)
+        .where(inner.c.running - inner.c.size < budget_bytes)
+        .order_by(inner.c.position)
+    )
 
 
 class EventStore:
@@ -124,50 +126,37 @@ class EventStore:
                 raise errors.Unavailable("database unavailable, retry later") from exc
             raise
 
-    async def read_new(self, after: int, limit: int) -> tuple[StoredEvent, ...]:
-        """The next committed events after position `after`, in order; one statement.
+    async def read_new(
+        self, after: int, limit: int, budget_bytes: int
+    ) -> tuple[tuple[StoredEvent, ...], bool]:
+        """The next committed events after position `after`, in order, within `limit` and
+        about `budget_bytes`; and whether more may follow. One statement.
 
         No horizon to wait for: a position becomes visible only after every lower one
         has (store/events.py), so nothing can still appear behind what this returns.
         """
         async with self._reading() as conn:
             rows = await conn.execute(
-                select(*_EVENT_COLUMNS)
-                .where(decision_events.c.position > after)
-                .order_by(decision_events.c.position)
-                .limit(limit)
+                _events_within([decision_events.c.position > after], limit, budget_bytes)
             )
-            return tuple(_event(r) for r in rows)
+            events = tuple(_event(r) for r in rows)
+        more = len(events) == limit or sum(e.size for e in events) >= budget_bytes
+        return events, more
 
     async def read_range(
         self, after: int, upto: int, limit: int, budget_bytes: int
     ) -> tuple[tuple[StoredEvent, ...], int]:
-        """Events in (after, upto], in order, at most `limit` and `budget_bytes` of them (but
-        at least one), and the pruning horizon read after them."""
+        """Events in (after, upto], in order, within `limit` and about `budget_bytes`, and
+        the pruning horizon read after them."""
         async with self._reading() as conn:
             c = decision_events.c
-            events: list[StoredEvent] = []
-            used = 0
-            # Streamed a few rows at a time: a catching-up watcher holds one budget at most.
-            result = await conn.stream(
-                select(*_EVENT_COLUMNS)
-                .where(c.position > after, c.position <= upto)
-                .order_by(c.position)
-                .limit(limit)
-                .execution_options(yield_per=_PAGE_FETCH)
+            rows = await conn.execute(
+                _events_within([c.position > after, c.position <= upto], limit, budget_bytes)
             )
-            try:
-                async for row in result:
-                    event = _event(row)
-                    if events and used + event.size > budget_bytes:
-                        break
-                    events.append(event)
-                    used += event.size
-            finally:
-                await result.close()
+            events = tuple(_event(r) for r in rows)
             # Read after the events: a prune that raced the read shows up here.
             pruned = await self._pruned(conn)
-        return tuple(events), pruned
+        return events, pruned
 
     async def _pruned(self, conn: AsyncConnection) -> int:
         position = (
@@ -210,7 +199,7 @@ class EventStore:
             try:
                 async for row in result:
                     mapping = dict(row._mapping)
-                    size = _row_bytes(mapping)
+                    size = row_bytes(mapping)
                     if found and used + size > budget_bytes:
                         more = True
                         break

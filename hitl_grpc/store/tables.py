@@ -188,6 +188,9 @@ decision_events = Table(
     Column("time", TIME, nullable=False),
     # The decision as it was after the change, so watchers need no second read.
     Column("payload", JSON, nullable=False),
+    # About how many bytes the payload takes (store/events.py), written once with it: what
+    # a watcher's queue and a byte-bounded read count without decoding the payload.
+    Column("size", Integer, nullable=False),
     Index("ix_decision_events_time", "time"),
     Index("ix_decision_events_analysis_id", "analysis_id", "position"),
     sqlite_autoincrement=True,
