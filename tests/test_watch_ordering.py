@@ -180,3 +180,20 @@ async def _waiting_for_the_append_lock(server: Harness) -> bool:
             text("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
         )
         return rows.first() is not None
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_positions_come_from_a_sequence_without_per_session_cache(server: Harness) -> None:
+    # A cached sequence hands each session its own block of values: under the append
+    # lock one session could then commit a lower position after another's higher one.
+    async with server.running.uow(readonly=True) as uow:
+        cache = (
+            await uow.connection.execute(
+                text(
+                    "SELECT cache_size FROM pg_sequences"
+                    " WHERE sequencename = pg_get_serial_sequence('decision_events', 'position')"
+                    "::regclass::text"
+                )
+            )
+        ).scalar_one()
+    assert cache == 1

@@ -11,7 +11,8 @@ reader resumes with `position > last` and nothing can still appear behind it.
   positions, commits and becomes visible to new snapshots before PostgreSQL releases the
   lock (xact.c CommitTransaction: ProcArrayEndTransaction() runs before
   ResourceOwnerRelease(RESOURCE_RELEASE_LOCKS)); only then can the next writer draw higher
-  positions. So every position below a visible one is visible or was rolled back.
+  positions. So every position below a visible one is visible or was rolled back. (This
+  needs a sequence that caches no values per session, CACHE 1, the default.)
 
 Advisory locks belong to one database: transactions elsewhere in the cluster never wait
 on this one, and readers wait on nothing at all. The price is that the appending tail of
