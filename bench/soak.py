@@ -46,7 +46,7 @@ from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc, decision_pb2, decision_
 
 from bench.common import ADMIN_PASSWORD, BENCH_SECRET, fresh_postgres
 from bench.faultproxy import FaultProxy, Mode
-from hitl_grpc.events.cursor import Cursor
+from hitl_grpc.events import cursor as cursors
 
 PASSWORD: Final = "soak-password-0001-long"
 DB_TIMEOUT_S: Final = 2.0
@@ -193,9 +193,9 @@ class Segment:
 
 
 def _position(cursor: str) -> int:
-    decoded = Cursor.decode(cursor)
+    decoded = cursors.decode(cursor)
     assert decoded is not None
-    return decoded.after[-1]
+    return decoded
 
 
 def _timestamp(value: datetime) -> Timestamp:

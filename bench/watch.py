@@ -9,6 +9,7 @@ the event (SubmitDecision / Publish) to the moment each watcher has the message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -387,6 +388,98 @@ async def run() -> None:
     print(f"p99 ratio at 1,000 watchers: {service['p99_1000'] / bare['p99_1000']:.2f} (budget 1.5)")
 
 
+# -- stalled watchers: memory held per stream that stops reading --------------------------
+
+STALLED_DECISIONS: Final = 150
+STALLED_WATCHERS: Final = 8
+
+
+def _large_request(n: int) -> decision_pb2.SubmitDecisionRequest:
+    """A decision near every documented field limit (~240 KB)."""
+    request = _request(f"large-{n:04d}-{uuid.uuid4().hex[:8]}")
+    request.attributed_actor = "a" * 1000
+    request.forensic_summary = "s" * 10_000
+    request.iocs[:] = [f"{i:03d}" + "i" * 497 for i in range(200)]
+    request.ttps[:] = [f"T{i:04d}" + "t" * 59 for i in range(20)]
+    del request.recommended_actions[:]
+    for i in range(50):
+        request.recommended_actions.append(
+            decision_pb2.Action(
+                type=decision_pb2.ACTION_TYPE_CUSTOM,
+                target=f"{i:03d}" + "h" * 497,
+                description="d" * 2000,
+            )
+        )
+    return request
+
+
+def _settled_rss_kib(port: int) -> int:
+    """The server's RSS once it stops moving (streams fill their buffers asynchronously)."""
+    last, steady = _rss_kib(port), 0
+    deadline = time.monotonic() + 60
+    while steady < 6 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _rss_kib(port)
+        steady = steady + 1 if abs(now - last) < 256 else 0
+        last = now
+    return last
+
+
+def _stalled_rss_per_watcher(address: str) -> tuple[float, float]:
+    """Sync clients, a channel each, that read one message of WatchPending and stop."""
+    port = int(address.rsplit(":", 1)[1])
+    with grpc.insecure_channel(address) as channel:
+        login = auth_pb2_grpc.AuthServiceStub(channel).Login(
+            auth_pb2.LoginRequest(username="admin", password=ADMIN_PASSWORD), timeout=30
+        )
+        metadata = (("authorization", f"Bearer {login.tokens.access_token}"),)
+        stub = decision_pb2_grpc.DecisionServiceStub(channel)
+        for n in range(STALLED_DECISIONS):
+            stub.SubmitDecision(_large_request(n), metadata=metadata, timeout=30)
+        # One full snapshot first, so what is measured is what stalled streams hold.
+        for reply in stub.WatchPending(decision_pb2.WatchPendingRequest(), metadata=metadata):
+            if reply.HasField("snapshot_complete"):
+                break
+    before = _settled_rss_kib(port)
+    channels = [grpc.insecure_channel(address) for _ in range(STALLED_WATCHERS)]
+    streams = []
+    try:
+        for ch in channels:
+            stream = decision_pb2_grpc.DecisionServiceStub(ch).WatchPending(
+                decision_pb2.WatchPendingRequest(), metadata=metadata
+            )
+            next(stream)  # the first item arrives; then this client stops reading
+            streams.append(stream)
+        held = _settled_rss_kib(port)
+    finally:
+        for stream in streams:
+            stream.cancel()
+        for ch in channels:
+            ch.close()
+    after = _settled_rss_kib(port)
+    return (held - before) / STALLED_WATCHERS, (after - before) / STALLED_WATCHERS
+
+
+def stalled(postgres: bool) -> None:
+    """Prints the server's RSS per stalled watcher over 150 large decisions."""
+    with contextlib.ExitStack() as stack:
+        env: dict[str, str] = {}
+        if postgres:
+            url = stack.enter_context(fresh_postgres(f"hitl_bench_stalled_{os.getpid()}"))
+            env = {"HITL_DATABASE_URL": url, "HITL_JWT_SECRET": BENCH_SECRET}
+        address = stack.enter_context(serve_subprocess(env))
+        held, left = _stalled_rss_per_watcher(address)
+    backend = "PostgreSQL" if postgres else "SQLite"
+    print(
+        f"stalled watchers on {backend} "
+        f"({STALLED_WATCHERS}, {STALLED_DECISIONS} decisions of ~240 KB): "
+        f"{held / 1024:.1f} MiB RSS per watcher while stalled, "
+        f"{left / 1024:.1f} MiB after they were cancelled"
+    )
+
+
 if __name__ == "__main__":
     if "--bare" in sys.argv:
         asyncio.run(_bare_main())
+    elif "--stalled" in sys.argv:
+        stalled(postgres="--postgres" in sys.argv)

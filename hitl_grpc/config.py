@@ -75,6 +75,10 @@ class Settings:
     password_time_cost: int = 2
     password_parallelism: int = 1
     watch_queue_size: int = 1024
+    # The same bound in bytes of the events queued (a decision is up to ~250 KiB).
+    watch_queue_bytes: int = 4 * 1024 * 1024
+    # How much of the open set or the log one watcher reads and holds at a time.
+    watch_page_bytes: int = 512 * 1024
     # How often the event reader reads the log without a wake-up (a lost NOTIFY).
     watch_catchup_s: float = 1.0
     log_level: str = "INFO"
@@ -187,6 +191,12 @@ class Settings:
             ),
             watch_queue_size=int(
                 reader.number("HITL_WATCH_QUEUE_SIZE", defaults.watch_queue_size, 8, 1_000_000)
+            ),
+            watch_queue_bytes=int(
+                reader.number("HITL_WATCH_QUEUE_BYTES", defaults.watch_queue_bytes, 65536, 2**34)
+            ),
+            watch_page_bytes=int(
+                reader.number("HITL_WATCH_PAGE_BYTES", defaults.watch_page_bytes, 1024, 2**30)
             ),
             watch_catchup_s=reader.number(
                 "HITL_WATCH_CATCHUP_S", defaults.watch_catchup_s, 0.05, 3600

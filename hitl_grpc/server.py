@@ -165,6 +165,8 @@ async def running_server(
             door,
             clock,
             queue_size=settings.watch_queue_size,
+            queue_bytes=settings.watch_queue_bytes,
+            page_bytes=settings.watch_page_bytes,
             catchup_s=settings.watch_catchup_s,
             retention=settings.event_retention,
             prune_interval_s=settings.sweep_interval_s,

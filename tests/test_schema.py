@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
 from hitl_grpc.config import Settings
@@ -51,14 +52,16 @@ async def test_unreachable_database_is_a_startup_error() -> None:
 async def test_schema_behind_the_build_is_refused_until_migrated(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A build one migration ahead of the database: a copy of ours plus revision 0002.
+    # A build one migration ahead of the database: a copy of ours plus one more revision.
     newer = tmp_path / "migrations"
     shutil.copytree(schema.MIGRATIONS, newer)
-    (newer / "versions" / "0002_next.py").write_text(
+    [head] = ScriptDirectory(str(schema.MIGRATIONS)).get_heads()
+    (newer / "versions" / "9999_next.py").write_text(
         '"""next"""\n'
         "import sqlalchemy as sa\n"
         "from alembic import op\n\n"
-        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        f'revision = "9999"\ndown_revision = "{head}"\nbranch_labels = None\n'
+        "depends_on = None\n\n\n"
         "def upgrade() -> None:\n"
         '    op.create_table("next_table", sa.Column("id", sa.Integer, primary_key=True))\n'
     )

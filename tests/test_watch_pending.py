@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ from hitl.v1 import decision_pb2
 
 from hitl_grpc.domain.ports import EventKind
 from hitl_grpc.domain.values import Priority, Role, Status
+from hitl_grpc.events import cursor as cursors
 from tests.decisions_support import wait_until
 from tests.harness import Harness, ServerFactory
 from tests.watching import (
@@ -20,9 +22,11 @@ from tests.watching import (
     hand_decision,
     hub_of,
     next_of,
+    refusal,
     submit_request,
     take,
     until_live,
+    watch,
 )
 
 
@@ -206,8 +210,7 @@ async def test_cursor_older_than_retention_is_out_of_range(server: Harness) -> N
     newest = replies[-1].cursor
     assert [event_of(r)[1] for r in replies] == ["older-than-retention", "kept-1", "kept-2"]
 
-    # Pruning removes the whole prefix up to the last expired event. On PostgreSQL it
-    # waits for the cluster-wide commit horizon, which other sessions may hold back.
+    # Pruning removes the whole prefix up to the last expired event.
     pruned = 0
 
     async def pruned_prefix() -> bool:
@@ -253,3 +256,60 @@ async def test_updated_and_removed_events_carry_state(server: Harness) -> None:
     updated, removed = await take(stream, 2)
     assert updated.updated.status == decision_pb2.DECISION_STATUS_IN_REVIEW
     assert event_of(removed) == ("removed", "x", decision_pb2.DECISION_STATUS_APPROVED)
+
+
+def _wire(prefix: str, text: str) -> str:
+    return prefix + base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _wire("v1:", "0.9223372036854775808"),  # 2**63: past the positions column
+        _wire("v1:", "0.99999999999999999999"),
+        _wire("v1:", "0.-5"),
+        _wire("v2:", "9223372036854775808"),
+        _wire("v2:", "-1"),
+        _wire("v2:", "+7"),
+        _wire("v2:", "1.2"),
+        _wire("v2:", ""),
+        _wire("v2:", "１２"),  # noqa: RUF001 - fullwidth digits int() would accept
+        "v2:%%%",
+        "v9:MTI",
+        "v2:" + "A" * 200,
+    ],
+)
+async def test_cursor_out_of_range_or_malformed_is_invalid(server: Harness, raw: str) -> None:
+    analyst = await server.as_role(Role.ANALYST)
+    refused = await refusal(watch(server, analyst, raw))
+    assert refused.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a cursor issued by this service" in str(refused.details())
+
+
+async def test_cursor_ahead_of_the_event_log_is_out_of_range(server: Harness) -> None:
+    # As after restoring an older backup: the cursor names positions the log never had.
+    analyst = await server.as_role(Role.ANALYST)
+    await append_events(server, [hand_decision("one"), hand_decision("two")])
+    head = await hub_of(server).store.head()
+    for ahead in (cursors.encode(head + 1), _wire("v1:", f"0.{head + 1000}")):
+        refused = await refusal(watch(server, analyst, ahead))
+        assert refused.code() is grpc.StatusCode.OUT_OF_RANGE
+        assert refused.details() == "cursor is ahead of the event log; start again without a cursor"
+
+    # The head itself is fine, and so is a cursor of the old form SQLite issued.
+    at_head = watch(server, analyst, cursors.encode(head))
+    legacy = watch(server, analyst, _wire("v1:", f"0.{head - 1}"))
+    assert event_of(await next_of(legacy))[1] == "two"
+    await append_events(server, [hand_decision("three")])
+    assert event_of(await next_of(at_head))[1] == "three"
+    assert event_of(await next_of(legacy))[1] == "three"
+
+
+@pytest.mark.parametrize("legacy", [_wire("v1:", "4711.3"), _wire("v1:", "4711.0.4720.4712,4715")])
+async def test_cursor_of_the_old_transaction_order_asks_for_a_resync(
+    server: Harness, legacy: str
+) -> None:
+    analyst = await server.as_role(Role.ANALYST)
+    refused = await refusal(watch(server, analyst, legacy))
+    assert refused.code() is grpc.StatusCode.OUT_OF_RANGE
+    assert "start again without a cursor" in str(refused.details())

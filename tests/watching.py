@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from hitl.v1 import decision_pb2
 
 from hitl_grpc.domain.ports import EventKind
 from hitl_grpc.domain.values import Analysis, AnalysisId, Decision, Priority, Status
 from hitl_grpc.events.hub import EventHub
-from tests.harness import Harness
+from tests.harness import Harness, Metadata
 
 T = TypeVar("T")
 STEP_S = 5.0
@@ -129,3 +130,29 @@ async def until_live(stream: AsyncIterator[decision_pb2.WatchPendingResponse]) -
             return ids
         assert reply.HasField("added"), reply
         ids.append(reply.added.analysis_id)
+
+
+def watch(
+    server: Harness, metadata: Metadata, cursor: str = ""
+) -> AsyncIterator[decision_pb2.WatchPendingResponse]:
+    """A WatchPending stream, from the start or resumed from `cursor`."""
+    request = decision_pb2.WatchPendingRequest(resume_cursor=cursor)
+    return aiter(server.decisions.WatchPending(request, metadata=metadata))
+
+
+async def watch_live(
+    server: Harness, metadata: Metadata
+) -> AsyncIterator[decision_pb2.WatchPendingResponse]:
+    """A WatchPending stream whose snapshot has been read."""
+    stream = watch(server, metadata)
+    await until_live(stream)
+    return stream
+
+
+async def refusal(stream: AsyncIterator[decision_pb2.WatchPendingResponse]) -> grpc.aio.AioRpcError:
+    """The error a stream ends with before any message."""
+    try:
+        reply = await next_of(stream)
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    raise AssertionError(f"stream was not refused: {reply}")

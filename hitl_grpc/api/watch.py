@@ -13,7 +13,7 @@ from hitl_grpc.api import convert
 from hitl_grpc.auth.principal import current_principal
 from hitl_grpc.domain.errors import InvalidField
 from hitl_grpc.domain.values import AnalysisId, Decision, Priority, Role
-from hitl_grpc.events.cursor import Cursor
+from hitl_grpc.events import cursor as cursors
 from hitl_grpc.events.hub import EventHub
 from hitl_grpc.events.streams import ItemKind, PendingItem, watch_decision, watch_pending
 
@@ -30,13 +30,13 @@ class WatchServicer:
     def __init__(self, hub: EventHub, *, heartbeat_s: float) -> None:
         self._hub = hub
         self._heartbeat_s = heartbeat_s
-        self._protos: OrderedDict[tuple[int, int], decision_pb2.Decision] = OrderedDict()
+        self._protos: OrderedDict[int, decision_pb2.Decision] = OrderedDict()
 
     def _proto(self, item: PendingItem) -> decision_pb2.Decision:
         assert item.decision is not None
         if item.event is None:
             return convert.decision_to_proto(item.decision)
-        key = item.event.key
+        key = item.event.position
         proto = self._protos.get(key)
         if proto is None:
             proto = convert.decision_to_proto(item.decision)
@@ -67,8 +67,8 @@ class WatchServicer:
         self, request: decision_pb2.WatchPendingRequest, context: Context
     ) -> AsyncIterator[decision_pb2.WatchPendingResponse]:
         priorities = frozenset(_priority(p) for p in request.priorities)
-        cursor = Cursor.decode(request.resume_cursor) if request.resume_cursor else None
-        async for item in watch_pending(self._hub, priorities, cursor, self._heartbeat_s):
+        after = cursors.decode(request.resume_cursor) if request.resume_cursor else None
+        async for item in watch_pending(self._hub, priorities, after, self._heartbeat_s):
             yield self._message(item)
 
     async def WatchDecision(

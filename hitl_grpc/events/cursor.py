@@ -1,81 +1,57 @@
-"""Watch cursors: where a stream stands in the event log, as an opaque string."""
+"""Watch cursors: a position in the event log, as an opaque string."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+import re
 from typing import Final
 
-from hitl_grpc.domain.errors import InvalidField
-from hitl_grpc.store.outbox import EventPosition, Snapshot
+from hitl_grpc.domain.errors import InvalidField, OutOfRange
 
-_PREFIX: Final = "v1:"
+_PREFIX: Final = "v2:"
+# Issued before appends were serialized: "v1:" + base64("txid.position") or, for a
+# snapshot, base64("xmin.0.xmax.xip,..."). SQLite's txid was always 0.
+_LEGACY_PREFIX: Final = "v1:"
 # Sent on snapshot items: resuming from inside a snapshot starts a new one.
 SNAPSHOT_CURSOR: Final = "v1:snapshot"
-_MAX_LEN: Final = 8192
+POSITION_MAX: Final = 2**63 - 1  # the positions column is a signed 64-bit integer
+_MAX_LEN: Final = 64
+_DIGITS: Final = re.compile(r"[0-9]{1,19}")
+RESYNC: Final = "cursor predates this server's event order; start again without a cursor"
 
 
-@dataclass(frozen=True)
-class Cursor:
-    """Everything up to `after` has been seen, plus, on PostgreSQL, the events of the
-    transactions in [after.txid, xmax) outside `xip` that a snapshot had already shown."""
+def encode(position: int) -> str:
+    """The opaque wire form of 'every event up to `position` has been seen'."""
+    return _PREFIX + base64.urlsafe_b64encode(str(position).encode()).decode().rstrip("=")
 
-    after: EventPosition
-    xmax: int = 0
-    xip: frozenset[int] = frozenset()
 
-    @classmethod
-    def of_snapshot(cls, snapshot: Snapshot) -> Cursor:
-        """The cursor right after what a snapshot of the open set reflected."""
-        if snapshot.xmax <= snapshot.after[0]:
-            return cls(snapshot.after)
-        return cls(snapshot.after, snapshot.xmax, frozenset(snapshot.xip))
+def decode(raw: str, field: str = "resume_cursor") -> int | None:
+    """The position a cursor stands at; None for the snapshot cursor (start over).
 
-    def admits(self, key: EventPosition) -> bool:
-        """Whether an event at `key` is after this cursor (not yet seen)."""
-        if key <= self.after:
-            return False
-        return not (key[0] < self.xmax and key[0] not in self.xip)
-
-    def advanced(self, key: EventPosition) -> Cursor:
-        """The cursor once the event at `key` (or everything up to it) has been seen."""
-        if key <= self.after:
-            return self
-        if key[0] >= self.xmax:
-            return Cursor(key)
-        return Cursor(key, self.xmax, self.xip)
-
-    def encode(self) -> str:
-        """The opaque wire form."""
-        parts = f"{self.after[0]}.{self.after[1]}"
-        if self.xmax:
-            parts += f".{self.xmax}." + ",".join(str(x) for x in sorted(self.xip))
-        return _PREFIX + base64.urlsafe_b64encode(parts.encode()).decode().rstrip("=")
-
-    @classmethod
-    def decode(cls, raw: str, field: str = "resume_cursor") -> Cursor | None:
-        """A cursor; None for the snapshot cursor (start over). InvalidField if malformed."""
-        if raw == SNAPSHOT_CURSOR:
-            return None
-        bad = InvalidField.one(field, "not a cursor issued by this service")
-        if not raw.startswith(_PREFIX) or len(raw) > _MAX_LEN:
+    InvalidField if it was not issued by this service; OutOfRange for a cursor of the
+    old (txid, position) order, which cannot be mapped onto positions.
+    """
+    if raw == SNAPSHOT_CURSOR:
+        return None
+    bad = InvalidField.one(field, "not a cursor issued by this service")
+    if len(raw) > _MAX_LEN or not raw.startswith((_PREFIX, _LEGACY_PREFIX)):
+        raise bad
+    body = raw[3:]
+    try:
+        text = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("ascii")
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise bad from None
+    fields = text.split(".")
+    if raw.startswith(_LEGACY_PREFIX):
+        if len(fields) not in (2, 4) or not all(_DIGITS.fullmatch(f) for f in fields[:2]):
             raise bad
-        body = raw[len(_PREFIX) :]
-        try:
-            text = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
-            fields = text.split(".")
-            if len(fields) == 2:
-                after = (int(fields[0]), int(fields[1]))
-                xmax, xip = 0, frozenset[int]()
-            elif len(fields) == 4:
-                after = (int(fields[0]), int(fields[1]))
-                xmax = int(fields[2])
-                xip = frozenset(int(x) for x in fields[3].split(",") if x)
-            else:
-                raise ValueError(text)
-        except (ValueError, UnicodeDecodeError, binascii.Error):
-            raise bad from None
-        if min(after) < 0 or xmax < 0:
-            raise bad
-        return cls(after, xmax, xip)
+        if len(fields) == 4 or int(fields[0]) != 0:
+            raise OutOfRange(RESYNC)
+        fields = fields[1:]
+    if len(fields) != 1 or not _DIGITS.fullmatch(fields[0]):
+        raise bad
+    position = int(fields[0])
+    if position > POSITION_MAX:
+        raise bad
+    return position

@@ -2,8 +2,9 @@
 
 The reader wakes on a signal (a local commit, a PostgreSQL NOTIFY from any replica) or
 on a catch-up timer, reads the next batch of committed events once, and offers each
-event to every matching subscription. Subscriptions hold bounded queues: a watcher that
-falls behind is dropped (and told so) instead of stalling the reader or the others.
+event to every matching subscription. Subscriptions hold queues bounded in events and in
+bytes: a watcher that falls behind is dropped (and told so) instead of stalling the reader
+or the others, or holding the events it has not taken in memory.
 """
 
 from __future__ import annotations
@@ -22,30 +23,41 @@ from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.values import AnalysisId, Priority
 from hitl_grpc.store.door import Door
 from hitl_grpc.store.events import NOTIFY_CHANNEL
-from hitl_grpc.store.outbox import EventPosition, EventStore, StoredEvent
+from hitl_grpc.store.outbox import EventStore, StoredEvent
 
 log = logging.getLogger("hitl_grpc.events")
 
 BATCH: Final = 500
-# Retry delays while events are held back behind an open transaction (PostgreSQL).
-HELD_BACK_FIRST_S: Final = 0.005
 ERROR_BACKOFF_MAX_S: Final = 5.0
 
 
 class Subscription:
     """One watcher's bounded queue of events, fed by the hub."""
 
-    __slots__ = ("_capacity", "_ended", "_hub", "_match", "_queue", "_waiter", "key")
+    __slots__ = (
+        "_capacity",
+        "_capacity_bytes",
+        "_ended",
+        "_hub",
+        "_match",
+        "_queue",
+        "_queued_bytes",
+        "_waiter",
+        "key",
+    )
 
     def __init__(
         self,
         hub: EventHub,
         capacity: int,
+        capacity_bytes: int,
         match: Callable[[StoredEvent], bool] | None,
         key: AnalysisId | None,
     ) -> None:
         self._hub = hub
         self._capacity = capacity
+        self._capacity_bytes = capacity_bytes
+        self._queued_bytes = 0
         self._match = match
         self._queue: deque[StoredEvent] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -56,7 +68,10 @@ class Subscription:
         """Queues an event; False (and the subscription ended) if the queue is full."""
         if self._match is not None and not self._match(event):
             return True
-        if len(self._queue) >= self._capacity:
+        # One event always fits, however large: the byte bound cuts off watchers that
+        # fall behind, never one that keeps up with big decisions.
+        over_bytes = bool(self._queue) and self._queued_bytes + event.size > self._capacity_bytes
+        if len(self._queue) >= self._capacity or over_bytes:
             self.end(
                 errors.ResourceExhausted(
                     "watcher fell behind the event stream; resume from the last cursor"
@@ -64,6 +79,7 @@ class Subscription:
             )
             return False
         self._queue.append(event)
+        self._queued_bytes += event.size
         self._wake()
         return True
 
@@ -72,6 +88,7 @@ class Subscription:
         if self._ended is None:
             self._ended = reason
             self._queue.clear()  # what a dropped watcher missed it re-reads on resume
+            self._queued_bytes = 0
             self._hub.forget(self)
             self._wake()
 
@@ -97,13 +114,16 @@ class Subscription:
                 self._waiter = None
         if self._ended is not None:
             raise self._ended
-        return self._queue.popleft()
+        event = self._queue.popleft()
+        self._queued_bytes -= event.size
+        return event
 
     def close(self) -> None:
         """The watcher is gone."""
         if self._ended is None:
             self._ended = errors.Unavailable("watch closed")
             self._queue.clear()
+            self._queued_bytes = 0
             self._hub.forget(self)
 
 
@@ -116,6 +136,8 @@ class EventHub:
         clock: Clock,
         *,
         queue_size: int,
+        queue_bytes: int,
+        page_bytes: int,
         catchup_s: float,
         retention: timedelta,
         prune_interval_s: float,
@@ -125,17 +147,19 @@ class EventHub:
         self._door = door
         self._clock = clock
         self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
+        # How much of the open set or the log one watcher reads and holds at a time.
+        self.page_bytes = page_bytes
         self._catchup_s = catchup_s
         self._retention = retention
         self._prune_interval_s = prune_interval_s
         self._listen_check_s = listen_check_s
-        self.head: EventPosition = (0, 0)
+        self.head = 0
         self._wake = asyncio.Event()
         self._all: set[Subscription] = set()
         self._by_id: dict[AnalysisId, set[Subscription]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
-        self._notified_txid = 0
         self._listening = asyncio.Event()
         # Observability and tests: reads of the log, and reads finished.
         self.reads = 0
@@ -181,14 +205,14 @@ class EventHub:
         """A subscription to every event (of these priorities, if any) after `head`."""
         wanted = frozenset(priorities)
         match = (lambda e: e.priority in wanted) if wanted else None
-        sub = Subscription(self, self._queue_size, match, None)
+        sub = Subscription(self, self._queue_size, self._queue_bytes, match, None)
         self._register(sub)
         self._all.add(sub)
         return sub
 
     def subscribe_decision(self, analysis_id: AnalysisId) -> Subscription:
         """A subscription to one decision's events after `head`."""
-        sub = Subscription(self, self._queue_size, None, analysis_id)
+        sub = Subscription(self, self._queue_size, self._queue_bytes, None, analysis_id)
         self._register(sub)
         self._by_id.setdefault(analysis_id, set()).add(sub)
         return sub
@@ -225,17 +249,18 @@ class EventHub:
                 sub.offer(event)
             for sub in list(self._by_id.get(event.analysis_id, ())):
                 sub.offer(event)
-            self.head = event.key
+            self.head = event.position
 
-    async def _read_once(self) -> bool:
-        """Reads and fans out everything committed; True if some events are held back."""
+    async def _read_once(self) -> None:
+        """Reads and fans out everything committed."""
         self._reads_started += 1
         try:
-            while True:
-                batch = await self.store.read_new(self.head, BATCH)
-                self._fan_out(batch.events)
-                if len(batch.events) < BATCH:
-                    return self.store.postgres and self._notified_txid >= batch.xmin
+            more = True
+            while more:
+                # A batch holds no more than one watcher's queue may: the reader's own
+                # memory stays bounded however large the decisions committed at once.
+                events, more = await self.store.read_new(self.head, BATCH, self._queue_bytes)
+                self._fan_out(events)
         finally:
             async with self._read_done:
                 self.reads += 1
@@ -249,16 +274,14 @@ class EventHub:
                     await self._wake.wait()
             self._wake.clear()
             try:
-                held_back = await self._read_once()
+                await self._read_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.warning("reading the event log failed; retrying", exc_info=True)
                 delay = min((delay or 0.1) * 2, ERROR_BACKOFF_MAX_S)
                 continue
-            # An event committed behind an older open transaction shows once it ends,
-            # which sends no notification of its own: look again shortly.
-            delay = min((delay or HELD_BACK_FIRST_S) * 2, self._catchup_s) if held_back else None
+            delay = None
 
     async def _listen_loop(self) -> None:
         backoff = 0.1
@@ -268,9 +291,7 @@ class EventHub:
                     self._listening.set()
                     backoff = 0.1
                     self.wake()  # whatever was committed while not listening
-                    async for payload in listener.payloads(self._listen_check_s):
-                        with contextlib.suppress(ValueError):
-                            self._notified_txid = max(self._notified_txid, int(payload))
+                    async for _ in listener.payloads(self._listen_check_s):
                         self.wake()
             except Exception as exc:
                 self._listening.clear()

@@ -8,35 +8,33 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import func, literal, select, text, tuple_, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hitl_grpc.domain.ports import EventKind
-from hitl_grpc.domain.values import AnalysisId, Decision, Priority, Status
+from hitl_grpc.domain.queue import QueueFilter, QueueKey
+from hitl_grpc.domain.values import AnalysisId, Decision, Priority
 from hitl_grpc.store.codec import decision_from_row, payload_to_row
+from hitl_grpc.store.decisions import queue_query
 from hitl_grpc.store.door import Door
+from hitl_grpc.store.events import row_bytes
 from hitl_grpc.store.tables import decision_event_horizon, decision_events, decisions
 
-OPEN_STATUSES: Final = (Status.PENDING, Status.IN_REVIEW, Status.ESCALATED)
-XMIN_SQL: Final = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-
-# (txid, position): the order events are read and resumed in; txid is 0 on SQLite.
-EventPosition = tuple[int, int]
+# Rows fetched from the driver at a time while filling a snapshot page.
+_PAGE_FETCH: Final = 16
+# A page's row count is bounded too, so tiny rows do not make one page the whole queue.
+_PAGE_ROWS_MAX: Final = 500
 
 
 @dataclass(frozen=True)
 class StoredEvent:
     """One outbox row, decoded once per process and shared by every watcher."""
 
-    txid: int
     position: int
     kind: EventKind
     decision: Decision
-
-    @property
-    def key(self) -> EventPosition:
-        """Where the event sorts in the log."""
-        return (self.txid, self.position)
+    # Bytes the event costs a watcher's queue; estimated once, when it was written.
+    size: int
 
     @property
     def analysis_id(self) -> AnalysisId:
@@ -50,46 +48,57 @@ class StoredEvent:
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """The open set as of one MVCC snapshot, and what that snapshot had seen of the log."""
+class SnapshotPage:
+    """Open decisions in queue order, as one statement saw them."""
 
     decisions: tuple[Decision, ...]
-    after: EventPosition
-    # PostgreSQL: events with after[0] <= txid < xmax and txid not in xip were already
-    # visible to the snapshot. 0 and () on SQLite, where `after` alone is exact.
-    xmax: int
-    xip: tuple[int, ...]
+    # Whether the queue may go on after this page.
+    more: bool
 
 
 @dataclass(frozen=True)
-class ReadBatch:
-    """What one read of the log returned."""
+class LogBounds:
+    """The retained log: events up to `pruned` are gone, `head` is the newest position."""
 
-    events: tuple[StoredEvent, ...]
-    # PostgreSQL: the horizon the read was below; events of txids >= it are held back.
-    xmin: int
+    pruned: int
+    head: int
 
 
 def _event(row: Any) -> StoredEvent:
     m = row._mapping
     return StoredEvent(
-        txid=int(m["txid"] or 0),
         position=int(m["position"]),
         kind=EventKind(m["kind"]),
         decision=decision_from_row(payload_to_row(m["payload"])),
+        size=int(m["size"]),
     )
 
 
-_EVENT_COLUMNS = (
-    decision_events.c.txid,
-    decision_events.c.position,
-    decision_events.c.kind,
-    decision_events.c.payload,
-)
+def _events_within(where: Sequence[Any], limit: int, budget_bytes: int) -> Select[Any]:
+    """Events in position order, `limit` at most, and only as far as `budget_bytes` reaches
+    (the event that crosses it included, so a read always makes progress).
+
+    One statement: the running total of the stored sizes decides, so a payload is never
+    fetched only to be dropped.
+    """
+    c = decision_events.c
+    running = func.sum(c.size).over(order_by=c.position, rows=(None, 0))
+    inner = (
+        select(c.position, c.kind, c.payload, c.size, running.label("running"))
+        .where(*where)
+        .order_by(c.position)
+        .limit(limit)
+        .subquery()
+    )
+    return (
+        select(inner.c.position, inner.c.kind, inner.c.payload, inner.c.size)
+        .where(inner.c.running - inner.c.size < budget_bytes)
+        .order_by(inner.c.position)
+    )
 
 
 class EventStore:
-    """Reads the outbox in (txid, position) order, snapshots the open set, prunes."""
+    """Reads the outbox in position order, pages through the open set, prunes."""
 
     def __init__(self, door: Door) -> None:
         self._door = door
@@ -107,124 +116,90 @@ class EventStore:
             yield passage.connection
             await passage.commit()
 
-    def _after(self, after: EventPosition) -> Any:
-        if self.postgres:
-            return tuple_(decision_events.c.txid, decision_events.c.position) > tuple_(
-                literal(after[0]), literal(after[1])
-            )
-        return decision_events.c.position > after[1]
+    async def read_new(
+        self, after: int, limit: int, budget_bytes: int
+    ) -> tuple[tuple[StoredEvent, ...], bool]:
+        """The next committed events after position `after`, in order, within `limit` and
+        about `budget_bytes`; and whether more may follow. One statement.
 
-    def _upto(self, upto: EventPosition) -> Any:
-        if self.postgres:
-            return tuple_(decision_events.c.txid, decision_events.c.position) <= tuple_(
-                literal(upto[0]), literal(upto[1])
-            )
-        return decision_events.c.position <= upto[1]
-
-    def _order(self) -> Sequence[Any]:
-        if self.postgres:
-            return (decision_events.c.txid, decision_events.c.position)
-        return (decision_events.c.position,)
-
-    async def read_new(self, after: EventPosition, limit: int) -> ReadBatch:
-        """The next committed events after `after`, in order; one statement."""
+        No horizon to wait for: a position becomes visible only after every lower one
+        has (store/events.py), so nothing can still appear behind what this returns.
+        """
         async with self._reading() as conn:
-            if not self.postgres:
-                rows = await conn.execute(
-                    select(*_EVENT_COLUMNS)
-                    .where(self._after(after))
-                    .order_by(*self._order())
-                    .limit(limit)
-                )
-                return ReadBatch(tuple(_event(r) for r in rows), 0)
             rows = await conn.execute(
-                text(
-                    "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-                    " AS xmin) "
-                    "SELECT h.xmin, e.txid, e.position, e.kind, e.payload FROM h "
-                    "LEFT JOIN LATERAL (SELECT txid, position, kind, payload"
-                    " FROM decision_events WHERE (txid, position) > (:t, :p)"
-                    " AND txid < h.xmin ORDER BY txid, position LIMIT :n) e ON true"
-                ),
-                {"t": after[0], "p": after[1], "n": limit},
+                _events_within([decision_events.c.position > after], limit, budget_bytes)
             )
-            found = rows.all()
-            xmin = int(found[0]._mapping["xmin"])
-            return ReadBatch(
-                tuple(_event(r) for r in found if r._mapping["position"] is not None), xmin
-            )
+            events = tuple(_event(r) for r in rows)
+        more = len(events) == limit or sum(e.size for e in events) >= budget_bytes
+        return events, more
 
     async def read_range(
-        self, after: EventPosition, upto: EventPosition, limit: int
-    ) -> tuple[tuple[StoredEvent, ...], EventPosition]:
-        """Events in (after, upto], in order, and the pruning horizon read after them."""
+        self, after: int, upto: int, limit: int, budget_bytes: int
+    ) -> tuple[tuple[StoredEvent, ...], int]:
+        """Events in (after, upto], in order, within `limit` and about `budget_bytes`, and
+        the pruning horizon read after them."""
         async with self._reading() as conn:
+            c = decision_events.c
             rows = await conn.execute(
-                select(*_EVENT_COLUMNS)
-                .where(self._after(after), self._upto(upto))
-                .order_by(*self._order())
-                .limit(limit)
+                _events_within([c.position > after, c.position <= upto], limit, budget_bytes)
             )
             events = tuple(_event(r) for r in rows)
             # Read after the events: a prune that raced the read shows up here.
-            horizon = await self._horizon(conn)
-        return events, horizon
+            pruned = await self._pruned(conn)
+        return events, pruned
 
-    async def _horizon(self, conn: AsyncConnection) -> EventPosition:
-        row = (
+    async def _pruned(self, conn: AsyncConnection) -> int:
+        position = (
             await conn.execute(
-                select(decision_event_horizon.c.txid, decision_event_horizon.c.position).where(
-                    decision_event_horizon.c.id == 1
-                )
+                select(decision_event_horizon.c.position).where(decision_event_horizon.c.id == 1)
             )
-        ).one_or_none()
-        return (int(row.txid), int(row.position)) if row else (0, 0)
+        ).scalar()
+        return int(position or 0)
 
-    async def head(self) -> EventPosition:
+    async def _head(self, conn: AsyncConnection) -> int:
+        # A fully pruned log still ends where the horizon says.
+        last = (await conn.execute(select(func.max(decision_events.c.position)))).scalar()
+        return max(int(last or 0), await self._pruned(conn))
+
+    async def head(self) -> int:
         """Where a reader starting now begins: after every event already committed."""
         async with self._reading() as conn:
-            if self.postgres:
-                row = (
-                    await conn.execute(
-                        text(
-                            "SELECT txid, position FROM decision_events"
-                            " WHERE txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-                            " ORDER BY txid DESC, position DESC LIMIT 1"
-                        )
-                    )
-                ).one_or_none()
-                return (int(row.txid), int(row.position)) if row else (0, 0)
-            last = (await conn.execute(select(func.max(decision_events.c.position)))).scalar()
-            return (0, int(last or 0))
+            return await self._head(conn)
 
-    async def snapshot(self) -> Snapshot:
-        """The open set (queue order) and the log position it reflects, from one snapshot."""
+    async def bounds(self) -> LogBounds:
+        """How far the log has been pruned, and where it ends."""
         async with self._reading(repeatable=True) as conn:
-            xmax: int = 0
-            xip: tuple[int, ...] = ()
-            if self.postgres:
-                row = (
-                    await conn.execute(
-                        text(
-                            "SELECT pg_snapshot_xmin(s)::text::bigint AS xmin,"
-                            " pg_snapshot_xmax(s)::text::bigint AS xmax,"
-                            " ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) x) AS xip"
-                            " FROM pg_current_snapshot() s"
-                        )
-                    )
-                ).one()
-                after: EventPosition = (int(row.xmin), 0)
-                xmax, xip = int(row.xmax), tuple(sorted(int(x) for x in row.xip))
-            else:
-                last = (await conn.execute(select(func.max(decision_events.c.position)))).scalar()
-                after = (0, int(last or 0))
-            rows = await conn.execute(
-                select(decisions)
-                .where(decisions.c.status.in_([int(s) for s in OPEN_STATUSES]))
-                .order_by(decisions.c.priority, decisions.c.created_at, decisions.c.analysis_id)
+            return LogBounds(await self._pruned(conn), await self._head(conn))
+
+    async def snapshot_page(
+        self, after: QueueKey | None, priorities: frozenset[Priority], budget_bytes: int
+    ) -> SnapshotPage:
+        """Open decisions after `after` in queue order, at most `budget_bytes` of them (but
+        always at least one), read by one statement."""
+        async with self._reading() as conn:
+            found: list[Decision] = []
+            used = 0
+            more = False
+            # Streamed a few rows at a time: a page never holds more than its budget.
+            result = await conn.stream(
+                queue_query(QueueFilter(priorities), after, _PAGE_ROWS_MAX).execution_options(
+                    yield_per=_PAGE_FETCH
+                )
             )
-            found = tuple(decision_from_row(dict(r._mapping)) for r in rows)
-        return Snapshot(found, after, xmax, xip)
+            try:
+                async for row in result:
+                    mapping = dict(row._mapping)
+                    size = row_bytes(mapping)
+                    if found and used + size > budget_bytes:
+                        more = True
+                        break
+                    found.append(decision_from_row(mapping))
+                    used += size
+                else:
+                    more = len(found) == _PAGE_ROWS_MAX
+            finally:
+                await result.close()
+        return SnapshotPage(tuple(found), more)
 
     async def decision(self, analysis_id: AnalysisId) -> Decision | None:
         """One decision's current state."""
@@ -237,25 +212,19 @@ class EventStore:
     async def prune(self, cutoff: datetime) -> int:
         """Deletes the prefix of the log older than `cutoff`; records how far it went."""
         async with self._writing() as conn:
-            stmt = select(decision_events.c.txid, decision_events.c.position).where(
-                decision_events.c.time < cutoff
-            )
-            if self.postgres:
-                stmt = stmt.where(decision_events.c.txid < text(XMIN_SQL))
-            order = [c.desc() for c in self._order()]
-            row = (await conn.execute(stmt.order_by(*order).limit(1))).one_or_none()
-            if row is None:
+            # Invisible events are a suffix of the positions (store/events.py), so a
+            # prefix up to a visible position never takes one still to be read.
+            c = decision_events.c
+            upto = (
+                await conn.execute(select(func.max(c.position)).where(c.time < cutoff))
+            ).scalar()
+            if upto is None:
                 return 0
-            upto: EventPosition = (int(row.txid or 0), int(row.position))
-            deleted = await conn.execute(decision_events.delete().where(self._upto(upto)))
+            deleted = await conn.execute(decision_events.delete().where(c.position <= upto))
             horizon = decision_event_horizon.c
             await conn.execute(
                 update(decision_event_horizon)
-                .where(
-                    horizon.id == 1,
-                    tuple_(horizon.txid, horizon.position)
-                    < tuple_(literal(upto[0]), literal(upto[1])),
-                )
-                .values(txid=upto[0], position=upto[1])
+                .where(horizon.id == 1, horizon.position < upto)
+                .values(position=upto)
             )
             return int(deleted.rowcount or 0)

@@ -176,9 +176,9 @@ decisions = Table(
 decision_events = Table(
     "decision_events",
     metadata,
+    # Handed out under the append lock (store/events.py), so positions become visible in
+    # order: a reader resumes after the last position it saw.
     Column("position", BIGID, primary_key=True, autoincrement=True),
-    # PostgreSQL only: the writing transaction's id, for reading below the commit horizon.
-    Column("txid", BigInteger),
     Column("analysis_id", String(128), nullable=False),
     # "added", "updated" or "removed" relative to the open set.
     Column("kind", String(16), nullable=False),
@@ -188,19 +188,19 @@ decision_events = Table(
     Column("time", TIME, nullable=False),
     # The decision as it was after the change, so watchers need no second read.
     Column("payload", JSON, nullable=False),
+    # About how many bytes the payload takes (store/events.py), written once with it: what
+    # a watcher's queue and a byte-bounded read count without decoding the payload.
+    Column("size", Integer, nullable=False),
     Index("ix_decision_events_time", "time"),
     Index("ix_decision_events_analysis_id", "analysis_id", "position"),
-    # The read order on PostgreSQL: (txid, position), below the commit horizon.
-    Index("ix_decision_events_txid_position", "txid", "position"),
     sqlite_autoincrement=True,
 )
 
-# One row (id 1): the last (txid, position) pruned from decision_events. A resume cursor
-# below it may have lost events in between, so it is answered with OUT_OF_RANGE.
+# One row (id 1): the last position pruned from decision_events. A resume cursor below it
+# may have lost events in between, so it is answered with OUT_OF_RANGE.
 decision_event_horizon = Table(
     "decision_event_horizon",
     metadata,
     Column("id", SmallInteger, primary_key=True, autoincrement=False),
-    Column("txid", BigInteger, nullable=False),
     Column("position", BigInteger, nullable=False),
 )
