@@ -10,12 +10,12 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from hitl_grpc.domain import errors, lifecycle, validation
-from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.ports import EventKind, UnitOfWork, UnitOfWorkFactory
 from hitl_grpc.domain.queue import PageRequest, QueueKey, QueueStats, encode_cursor
 from hitl_grpc.domain.validation import AnalysisDraft, VerdictDraft
 from hitl_grpc.domain.values import (
     Action,
+    Analysis,
     AnalysisId,
     AuditOutcome,
     AuditRecord,
@@ -61,13 +61,11 @@ class DecisionOperations:
     def __init__(
         self,
         uow: UnitOfWorkFactory,
-        clock: Clock,
         *,
         claim_lease: timedelta,
         sla: Mapping[Priority, timedelta],
     ) -> None:
         self._uow = uow
-        self._clock = clock
         self._claim_lease = claim_lease
         self._sla = dict(sla)
 
@@ -105,20 +103,20 @@ class DecisionOperations:
 
     async def submit(self, draft: AnalysisDraft, *, by: Principal) -> tuple[Decision, bool]:
         """Queues an analysis; the same payload again returns the stored decision."""
-        now = self._clock.now()
-        analysis = validation.validate_analysis(draft, now)
+        analysis = await self._validated(draft)
         digest = validation.payload_hash(analysis)
-        decision = Decision(
-            analysis=analysis,
-            status=Status.PENDING,
-            version=1,
-            created_at=now,
-            updated_at=now,
-            sla_deadline=now + self._sla[analysis.priority],
-            submitted_by=by.username,
-        )
         async with self._uow() as uow:
-            if await uow.decisions.insert(decision, digest):
+            decision = await uow.decisions.insert(
+                analysis,
+                digest,
+                submitted_by=by.username,
+                sla=self._sla[analysis.priority],
+            )
+            if decision is not None:
+                # The INSERT stamped it on the database's clock; judged on the same one.
+                late = validation.expiry_violation(analysis.expires_at, decision.created_at)
+                if late is not None:
+                    raise errors.InvalidField([late])  # leaving rolls the INSERT back
                 await self._record(
                     uow,
                     "decision.submit",
@@ -126,7 +124,7 @@ class DecisionOperations:
                     peer=by.peer,
                     before=None,
                     after=decision,
-                    now=now,
+                    now=decision.created_at,
                 )
                 await uow.commit()
                 return decision, True
@@ -140,6 +138,21 @@ class DecisionOperations:
                 f"analysis_id {analysis.analysis_id} was already submitted with another payload"
             )
         return existing, False
+
+    async def _validated(self, draft: AnalysisDraft) -> Analysis:
+        try:
+            return validation.validate_analysis(draft)
+        except errors.InvalidField as invalid:
+            if draft.expires_at is None:
+                raise
+            # Every bad field is reported at once, a past expires_at too; only a request
+            # that is refused anyway pays for reading the database's clock apart.
+            async with self._uow(readonly=True) as uow:
+                now = await uow.decisions.now()
+            late = validation.expiry_violation(draft.expires_at, now)
+            if late is None:
+                raise
+            raise errors.InvalidField([*invalid.violations, late]) from None
 
     async def get(self, analysis_id: AnalysisId, *, by: Principal) -> Decision:
         """One decision; a SERVICE account sees only the ones it submitted."""
@@ -163,7 +176,7 @@ class DecisionOperations:
     async def stats(self) -> QueueStats:
         """The queue's counts and times to decision."""
         async with self._uow(readonly=True) as uow:
-            return await uow.decisions.stats(self._clock.now())
+            return await uow.decisions.stats()
 
     # -- transitions --------------------------------------------------------------------
 
@@ -177,11 +190,11 @@ class DecisionOperations:
         expected_version: int | None,
     ) -> Decision:
         for _ in range(_RETRIES):
-            now = self._clock.now()
             async with self._uow() as uow:
-                current = await uow.decisions.get(analysis_id)
-                if current is None:
+                found = await uow.decisions.get_with_now(analysis_id)
+                if found is None:
                     raise errors.NotFound(f"no decision {analysis_id}")
+                current, now = found
                 lifecycle.check_version(current, expected_version)
                 after, breached = plan(current, now)
                 stored = await uow.decisions.replace(current, after, sla_breached=breached)
@@ -329,24 +342,18 @@ class DecisionOperations:
 
     async def sweep(self) -> SweepReport:
         """Expires, escalates overdue and frees lapsed leases; safe with many replicas."""
-        now = self._clock.now()
         expired = await self._sweep_kind(
-            "decision.expire",
-            lambda uow: uow.decisions.expired(now, SWEEP_BATCH),
-            self._expire,
-            now,
+            "decision.expire", lambda uow: uow.decisions.expired(SWEEP_BATCH), self._expire
         )
         escalated = await self._sweep_kind(
             "decision.sla_escalate",
-            lambda uow: uow.decisions.overdue(now, SWEEP_BATCH),
+            lambda uow: uow.decisions.overdue(SWEEP_BATCH),
             self._sla_escalate,
-            now,
         )
         released = await self._sweep_kind(
             "decision.lease_expired",
-            lambda uow: uow.decisions.lapsed_leases(now, SWEEP_BATCH),
+            lambda uow: uow.decisions.lapsed_leases(SWEEP_BATCH),
             self._lease_lapsed,
-            now,
         )
         return SweepReport(expired, escalated, released)
 
@@ -396,16 +403,15 @@ class DecisionOperations:
     async def _sweep_kind(
         self,
         kind: str,
-        candidates: Callable[[UnitOfWork], Awaitable[list[Decision]]],
+        candidates: Callable[[UnitOfWork], Awaitable[list[tuple[Decision, datetime]]]],
         plan: Plan,
-        now: datetime,
     ) -> int:
         changed = 0
         while True:
             async with self._uow() as uow:
                 due = await candidates(uow)
                 won = 0
-                for current in due:
+                for current, now in due:
                     after, breached = plan(current, now)
                     stored = await uow.decisions.replace(current, after, sla_breached=breached)
                     if stored is None:
