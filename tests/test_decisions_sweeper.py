@@ -174,7 +174,7 @@ async def _audited_once(server: Harness, kind: str, ids: list[str]) -> None:
 
 @pytest.mark.parametrize("backend", ["postgres"])
 async def test_two_replicas_sweep_each_item_exactly_once(make_server: ServerFactory) -> None:
-    count = 3 * SWEEP_BATCH
+    count = 4 * SWEEP_BATCH
     settings = {"sweep_interval_s": 3600, "sla": {**SLA, Priority.CRITICAL: timedelta(seconds=1)}}
     async with make_server(**settings) as one, make_server(**settings) as two:
         expiring = await _submit_many(
@@ -189,10 +189,10 @@ async def test_two_replicas_sweep_each_item_exactly_once(make_server: ServerFact
                 " FROM decisions",
             ),
         )
-        # Both replicas sweep the same due rows at once, several times over.
-        reports = await asyncio.gather(
-            *(s.sweep_once() for _ in range(3) for s in (sweeper_of(one), sweeper_of(two)))
-        )
+        # Both replicas sweep the same due rows at once; then nothing is left to do.
+        reports = await asyncio.gather(sweeper_of(one).sweep_once(), sweeper_of(two).sweep_once())
+        assert await sweeper_of(one).sweep_once() == SweepReport()
+        assert await sweeper_of(two).sweep_once() == SweepReport()
         stored = await statuses(one, overdue + expiring)
         assert all(stored[i] == decision_pb2.DECISION_STATUS_ESCALATED for i in overdue)
         assert all(stored[i] == decision_pb2.DECISION_STATUS_EXPIRED for i in expiring)
@@ -208,3 +208,29 @@ async def test_two_replicas_sweep_each_item_exactly_once(make_server: ServerFact
             == 2 * count
         )
         assert await scalar(one, "SELECT max(version) FROM decisions") == 2
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_a_sweep_skips_rows_another_replica_is_changing(make_server: ServerFactory) -> None:
+    async with make_server(sweep_interval_s=3600, sla=SLA) as server:
+        ids = sorted(await _submit_many(server, 20, priority=decision_pb2.PRIORITY_CRITICAL))
+        latest = await scalar(server, "SELECT max(sla_deadline) FROM decisions")
+        await wait_for_database_time(server, latest)
+        held, free = ids[:10], ids[10:]
+        # Another replica's sweep, caught between taking its rows and committing.
+        async with server.running.engine.connect() as other:
+            await other.execute(
+                text("SELECT analysis_id FROM decisions WHERE analysis_id = ANY(:ids) FOR UPDATE"),
+                {"ids": held},
+            )
+            # Never waits on the held rows: it ends long before the lock does.
+            report = await sweeper_of(server).sweep_once()
+            assert report == SweepReport(escalated=len(free))
+            assert set((await statuses(server, held)).values()) == {
+                decision_pb2.DECISION_STATUS_PENDING
+            }
+            await other.rollback()
+        assert await sweeper_of(server).sweep_once() == SweepReport(escalated=len(held))
+        assert set((await statuses(server, ids)).values()) == {
+            decision_pb2.DECISION_STATUS_ESCALATED
+        }

@@ -32,7 +32,9 @@ log = logging.getLogger("hitl_grpc.decisions")
 # A transition that lost a race is decided again on what is stored now; a decision
 # changing this often under one caller is better answered ABORTED than spun on.
 _RETRIES: Final = 8
-SWEEP_BATCH: Final = 200
+# Rows per sweep transaction (three statements each): a batch ends well inside the
+# database deadline, and replicas sweeping at once interleave their batches.
+SWEEP_BATCH: Final = 50
 SLA_REASON: Final = "SLA deadline passed without a verdict"
 
 # A plan turns the decision as stored into the decision to store, or raises why not;
@@ -408,6 +410,8 @@ class DecisionOperations:
     ) -> int:
         changed = 0
         while True:
+            # One batch per transaction: the rows it holds are few and held briefly, and
+            # another replica's sweep takes the rows this one holds no lock on.
             async with self._uow() as uow:
                 due = await candidates(uow)
                 won = 0
@@ -415,7 +419,7 @@ class DecisionOperations:
                     after, breached = plan(current, now)
                     stored = await uow.decisions.replace(current, after, sla_breached=breached)
                     if stored is None:
-                        continue  # another replica (or a caller) got there first
+                        continue  # a caller got there first
                     won += 1
                     await self._record(
                         uow,

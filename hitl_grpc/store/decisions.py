@@ -258,15 +258,17 @@ class DecisionRepository:
         order: Any,
         limit: int,
     ) -> list[tuple[Decision, datetime]]:
-        # Due by the database's clock, never a replica's. One order for every replica:
-        # two sweepers lock rows in the same sequence, so racing over the same rows can
-        # block but never deadlock.
+        # Due by the database's clock, never a replica's. FOR UPDATE SKIP LOCKED: rows
+        # another replica's sweep holds are left to it, so replicas split the work
+        # instead of queueing behind each other's locks (SQLite has one writer at a
+        # time anyway, and renders no locking clause).
         now = _database_clock(self._postgres)
         stmt = (
             select(decisions, now.label(_DB_NOW))
             .where(condition(now))
             .order_by(order, decisions.c.analysis_id)
             .limit(limit)
+            .with_for_update(skip_locked=True)
         )
         rows = (await self._conn.execute(stmt)).all()
         return [(_decision(r), _utc(r.db_now)) for r in rows]
