@@ -7,11 +7,11 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, TypeVar
 
 from hitl_grpc.domain import errors, lifecycle, validation
 from hitl_grpc.domain.ports import EventKind, UnitOfWork, UnitOfWorkFactory
-from hitl_grpc.domain.queue import PageRequest, QueueKey, QueueStats, encode_cursor
+from hitl_grpc.domain.queue import READ_ROWS_MAX, PageRequest, QueueKey, QueueStats
 from hitl_grpc.domain.validation import AnalysisDraft, VerdictDraft
 from hitl_grpc.domain.values import (
     Action,
@@ -28,6 +28,7 @@ from hitl_grpc.domain.values import (
 )
 
 log = logging.getLogger("hitl_grpc.decisions")
+T = TypeVar("T")
 
 # A transition that lost a race is decided again on what is stored now; a decision
 # changing this often under one caller is better answered ABORTED than spun on.
@@ -164,16 +165,41 @@ class DecisionOperations:
             raise errors.NotFound(f"no decision {analysis_id}")
         return decision
 
-    async def list_pending(self, page: PageRequest) -> tuple[list[Decision], str]:
-        """One page of the open queue and the token of the next ("" after the last)."""
+    async def list_pending(
+        self,
+        page: PageRequest,
+        render: Callable[[Decision], T],
+        size_of: Callable[[T], int],
+        *,
+        max_bytes: int,
+    ) -> tuple[list[T], str]:
+        """One page of the open queue, rendered, within `max_bytes`, and the next page's token.
+
+        `size_of` measures a rendered item; the token is "" after the last page. A page
+        ends early, with a token for the rest, rather than outgrow the message limit; it
+        always holds one item at least, so paging moves on (submit limits keep any one
+        decision well under the limit).
+        """
+        items: list[T] = []
+        used = 0
+        after = page.after
         async with self._uow(readonly=True) as uow:
-            # One row more than the page says whether there is a next page.
-            rows = await uow.decisions.list_open(page.filter, page.after, page.size + 1)
-        items = rows[: page.size]
-        token = ""
-        if len(rows) > page.size:
-            token = encode_cursor(QueueKey.of(items[-1]), page.filter)
-        return items, token
+            while True:
+                # One row more than the page still needs says whether there is a next page.
+                limit = min(page.size - len(items) + 1, READ_ROWS_MAX)
+                rows = await uow.decisions.list_open(page.filter, after, limit)
+                for decision in rows:
+                    if len(items) == page.size:
+                        return items, page.token_after(after)
+                    rendered = render(decision)
+                    size = size_of(rendered)
+                    if items and used + size > max_bytes:
+                        return items, page.token_after(after)
+                    items.append(rendered)
+                    used += size
+                    after = QueueKey.of(decision)
+                if len(rows) < limit:
+                    return items, ""
 
     async def stats(self) -> QueueStats:
         """The queue's counts and times to decision."""
