@@ -17,6 +17,9 @@ T = TypeVar("T")
 DEFAULT_DATABASE_URL: Final = "sqlite:///hitl.db"
 DEFAULT_LISTEN: Final = "127.0.0.1:50051"
 MIN_SECRET_BYTES: Final = 32
+# A page must hold one decision at every documented field limit (~1,000,000 bytes in
+# 4-byte UTF-8), besides its token and framing (tests/test_decisions_paging.py).
+MIN_MESSAGE_BYTES: Final = 1024 * 1024
 
 
 class ConfigError(Exception):
@@ -150,7 +153,9 @@ class Settings:
                 "HITL_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s, 0, 3600
             ),
             max_message_bytes=int(
-                reader.number("HITL_MAX_MESSAGE_BYTES", defaults.max_message_bytes, 65536, 2**30)
+                reader.number(
+                    "HITL_MAX_MESSAGE_BYTES", defaults.max_message_bytes, MIN_MESSAGE_BYTES, 2**30
+                )
             ),
             max_concurrent_streams=int(
                 reader.number(

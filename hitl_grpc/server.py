@@ -217,12 +217,15 @@ async def running_server(
             options=_server_options(settings),
         )
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts), server)
-        decisions = DecisionOperations(
-            uow, clock, claim_lease=settings.claim_lease, sla=settings.sla
-        )
+        decisions = DecisionOperations(uow, claim_lease=settings.claim_lease, sla=settings.sla)
         watch = WatchServicer(hub, heartbeat_s=settings.heartbeat_s)
         decision_pb2_grpc.add_DecisionServiceServicer_to_server(
-            DecisionServicer(decisions, watch, db_timeout_s=settings.db_timeout_s),
+            DecisionServicer(
+                decisions,
+                watch,
+                db_timeout_s=settings.db_timeout_s,
+                max_message_bytes=settings.max_message_bytes,
+            ),
             server,
         )
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(accounts.trail), server)

@@ -15,8 +15,9 @@ log = logging.getLogger("hitl_grpc.sweeper")
 class Sweeper:
     """Runs DecisionOperations.sweep every interval; every replica may run one.
 
-    Each change is a compare-and-set on version, so replicas sweeping the same rows
-    at once change each row exactly once; the losers skip it.
+    Due is judged on the database's clock. Replicas split the due rows (on PostgreSQL
+    each batch skips rows another replica's batch has locked), and each change is still
+    a compare-and-set on version, so every row changes exactly once.
     """
 
     def __init__(self, decisions: DecisionOperations, *, interval_s: float) -> None:

@@ -97,3 +97,33 @@ async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout_s: float =
         # Polls stored state, which nothing signals; the deadline bounds it.
         while not await check():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
+
+
+async def database_now(server: Harness) -> datetime:
+    """The database's own clock, read apart from the code under test."""
+    async with server.running.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            value = (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
+        else:
+            raw = (
+                await conn.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))
+            ).scalar_one()
+            value = datetime.fromisoformat(raw).replace(tzinfo=UTC)
+    assert isinstance(value, datetime)
+    return value.astimezone(UTC)
+
+
+async def wait_for_database_time(
+    server: Harness, moment: datetime, *, timeout_s: float = 20.0
+) -> None:
+    """Returns once the database's clock has passed `moment`."""
+
+    async def passed() -> bool:
+        return await database_now(server) > moment
+
+    await wait_until(passed, timeout_s=timeout_s)
+
+
+def when(value: Timestamp) -> datetime:
+    """A Timestamp as an aware UTC datetime."""
+    return value.ToDatetime(tzinfo=UTC)

@@ -12,8 +12,14 @@ from hitl.v1 import decision_pb2
 from sqlalchemy import text
 
 from hitl_grpc.domain.values import Role
-from tests.decisions_support import scalar, submit
-from tests.harness import Harness
+from tests.decisions_support import (
+    database_now,
+    scalar,
+    submit,
+    wait_for_database_time,
+    when,
+)
+from tests.harness import Harness, ServerFactory
 
 APPROVED = decision_pb2.DECISION_STATUS_APPROVED
 REJECTED = decision_pb2.DECISION_STATUS_REJECTED
@@ -186,7 +192,8 @@ async def test_claim_renews_and_release_returns_to_the_queue(server: Harness) ->
         metadata=analyst,
         timeout=10,
     )
-    server.clock.advance(timedelta(minutes=5))
+    # SQLite's clock ticks in milliseconds: renew at a later instant than the claim.
+    await wait_for_database_time(server, when(first.decision.updated_at))
     renewed = await server.decisions.ClaimDecision(
         decision_pb2.ClaimDecisionRequest(analysis_id=decision.analysis_id),
         metadata=analyst,
@@ -207,15 +214,20 @@ async def test_claim_renews_and_release_returns_to_the_queue(server: Harness) ->
     assert not released.decision.HasField("claim_expires_at")
 
 
-async def test_an_expired_lease_frees_the_item(server: Harness) -> None:
+async def test_an_expired_lease_frees_the_item(make_server: ServerFactory) -> None:
+    # The sweeper stays out of the way: the lapsed lease is judged by the next claim.
+    async with make_server(claim_lease=timedelta(seconds=2), sweep_interval_s=3600) as server:
+        await _lapsed_lease_scenario(server)
+
+
+async def _lapsed_lease_scenario(server: Harness) -> None:
     decision = await submit(server, await server.as_role(Role.SERVICE))
     first, second = await server.as_role(Role.ANALYST), await server.as_role(Role.ANALYST)
-    await server.decisions.ClaimDecision(
+    claimed = await server.decisions.ClaimDecision(
         decision_pb2.ClaimDecisionRequest(analysis_id=decision.analysis_id),
         metadata=first,
         timeout=10,
     )
-    server.clock.advance(timedelta(minutes=9))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await server.decisions.ClaimDecision(
             decision_pb2.ClaimDecisionRequest(analysis_id=decision.analysis_id),
@@ -223,7 +235,8 @@ async def test_an_expired_lease_frees_the_item(server: Harness) -> None:
             timeout=10,
         )
     assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    server.clock.advance(timedelta(minutes=2))
+    assert await database_now(server) < when(claimed.decision.claim_expires_at)
+    await wait_for_database_time(server, when(claimed.decision.claim_expires_at))
     taken = await server.decisions.ClaimDecision(
         decision_pb2.ClaimDecisionRequest(analysis_id=decision.analysis_id),
         metadata=second,

@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 from hitl.v1 import decision_pb2
+from sqlalchemy import update
 
-from hitl_grpc.domain.values import Role
-from tests.decisions_support import submit
+from hitl_grpc.config import Settings
+from hitl_grpc.domain.values import Priority, Role
+from hitl_grpc.store.tables import decisions
+from tests.decisions_support import database_now, submit, wait_for_database_time, when
 from tests.harness import Harness, ServerFactory
 
 
@@ -17,8 +20,22 @@ def _s(value: object) -> float:
 
 async def test_stats_count_the_queue_and_time_the_verdicts(make_server: ServerFactory) -> None:
     # The sweeper stays out of the way: this test decides when an SLA is breached.
-    async with make_server(sweep_interval_s=3600) as server:
+    sla = {**Settings().sla, Priority.CRITICAL: timedelta(seconds=2)}
+    async with make_server(sweep_interval_s=3600, sla=sla) as server:
         await _stats_scenario(server)
+
+
+async def _backdate(
+    server: Harness, analysis_id: str, *, took: timedelta, ago: timedelta = timedelta(0)
+) -> None:
+    """Moves a verdict into the past: the real clock can't pass hours in a test."""
+    decided_at = await database_now(server) - ago
+    async with server.running.engine.begin() as conn:
+        await conn.execute(
+            update(decisions)
+            .where(decisions.c.analysis_id == analysis_id)
+            .values(created_at=decided_at - took, updated_at=decided_at, decided_at=decided_at)
+        )
 
 
 async def _stats_scenario(server: Harness) -> None:
@@ -32,23 +49,18 @@ async def _stats_scenario(server: Harness) -> None:
         metadata=admin,
         timeout=10,
     )
-    server.clock.advance(timedelta(hours=30))
-
-    service = await server.as_role(Role.SERVICE)
-    fast = await submit(server, service, priority=decision_pb2.PRIORITY_CRITICAL)
-    slow = await submit(server, service, priority=decision_pb2.PRIORITY_CRITICAL)
+    fast = await submit(server, service, priority=decision_pb2.PRIORITY_HIGH)
+    slow = await submit(server, service, priority=decision_pb2.PRIORITY_HIGH)
     breached = await submit(server, service, priority=decision_pb2.PRIORITY_CRITICAL)
     await submit(server, service, priority=decision_pb2.PRIORITY_HIGH)
     claimed = await submit(server, service, priority=decision_pb2.PRIORITY_MEDIUM)
     escalated = await submit(server, service, priority=decision_pb2.PRIORITY_MEDIUM)
-
-    server.clock.advance(timedelta(minutes=5))
     analyst = await server.as_role(Role.ANALYST)
 
     async def verdict(analysis_id: str, status: decision_pb2.DecisionStatus.ValueType) -> None:
         await server.decisions.MakeDecision(
             decision_pb2.MakeDecisionRequest(analysis_id=analysis_id, status=status),
-            metadata=await server.as_role(Role.ANALYST),  # fresh: the clock jumps past tokens
+            metadata=analyst,
             timeout=10,
         )
 
@@ -63,10 +75,13 @@ async def _stats_scenario(server: Harness) -> None:
         metadata=analyst,
         timeout=10,
     )
-    server.clock.advance(timedelta(minutes=8))
     await verdict(slow.analysis_id, decision_pb2.DECISION_STATUS_REJECTED)
-    server.clock.advance(timedelta(minutes=7))  # 20 min after submission: past the 15 min SLA
+    # A verdict after the (2 s) SLA deadline, on the database's clock: one breach.
+    await wait_for_database_time(server, when(breached.sla_deadline))
     await verdict(breached.analysis_id, decision_pb2.DECISION_STATUS_APPROVED)
+    await _backdate(server, old.analysis_id, took=timedelta(0), ago=timedelta(hours=30))
+    for made, minutes in ((fast, 5), (slow, 13), (breached, 20)):
+        await _backdate(server, made.analysis_id, took=timedelta(minutes=minutes))
 
     stats = await server.decisions.GetDecisionStats(
         decision_pb2.GetDecisionStatsRequest(),
@@ -92,14 +107,14 @@ async def _stats_scenario(server: Harness) -> None:
     )
     assert day.decided == 3
     assert day.sla_breaches == 1
-    # Verdicts after ~5, ~13 and ~20 minutes (the clock also flows a little between calls).
-    assert abs(_s(day.p50_time_to_decision) - 13 * 60) < 30
-    assert abs(_s(day.p90_time_to_decision) - 20 * 60) < 30
-    assert abs(_s(day.avg_time_to_decision) - (5 + 13 + 20) * 60 / 3) < 30
+    # Verdicts after 5, 13 and 20 minutes.
+    assert abs(_s(day.p50_time_to_decision) - 13 * 60) < 1
+    assert abs(_s(day.p90_time_to_decision) - 20 * 60) < 1
+    assert abs(_s(day.avg_time_to_decision) - (5 + 13 + 20) * 60 / 3) < 1
 
     total = stats.all_time
     assert (total.submitted, total.rejected, total.decided) == (7, 2, 4)
-    assert abs(_s(total.p50_time_to_decision) - 5 * 60) < 30  # ranks: ~0, 5, 13, 20 min
+    assert abs(_s(total.p50_time_to_decision) - 5 * 60) < 1  # ranks: 0, 5, 13, 20 min
 
 
 async def test_stats_of_an_empty_service_are_zero(server: Harness) -> None:

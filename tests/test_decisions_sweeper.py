@@ -1,27 +1,45 @@
-"""The sweeper: SLA escalation, expiry and lapsed leases, exactly once across replicas."""
+"""The sweeper: SLA escalation, expiry and lapsed leases, exactly once across replicas.
+
+Time passes for real here: SLAs, leases and expiries are seconds long, and each test
+waits (with a deadline) for the database's clock to pass them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import grpc
 import pytest
 from hitl.v1 import decision_pb2
+from sqlalchemy import text
 
-from hitl_grpc.domain.clock import ShiftedClock
-from hitl_grpc.domain.decisions import SweepReport
-from hitl_grpc.domain.values import Role
+from hitl_grpc.config import Settings
+from hitl_grpc.domain.decisions import SWEEP_BATCH, SweepReport
+from hitl_grpc.domain.values import Priority, Role
 from hitl_grpc.sweeper import Sweeper
-from tests.decisions_support import scalar, statuses, submit, ts, wait_until
+from tests.decisions_support import (
+    database_now,
+    scalar,
+    statuses,
+    submit,
+    ts,
+    wait_for_database_time,
+    wait_until,
+    when,
+)
 from tests.harness import Harness, ServerFactory
+
+SHORT = timedelta(seconds=2)
+SLA = {**Settings().sla, Priority.CRITICAL: SHORT}
 
 
 @pytest.fixture
 async def server(make_server: ServerFactory) -> AsyncIterator[Harness]:
     """A server whose background sweeper waits: these tests sweep by hand and count."""
-    async with make_server(sweep_interval_s=3600) as harness:
+    async with make_server(sweep_interval_s=3600, sla=SLA, claim_lease=SHORT) as harness:
         yield harness
 
 
@@ -45,15 +63,16 @@ async def test_overdue_items_are_escalated_once(server: Harness) -> None:
     service = await server.as_role(Role.SERVICE)
     critical = await submit(server, service, priority=decision_pb2.PRIORITY_CRITICAL)
     low = await submit(server, service, priority=decision_pb2.PRIORITY_LOW)
-    server.clock.advance(timedelta(minutes=14))
     assert (await sweeper_of(server).sweep_once()).escalated == 0
-    server.clock.advance(timedelta(minutes=2))
+    assert await database_now(server) < when(critical.sla_deadline)
+    await wait_for_database_time(server, when(critical.sla_deadline))
     assert await sweeper_of(server).sweep_once() == SweepReport(escalated=1)
     assert await sweeper_of(server).sweep_once() == SweepReport()
     escalated = await _get(server, critical.analysis_id)
     assert escalated.status == decision_pb2.DECISION_STATUS_ESCALATED
     assert escalated.resolution.escalation_reason
     assert escalated.version == 2
+    assert when(escalated.resolution.decided_at) >= when(critical.sla_deadline)
     assert (await _get(server, low.analysis_id)).status == decision_pb2.DECISION_STATUS_PENDING
     assert await scalar(server, "SELECT count(*) FROM decisions WHERE sla_breached = true") == 1
     assert (
@@ -70,10 +89,10 @@ async def test_items_past_expires_at_expire_and_refuse_verdicts(server: Harness)
         server,
         service,
         priority=decision_pb2.PRIORITY_LOW,
-        expires_at=ts(server.clock.now() + timedelta(minutes=30)),
+        expires_at=ts(await database_now(server) + SHORT),
     )
-    server.clock.advance(timedelta(minutes=31))
-    analyst = await server.as_role(Role.ANALYST)  # signed in after the jump: tokens expire too
+    analyst = await server.as_role(Role.ANALYST)
+    await wait_for_database_time(server, when(expiring.expires_at))
     # Past expires_at but not yet swept: already closed to verdicts.
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await server.decisions.MakeDecision(
@@ -88,6 +107,7 @@ async def test_items_past_expires_at_expire_and_refuse_verdicts(server: Harness)
     stored = await _get(server, expiring.analysis_id)
     assert stored.status == decision_pb2.DECISION_STATUS_EXPIRED
     assert stored.resolution.status == decision_pb2.DECISION_STATUS_EXPIRED
+    assert when(stored.resolution.decided_at) >= when(expiring.expires_at)
     kinds = await scalar(
         server,
         "SELECT count(*) FROM decision_events WHERE analysis_id = :id AND kind = 'removed'",
@@ -100,12 +120,13 @@ async def test_lapsed_lease_returns_the_item_to_pending(server: Harness) -> None
     service = await server.as_role(Role.SERVICE)
     analyst = await server.as_role(Role.ANALYST)
     decision = await submit(server, service, priority=decision_pb2.PRIORITY_LOW)
-    await server.decisions.ClaimDecision(
+    claimed = await server.decisions.ClaimDecision(
         decision_pb2.ClaimDecisionRequest(analysis_id=decision.analysis_id),
         metadata=analyst,
         timeout=10,
     )
-    server.clock.advance(timedelta(minutes=10, seconds=1))
+    assert await sweeper_of(server).sweep_once() == SweepReport()
+    await wait_for_database_time(server, when(claimed.decision.claim_expires_at))
     assert await sweeper_of(server).sweep_once() == SweepReport(released=1)
     stored = await _get(server, decision.analysis_id)
     assert stored.status == decision_pb2.DECISION_STATUS_PENDING
@@ -113,70 +134,73 @@ async def test_lapsed_lease_returns_the_item_to_pending(server: Harness) -> None
 
 
 async def test_the_background_task_sweeps_on_its_own(make_server: ServerFactory) -> None:
-    async with make_server(sweep_interval_s=0.05) as server:
+    async with make_server(sweep_interval_s=0.05, sla=SLA) as server:
         service = await server.as_role(Role.SERVICE)
         decision = await submit(server, service, priority=decision_pb2.PRIORITY_CRITICAL)
-        server.clock.advance(timedelta(minutes=16))
 
         async def escalated() -> bool:
             stored = await _get(server, decision.analysis_id)
             return stored.status == decision_pb2.DECISION_STATUS_ESCALATED
 
-        await wait_until(escalated)
+        await wait_until(escalated, timeout_s=20)
+
+
+async def _submit_many(
+    server: Harness, count: int, *, expires_in: timedelta | None = None, **fields: Any
+) -> list[str]:
+    service = await server.as_role(Role.SERVICE)
+    gate = asyncio.Semaphore(16)
+
+    async def one() -> str:
+        async with gate:
+            if expires_in is not None:
+                # Taken per item: however slow the machine, each one is valid when sent.
+                fields["expires_at"] = ts(await database_now(server) + expires_in)
+            return (await submit(server, service, **fields)).analysis_id
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def _audited_once(server: Harness, kind: str, ids: list[str]) -> None:
+    async with server.running.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT target, count(*) FROM audit_events WHERE kind = :k GROUP BY target"),
+                {"k": kind},
+            )
+        ).all()
+    assert {target: n for target, n in rows} == dict.fromkeys(ids, 1)
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
 async def test_two_replicas_sweep_each_item_exactly_once(make_server: ServerFactory) -> None:
-    clock = ShiftedClock()
-    count = 40
-    async with (
-        make_server(clock=clock, sweep_interval_s=0.05) as one,
-        make_server(clock=clock, sweep_interval_s=0.05) as two,
-    ):
-        service = await one.as_role(Role.SERVICE)
-        ids = [
-            (await submit(one, service, priority=decision_pb2.PRIORITY_CRITICAL)).analysis_id
-            for _ in range(count)
-        ]
-        expiring = [
-            (
-                await submit(
-                    two,
-                    service,
-                    priority=decision_pb2.PRIORITY_LOW,
-                    expires_at=ts(clock.now() + timedelta(minutes=5)),
-                )
-            ).analysis_id
-            for _ in range(count)
-        ]
-        clock.advance(timedelta(minutes=20))
-        # Both background sweepers race, and explicit sweeps race with them.
-        reports = await asyncio.gather(
-            *(s.sweep_once() for _ in range(3) for s in (sweeper_of(one), sweeper_of(two)))
+    count = 4 * SWEEP_BATCH
+    settings = {"sweep_interval_s": 3600, "sla": {**SLA, Priority.CRITICAL: timedelta(seconds=1)}}
+    async with make_server(**settings) as one, make_server(**settings) as two:
+        expiring = await _submit_many(
+            two, count, priority=decision_pb2.PRIORITY_LOW, expires_in=timedelta(seconds=2)
         )
-
-        async def all_swept() -> bool:
-            return set((await statuses(one, ids + expiring)).values()) == {5, 6}
-
-        await wait_until(all_swept, timeout_s=20)
-        # Both background loops sweep at least twice more once the work is done.
-        async with asyncio.timeout(20):
-            await sweeper_of(one).wait_for_sweeps(sweeper_of(one).sweeps + 2)
-            await sweeper_of(two).wait_for_sweeps(sweeper_of(two).sweeps + 2)
-        assert sum(r.escalated for r in reports) <= count
-        stored = await statuses(one, ids + expiring)
-        assert all(stored[i] == decision_pb2.DECISION_STATUS_ESCALATED for i in ids)
-        assert all(stored[i] == decision_pb2.DECISION_STATUS_EXPIRED for i in expiring)
-        assert (
+        overdue = await _submit_many(one, count, priority=decision_pb2.PRIORITY_CRITICAL)
+        await wait_for_database_time(
+            one,
             await scalar(
-                one, "SELECT count(*) FROM audit_events WHERE kind = 'decision.sla_escalate'"
-            )
-            == count
+                one,
+                "SELECT greatest(max(expires_at), max(sla_deadline) FILTER (WHERE priority = 1))"
+                " FROM decisions",
+            ),
         )
-        assert (
-            await scalar(one, "SELECT count(*) FROM audit_events WHERE kind = 'decision.expire'")
-            == count
-        )
+        # Both replicas sweep the same due rows at once; then nothing is left to do.
+        reports = await asyncio.gather(sweeper_of(one).sweep_once(), sweeper_of(two).sweep_once())
+        assert await sweeper_of(one).sweep_once() == SweepReport()
+        assert await sweeper_of(two).sweep_once() == SweepReport()
+        stored = await statuses(one, overdue + expiring)
+        assert all(stored[i] == decision_pb2.DECISION_STATUS_ESCALATED for i in overdue)
+        assert all(stored[i] == decision_pb2.DECISION_STATUS_EXPIRED for i in expiring)
+        # Every change counted by exactly one sweep: none done twice, none lost.
+        assert sum(r.escalated for r in reports) == count
+        assert sum(r.expired for r in reports) == count
+        await _audited_once(one, "decision.sla_escalate", overdue)
+        await _audited_once(one, "decision.expire", expiring)
         assert (
             await scalar(
                 one, "SELECT count(*) FROM decision_events WHERE kind IN ('updated', 'removed')"
@@ -184,3 +208,29 @@ async def test_two_replicas_sweep_each_item_exactly_once(make_server: ServerFact
             == 2 * count
         )
         assert await scalar(one, "SELECT max(version) FROM decisions") == 2
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_a_sweep_skips_rows_another_replica_is_changing(make_server: ServerFactory) -> None:
+    async with make_server(sweep_interval_s=3600, sla=SLA) as server:
+        ids = sorted(await _submit_many(server, 20, priority=decision_pb2.PRIORITY_CRITICAL))
+        latest = await scalar(server, "SELECT max(sla_deadline) FROM decisions")
+        await wait_for_database_time(server, latest)
+        held, free = ids[:10], ids[10:]
+        # Another replica's sweep, caught between taking its rows and committing.
+        async with server.running.engine.connect() as other:
+            await other.execute(
+                text("SELECT analysis_id FROM decisions WHERE analysis_id = ANY(:ids) FOR UPDATE"),
+                {"ids": held},
+            )
+            # Never waits on the held rows: it ends long before the lock does.
+            report = await sweeper_of(server).sweep_once()
+            assert report == SweepReport(escalated=len(free))
+            assert set((await statuses(server, held)).values()) == {
+                decision_pb2.DECISION_STATUS_PENDING
+            }
+            await other.rollback()
+        assert await sweeper_of(server).sweep_once() == SweepReport(escalated=len(held))
+        assert set((await statuses(server, ids)).values()) == {
+            decision_pb2.DECISION_STATUS_ESCALATED
+        }

@@ -24,6 +24,17 @@ T = TypeVar("T")
 DEADLINE_MARGIN_S: Final = 0.05
 
 
+# Kept back from the message limit for what a page holds besides its items (the page
+# token, under 2 KiB) and for gRPC's own framing.
+PAGE_MARGIN_BYTES: Final = 8192
+
+
+def _entry_bytes(decision: decision_pb2.Decision) -> int:
+    """What one decision adds to a ListPendingDecisionsResponse: tag, length and body."""
+    size = decision.ByteSize()
+    return 1 + max(1, (size.bit_length() + 6) // 7) + size
+
+
 def _version(request: Any) -> int | None:
     return int(request.expected_version) if request.HasField("expected_version") else None
 
@@ -32,11 +43,17 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
     """The decision queue; the streaming half is the WatchServicer's."""
 
     def __init__(
-        self, decisions: DecisionOperations, watch: WatchServicer, *, db_timeout_s: float
+        self,
+        decisions: DecisionOperations,
+        watch: WatchServicer,
+        *,
+        db_timeout_s: float,
+        max_message_bytes: int,
     ) -> None:
         self._decisions = decisions
         self._watch = watch
         self._db_timeout_s = db_timeout_s
+        self._max_message_bytes = max_message_bytes
 
     async def _bounded(self, context: Context, work: Awaitable[T]) -> T:
         """The work, or UNAVAILABLE once the database has had the time the caller allows."""
@@ -79,10 +96,16 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        items, token = await self._bounded(context, self._decisions.list_pending(page))
-        return decision_pb2.ListPendingDecisionsResponse(
-            decisions=[convert.decision_to_proto(d) for d in items], next_page_token=token
+        items, token = await self._bounded(
+            context,
+            self._decisions.list_pending(
+                page,
+                convert.decision_to_proto,
+                _entry_bytes,
+                max_bytes=self._max_message_bytes - PAGE_MARGIN_BYTES,
+            ),
         )
+        return decision_pb2.ListPendingDecisionsResponse(decisions=items, next_page_token=token)
 
     def WatchPending(
         self, request: decision_pb2.WatchPendingRequest, context: Context

@@ -1,4 +1,8 @@
-"""Time as a dependency, so lifecycle rules can be tested without sleeping."""
+"""This replica's clock, as a dependency: token lifetimes, lockouts, event retention.
+
+Decisions that replicas must agree on (SLA escalation, expiry, leases) never read it:
+they take the database's clock, in the statement that needs it (store/decisions.py).
+"""
 
 from __future__ import annotations
 

@@ -7,15 +7,15 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, TypeVar
 
 from hitl_grpc.domain import errors, lifecycle, validation
-from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.ports import EventKind, UnitOfWork, UnitOfWorkFactory
-from hitl_grpc.domain.queue import PageRequest, QueueKey, QueueStats, encode_cursor
+from hitl_grpc.domain.queue import READ_ROWS_MAX, PageRequest, QueueKey, QueueStats
 from hitl_grpc.domain.validation import AnalysisDraft, VerdictDraft
 from hitl_grpc.domain.values import (
     Action,
+    Analysis,
     AnalysisId,
     AuditOutcome,
     AuditRecord,
@@ -28,11 +28,14 @@ from hitl_grpc.domain.values import (
 )
 
 log = logging.getLogger("hitl_grpc.decisions")
+T = TypeVar("T")
 
 # A transition that lost a race is decided again on what is stored now; a decision
 # changing this often under one caller is better answered ABORTED than spun on.
 _RETRIES: Final = 8
-SWEEP_BATCH: Final = 200
+# Rows per sweep transaction (three statements each): a batch ends well inside the
+# database deadline, and replicas sweeping at once interleave their batches.
+SWEEP_BATCH: Final = 50
 SLA_REASON: Final = "SLA deadline passed without a verdict"
 
 # A plan turns the decision as stored into the decision to store, or raises why not;
@@ -61,13 +64,11 @@ class DecisionOperations:
     def __init__(
         self,
         uow: UnitOfWorkFactory,
-        clock: Clock,
         *,
         claim_lease: timedelta,
         sla: Mapping[Priority, timedelta],
     ) -> None:
         self._uow = uow
-        self._clock = clock
         self._claim_lease = claim_lease
         self._sla = dict(sla)
 
@@ -105,20 +106,20 @@ class DecisionOperations:
 
     async def submit(self, draft: AnalysisDraft, *, by: Principal) -> tuple[Decision, bool]:
         """Queues an analysis; the same payload again returns the stored decision."""
-        now = self._clock.now()
-        analysis = validation.validate_analysis(draft, now)
+        analysis = await self._validated(draft)
         digest = validation.payload_hash(analysis)
-        decision = Decision(
-            analysis=analysis,
-            status=Status.PENDING,
-            version=1,
-            created_at=now,
-            updated_at=now,
-            sla_deadline=now + self._sla[analysis.priority],
-            submitted_by=by.username,
-        )
         async with self._uow() as uow:
-            if await uow.decisions.insert(decision, digest):
+            decision = await uow.decisions.insert(
+                analysis,
+                digest,
+                submitted_by=by.username,
+                sla=self._sla[analysis.priority],
+            )
+            if decision is not None:
+                # The INSERT stamped it on the database's clock; judged on the same one.
+                late = validation.expiry_violation(analysis.expires_at, decision.created_at)
+                if late is not None:
+                    raise errors.InvalidField([late])  # leaving rolls the INSERT back
                 await self._record(
                     uow,
                     "decision.submit",
@@ -126,7 +127,7 @@ class DecisionOperations:
                     peer=by.peer,
                     before=None,
                     after=decision,
-                    now=now,
+                    now=decision.created_at,
                 )
                 await uow.commit()
                 return decision, True
@@ -141,6 +142,21 @@ class DecisionOperations:
             )
         return existing, False
 
+    async def _validated(self, draft: AnalysisDraft) -> Analysis:
+        try:
+            return validation.validate_analysis(draft)
+        except errors.InvalidField as invalid:
+            if draft.expires_at is None:
+                raise
+            # Every bad field is reported at once, a past expires_at too; only a request
+            # that is refused anyway pays for reading the database's clock apart.
+            async with self._uow(readonly=True) as uow:
+                now = await uow.decisions.now()
+            late = validation.expiry_violation(draft.expires_at, now)
+            if late is None:
+                raise
+            raise errors.InvalidField([*invalid.violations, late]) from None
+
     async def get(self, analysis_id: AnalysisId, *, by: Principal) -> Decision:
         """One decision; a SERVICE account sees only the ones it submitted."""
         async with self._uow(readonly=True) as uow:
@@ -149,21 +165,46 @@ class DecisionOperations:
             raise errors.NotFound(f"no decision {analysis_id}")
         return decision
 
-    async def list_pending(self, page: PageRequest) -> tuple[list[Decision], str]:
-        """One page of the open queue and the token of the next ("" after the last)."""
+    async def list_pending(
+        self,
+        page: PageRequest,
+        render: Callable[[Decision], T],
+        size_of: Callable[[T], int],
+        *,
+        max_bytes: int,
+    ) -> tuple[list[T], str]:
+        """One page of the open queue, rendered, within `max_bytes`, and the next page's token.
+
+        `size_of` measures a rendered item; the token is "" after the last page. A page
+        ends early, with a token for the rest, rather than outgrow the message limit; it
+        always holds one item at least, so paging moves on (submit limits keep any one
+        decision well under the limit).
+        """
+        items: list[T] = []
+        used = 0
+        after = page.after
         async with self._uow(readonly=True) as uow:
-            # One row more than the page says whether there is a next page.
-            rows = await uow.decisions.list_open(page.filter, page.after, page.size + 1)
-        items = rows[: page.size]
-        token = ""
-        if len(rows) > page.size:
-            token = encode_cursor(QueueKey.of(items[-1]), page.filter)
-        return items, token
+            while True:
+                # One row more than the page still needs says whether there is a next page.
+                limit = min(page.size - len(items) + 1, READ_ROWS_MAX)
+                rows = await uow.decisions.list_open(page.filter, after, limit)
+                for decision in rows:
+                    if len(items) == page.size:
+                        return items, page.token_after(after)
+                    rendered = render(decision)
+                    size = size_of(rendered)
+                    if items and used + size > max_bytes:
+                        return items, page.token_after(after)
+                    items.append(rendered)
+                    used += size
+                    after = QueueKey.of(decision)
+                if len(rows) < limit:
+                    return items, ""
 
     async def stats(self) -> QueueStats:
         """The queue's counts and times to decision."""
         async with self._uow(readonly=True) as uow:
-            return await uow.decisions.stats(self._clock.now())
+            return await uow.decisions.stats()
 
     # -- transitions --------------------------------------------------------------------
 
@@ -177,11 +218,11 @@ class DecisionOperations:
         expected_version: int | None,
     ) -> Decision:
         for _ in range(_RETRIES):
-            now = self._clock.now()
             async with self._uow() as uow:
-                current = await uow.decisions.get(analysis_id)
-                if current is None:
+                found = await uow.decisions.get_with_now(analysis_id)
+                if found is None:
                     raise errors.NotFound(f"no decision {analysis_id}")
+                current, now = found
                 lifecycle.check_version(current, expected_version)
                 after, breached = plan(current, now)
                 stored = await uow.decisions.replace(current, after, sla_breached=breached)
@@ -329,24 +370,18 @@ class DecisionOperations:
 
     async def sweep(self) -> SweepReport:
         """Expires, escalates overdue and frees lapsed leases; safe with many replicas."""
-        now = self._clock.now()
         expired = await self._sweep_kind(
-            "decision.expire",
-            lambda uow: uow.decisions.expired(now, SWEEP_BATCH),
-            self._expire,
-            now,
+            "decision.expire", lambda uow: uow.decisions.expired(SWEEP_BATCH), self._expire
         )
         escalated = await self._sweep_kind(
             "decision.sla_escalate",
-            lambda uow: uow.decisions.overdue(now, SWEEP_BATCH),
+            lambda uow: uow.decisions.overdue(SWEEP_BATCH),
             self._sla_escalate,
-            now,
         )
         released = await self._sweep_kind(
             "decision.lease_expired",
-            lambda uow: uow.decisions.lapsed_leases(now, SWEEP_BATCH),
+            lambda uow: uow.decisions.lapsed_leases(SWEEP_BATCH),
             self._lease_lapsed,
-            now,
         )
         return SweepReport(expired, escalated, released)
 
@@ -396,20 +431,21 @@ class DecisionOperations:
     async def _sweep_kind(
         self,
         kind: str,
-        candidates: Callable[[UnitOfWork], Awaitable[list[Decision]]],
+        candidates: Callable[[UnitOfWork], Awaitable[list[tuple[Decision, datetime]]]],
         plan: Plan,
-        now: datetime,
     ) -> int:
         changed = 0
         while True:
+            # One batch per transaction: the rows it holds are few and held briefly, and
+            # another replica's sweep takes the rows this one holds no lock on.
             async with self._uow() as uow:
                 due = await candidates(uow)
                 won = 0
-                for current in due:
+                for current, now in due:
                     after, breached = plan(current, now)
                     stored = await uow.decisions.replace(current, after, sla_breached=breached)
                     if stored is None:
-                        continue  # another replica (or a caller) got there first
+                        continue  # a caller got there first
                     won += 1
                     await self._record(
                         uow,

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self
 
 from hitl_grpc.domain.queue import QueueFilter, QueueKey, QueueStats
-from hitl_grpc.domain.values import Account, AnalysisId, AuditRecord, Decision, Role, UserId
+from hitl_grpc.domain.values import (
+    Account,
+    Analysis,
+    AnalysisId,
+    AuditRecord,
+    Decision,
+    Role,
+    UserId,
+)
 
 
 class EventKind(enum.Enum):
@@ -167,11 +175,21 @@ class EventLog(Protocol):
 
 
 class DecisionRepository(Protocol):
-    """Decisions: every change is one compare-and-set on status and version."""
+    """Decisions: every change is one compare-and-set on status and version.
 
-    async def insert(self, decision: Decision, payload_hash: str) -> bool: ...
+    Every time that replicas must agree on comes from the database's clock, read in
+    the statement that needs it: a replica's own clock may be off.
+    """
+
+    async def insert(
+        self, analysis: Analysis, payload_hash: str, *, submitted_by: str, sla: timedelta
+    ) -> Decision | None: ...
+
+    async def now(self) -> datetime: ...
 
     async def get(self, analysis_id: AnalysisId) -> Decision | None: ...
+
+    async def get_with_now(self, analysis_id: AnalysisId) -> tuple[Decision, datetime] | None: ...
 
     async def get_with_hash(self, analysis_id: AnalysisId) -> tuple[Decision, str] | None: ...
 
@@ -183,13 +201,13 @@ class DecisionRepository(Protocol):
         self, queue_filter: QueueFilter, after: QueueKey | None, limit: int
     ) -> list[Decision]: ...
 
-    async def expired(self, now: datetime, limit: int) -> list[Decision]: ...
+    async def expired(self, limit: int) -> list[tuple[Decision, datetime]]: ...
 
-    async def overdue(self, now: datetime, limit: int) -> list[Decision]: ...
+    async def overdue(self, limit: int) -> list[tuple[Decision, datetime]]: ...
 
-    async def lapsed_leases(self, now: datetime, limit: int) -> list[Decision]: ...
+    async def lapsed_leases(self, limit: int) -> list[tuple[Decision, datetime]]: ...
 
-    async def stats(self, now: datetime) -> QueueStats: ...
+    async def stats(self) -> QueueStats: ...
 
 
 class UnitOfWork(Protocol):

@@ -7,15 +7,20 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from hitl_grpc.domain import lifecycle
+from hitl_grpc.domain import lifecycle, validation
 from hitl_grpc.domain.errors import FieldViolation, InvalidField
 from hitl_grpc.domain.values import AnalysisId, Decision, Priority, Status
 
 PAGE_SIZE_DEFAULT: Final = 50
 PAGE_SIZE_MAX: Final = 500
+# Rows read from the database at a time while a page fills: a default page is one read,
+# and a page of large decisions holds at most this many beyond what fits.
+READ_ROWS_MAX: Final = PAGE_SIZE_DEFAULT + 1
+# Base64 of the JSON cursor with a 128-character id of 4-byte characters is ~900 bytes.
+TOKEN_MAX: Final = 2048
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,11 @@ class PageRequest:
     filter: QueueFilter
     size: int
     after: QueueKey | None
+
+    def token_after(self, key: QueueKey | None) -> str:
+        """The token of the page that starts after `key` (an item this page holds)."""
+        assert key is not None, "a page that ends early holds at least one item"
+        return encode_cursor(key, self.filter)
 
 
 def parse_page_request(
@@ -100,7 +110,7 @@ def encode_cursor(key: QueueKey, queue_filter: QueueFilter) -> str:
     """An opaque token for the page after `key`."""
     body = {
         "p": int(key.priority),
-        "c": key.created_at.isoformat(),
+        "c": key.created_at.astimezone(UTC).isoformat(),
         "i": key.analysis_id,
         "f": queue_filter.fingerprint(),
     }
@@ -109,23 +119,45 @@ def encode_cursor(key: QueueKey, queue_filter: QueueFilter) -> str:
 
 
 def decode_cursor(token: str, queue_filter: QueueFilter) -> QueueKey:
-    """The key a token was issued for, or InvalidField."""
+    """The key a token was issued for, or InvalidField on page_token for anything else."""
+    # Every token this service issues is far shorter; longer ones are not even decoded.
+    if len(token) > TOKEN_MAX:
+        raise _not_ours()
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        # A deeply nested forgery ends json's recursion: still just a bad token.
         body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _not_ours() from None
+    if not isinstance(body, dict):
+        raise _not_ours()
+    priority, created, analysis_id, fingerprint = (body.get(k) for k in ("p", "c", "i", "f"))
+    if not (
+        type(priority) is int
+        and isinstance(created, str)
+        and isinstance(analysis_id, str)
+        and isinstance(fingerprint, str)
+    ):
+        raise _not_ours()
+    try:
         key = QueueKey(
-            Priority(body["p"]),
-            datetime.fromisoformat(body["c"]),
-            AnalysisId(str(body["i"])),
+            Priority(priority),
+            datetime.fromisoformat(created),
+            validation.parse_analysis_id(analysis_id, "page_token"),
         )
-        fingerprint = body["f"]
-    except (ValueError, KeyError, TypeError):
-        raise InvalidField.one("page_token", "is not a token this service issued") from None
-    if key.created_at.tzinfo is None:
-        raise InvalidField.one("page_token", "is not a token this service issued")
+    except (ValueError, InvalidField):
+        raise _not_ours() from None
+    # Issued in UTC only: any other offset (or none) is forged, and might not even
+    # convert (year 9999 at -14:00).
+    if key.created_at.utcoffset() != timedelta(0):
+        raise _not_ours()
     if fingerprint != queue_filter.fingerprint():
         raise InvalidField.one("page_token", "was issued for other filters")
     return key
+
+
+def _not_ours() -> InvalidField:
+    return InvalidField.one("page_token", "is not a token this service issued")
 
 
 @dataclass(frozen=True)

@@ -164,8 +164,12 @@ def _strings(
     return tuple(values)
 
 
-def validate_analysis(draft: AnalysisDraft, now: datetime) -> Analysis:
-    """The analysis, or InvalidField listing every bad field."""
+def validate_analysis(draft: AnalysisDraft) -> Analysis:
+    """The analysis, or InvalidField listing every bad field but a past expires_at.
+
+    Whether expires_at is in the future is judged on the database's clock when the
+    decision is stored (see `expiry_violation`), not on this replica's.
+    """
     v = _Violations(draft.decode_violations)
     id_problem = _id_problem(draft.analysis_id)
     if id_problem:
@@ -199,8 +203,6 @@ def validate_analysis(draft: AnalysisDraft, now: datetime) -> Analysis:
         x.field == "detected_at" for x in draft.decode_violations
     ):
         v.add("detected_at", "is required")
-    if draft.expires_at is not None and draft.expires_at <= now:
-        v.add("expires_at", "must be in the future")
     v.raise_if_any()
     assert priority is not None and draft.detected_at is not None
     return Analysis(
@@ -218,6 +220,13 @@ def validate_analysis(draft: AnalysisDraft, now: datetime) -> Analysis:
         detected_at=draft.detected_at.astimezone(UTC),
         expires_at=draft.expires_at.astimezone(UTC) if draft.expires_at else None,
     )
+
+
+def expiry_violation(expires_at: datetime | None, now: datetime) -> FieldViolation | None:
+    """Why expires_at is refused at `now` (the database's time), if it is."""
+    if expires_at is not None and expires_at <= now:
+        return FieldViolation("expires_at", "must be in the future")
+    return None
 
 
 def validate_verdict(draft: VerdictDraft) -> Verdict:

@@ -46,9 +46,8 @@ def actions_from_json(raw: list[dict[str, Any]] | None) -> tuple[Action, ...]:
     )
 
 
-def decision_to_row(d: Decision) -> dict[str, Any]:
-    """Every column of the decisions table but payload_hash."""
-    a, r = d.analysis, d.resolution
+def analysis_to_row(a: Analysis) -> dict[str, Any]:
+    """The columns of the decisions table that hold the submitted analysis."""
     return {
         "analysis_id": a.analysis_id,
         "incident_id": a.incident_id,
@@ -63,6 +62,14 @@ def decision_to_row(d: Decision) -> dict[str, Any]:
         "priority": int(a.priority),
         "detected_at": a.detected_at,
         "expires_at": a.expires_at,
+    }
+
+
+def decision_to_row(d: Decision) -> dict[str, Any]:
+    """Every column of the decisions table but payload_hash."""
+    r = d.resolution
+    return {
+        **analysis_to_row(d.analysis),
         "submitted_by": d.submitted_by,
         "status": int(d.status),
         "version": d.version,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime, timedelta
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
 from sqlalchemy import (
     ColumnElement,
     Float,
+    Interval,
     Select,
+    String,
     and_,
     bindparam,
     case,
@@ -18,6 +20,7 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -26,8 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hitl_grpc.domain import lifecycle
 from hitl_grpc.domain.queue import QueueFilter, QueueKey, QueueStats, WindowStats
-from hitl_grpc.domain.values import AnalysisId, Decision, Priority, Status
-from hitl_grpc.store.codec import decision_from_row, decision_to_row
+from hitl_grpc.domain.values import Analysis, AnalysisId, Decision, Priority, Status
+from hitl_grpc.store.codec import analysis_to_row, decision_from_row, decision_to_row
 from hitl_grpc.store.tables import TIME, decisions
 
 # Lifecycle columns: what a transition may change. The analysis itself never changes.
@@ -55,6 +58,40 @@ def _status_in(statuses: frozenset[Status]) -> ColumnElement[bool]:
 
 _OPEN: Final = _status_in(lifecycle.OPEN)
 _WORKABLE: Final = _status_in(lifecycle.WORKABLE)
+
+
+# SQLite keeps times as text in SQLAlchemy's own format ("2026-01-02 03:04:05.678901"),
+# so its clock is rendered the same way and compares, sorts and parses like a stored
+# time. ('now' is fixed for one statement, at millisecond resolution.)
+_SQLITE_NOW: Final = "%Y-%m-%d %H:%M:%f000"
+
+
+def _database_clock(postgres: bool, offset: Any = None) -> ColumnElement[datetime]:
+    """The database's current time, plus an optional offset bound by _clock_offset.
+
+    PostgreSQL's now() is the transaction's start: every time one unit of work writes
+    is the same instant, on the database's clock, whichever replica runs it.
+    """
+    if postgres:
+        now: ColumnElement[datetime] = func.now(type_=TIME)
+        return now if offset is None else type_coerce(now + offset, TIME)
+    modifiers = ["now"] if offset is None else ["now", offset]
+    return func.strftime(_SQLITE_NOW, *modifiers, type_=TIME)
+
+
+def _clock_offset(postgres: bool, name: str) -> Any:
+    """A bound parameter for an offset to the database's clock (see _offset_value)."""
+    return bindparam(name, type_=Interval() if postgres else String())
+
+
+def _offset_value(postgres: bool, delta: timedelta) -> object:
+    """An offset in the form its backend adds to a time: an interval, or a modifier."""
+    return delta if postgres else f"{delta.total_seconds():+.6f} seconds"
+
+
+def _utc(value: Any) -> datetime:
+    assert isinstance(value, datetime), "the database clock returned no time"
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _duration_s(conn: AsyncConnection) -> ColumnElement[Any]:
@@ -95,15 +132,30 @@ def queue_query(queue_filter: QueueFilter, after: QueueKey | None, limit: int) -
     return stmt.order_by(c.priority, c.created_at, c.analysis_id).limit(limit)
 
 
+_DB_NOW: Final = "db_now"
+
+
+def _insert(postgres: bool) -> Any:
+    # The times are the database's, written by the INSERT itself: a submit stays one
+    # round trip however many replicas (with whatever clocks) submit.
+    dialect_insert = postgresql.insert if postgres else sqlite.insert
+    now = _database_clock(postgres)
+    return (
+        dialect_insert(decisions)
+        .values(
+            created_at=now,
+            updated_at=now,
+            sla_deadline=_database_clock(postgres, _clock_offset(postgres, "sla")),
+        )
+        .on_conflict_do_nothing(index_elements=[decisions.c.analysis_id])
+        .returning(decisions.c.created_at, decisions.c.sla_deadline)
+    )
+
+
 # Built once per dialect: SQLAlchemy reuses the compiled INSERT and only binds the row.
 # ON CONFLICT DO NOTHING: concurrent identical submits wait on the key, then one inserts
 # and the others see the committed row, with no error to retry.
-_INSERT = {
-    name: dialect_insert(decisions)
-    .on_conflict_do_nothing(index_elements=[decisions.c.analysis_id])
-    .returning(decisions.c.analysis_id)
-    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
-}
+_INSERT = {"postgresql": _insert(True), "sqlite": _insert(False)}
 
 
 class DecisionRepository:
@@ -113,11 +165,46 @@ class DecisionRepository:
         self._conn = conn
         self._postgres = conn.dialect.name == "postgresql"
 
-    async def insert(self, decision: Decision, payload_hash: str) -> bool:
-        """Adds a new decision; False (and no change) if its analysis_id is taken."""
-        values = {**decision_to_row(decision), "payload_hash": payload_hash}
-        stmt = _INSERT[self._conn.dialect.name]
-        return (await self._conn.execute(stmt, values)).first() is not None
+    async def insert(
+        self, analysis: Analysis, payload_hash: str, *, submitted_by: str, sla: timedelta
+    ) -> Decision | None:
+        """Queues a new PENDING decision on the database's clock; None if the id is taken."""
+        values = {
+            **analysis_to_row(analysis),
+            "payload_hash": payload_hash,
+            "submitted_by": submitted_by,
+            "status": int(Status.PENDING),
+            "version": 1,
+            "sla": _offset_value(self._postgres, sla),
+        }
+        stamped = (await self._conn.execute(_INSERT[self._conn.dialect.name], values)).first()
+        if stamped is None:
+            return None
+        created_at = _utc(stamped.created_at)
+        return Decision(
+            analysis=analysis,
+            status=Status.PENDING,
+            version=1,
+            created_at=created_at,
+            updated_at=created_at,
+            sla_deadline=_utc(stamped.sla_deadline),
+            submitted_by=submitted_by,
+        )
+
+    async def now(self) -> datetime:
+        """The database's current time."""
+        return _utc((await self._conn.execute(select(_database_clock(self._postgres)))).scalar())
+
+    async def get_with_now(self, analysis_id: AnalysisId) -> tuple[Decision, datetime] | None:
+        """One decision and the database's current time, read in one statement."""
+        row = (
+            await self._conn.execute(
+                select(decisions, _database_clock(self._postgres).label(_DB_NOW)).where(
+                    decisions.c.analysis_id == analysis_id
+                )
+            )
+        ).one_or_none()
+        return (_decision(row), _utc(row.db_now)) if row else None
 
     async def get(self, analysis_id: AnalysisId) -> Decision | None:
         """One decision, or None."""
@@ -165,33 +252,49 @@ class DecisionRepository:
         rows = (await self._conn.execute(queue_query(queue_filter, after, limit))).all()
         return [_decision(r) for r in rows]
 
-    async def _due(self, condition: ColumnElement[bool], order: Any, limit: int) -> list[Decision]:
-        # One order for every replica: two sweepers lock rows in the same sequence,
-        # so racing over the same rows can block but never deadlock.
+    async def _due(
+        self,
+        condition: Callable[[ColumnElement[datetime]], ColumnElement[bool]],
+        order: Any,
+        limit: int,
+    ) -> list[tuple[Decision, datetime]]:
+        # Due by the database's clock, never a replica's. FOR UPDATE SKIP LOCKED: rows
+        # another replica's sweep holds are left to it, so replicas split the work
+        # instead of queueing behind each other's locks (SQLite has one writer at a
+        # time anyway, and renders no locking clause).
+        now = _database_clock(self._postgres)
         stmt = (
-            select(decisions).where(condition).order_by(order, decisions.c.analysis_id).limit(limit)
+            select(decisions, now.label(_DB_NOW))
+            .where(condition(now))
+            .order_by(order, decisions.c.analysis_id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
         )
         rows = (await self._conn.execute(stmt)).all()
-        return [_decision(r) for r in rows]
+        return [(_decision(r), _utc(r.db_now)) for r in rows]
 
-    async def expired(self, now: datetime, limit: int) -> list[Decision]:
-        """Open decisions past their expires_at."""
+    async def expired(self, limit: int) -> list[tuple[Decision, datetime]]:
+        """Open decisions past their expires_at, each with the time it was found due."""
         c = decisions.c
         return await self._due(
-            and_(_OPEN, c.expires_at.is_not(None), c.expires_at <= now), c.expires_at, limit
+            lambda now: and_(_OPEN, c.expires_at.is_not(None), c.expires_at <= now),
+            c.expires_at,
+            limit,
         )
 
-    async def overdue(self, now: datetime, limit: int) -> list[Decision]:
+    async def overdue(self, limit: int) -> list[tuple[Decision, datetime]]:
         """PENDING or IN_REVIEW decisions past their SLA deadline."""
         c = decisions.c
-        return await self._due(and_(_WORKABLE, c.sla_deadline <= now), c.sla_deadline, limit)
+        return await self._due(
+            lambda now: and_(_WORKABLE, c.sla_deadline <= now), c.sla_deadline, limit
+        )
 
-    async def lapsed_leases(self, now: datetime, limit: int) -> list[Decision]:
+    async def lapsed_leases(self, limit: int) -> list[tuple[Decision, datetime]]:
         """IN_REVIEW decisions whose lease ran out."""
         c = decisions.c
         # _WORKABLE matches ix_decisions_open_sla's predicate, so this scans only open rows.
         return await self._due(
-            and_(
+            lambda now: and_(
                 _WORKABLE,
                 c.status == int(Status.IN_REVIEW),
                 c.claim_expires_at <= now,
@@ -200,7 +303,7 @@ class DecisionRepository:
             limit,
         )
 
-    async def stats(self, now: datetime) -> QueueStats:
+    async def stats(self) -> QueueStats:
         """Counts and times to decision, aggregated by the database."""
         c = decisions.c
         open_rows = (
@@ -221,11 +324,12 @@ class DecisionRepository:
             pending=by_status.get(Status.PENDING, 0),
             in_review=by_status.get(Status.IN_REVIEW, 0),
             escalated=by_status.get(Status.ESCALATED, 0),
-            last_24h=await self._window(now - timedelta(hours=24)),
+            last_24h=await self._window(timedelta(hours=24)),
             all_time=await self._window(None),
         )
 
-    async def _window(self, since: datetime | None) -> WindowStats:
+    async def _window(self, last: timedelta | None) -> WindowStats:
+        """Counts over the `last` span up to the database's now, or over all time."""
         c = decisions.c
 
         def count_if(condition: ColumnElement[bool]) -> ColumnElement[Any]:
@@ -240,10 +344,13 @@ class DecisionRepository:
             count_if(c.status == int(Status.EXPIRED)),
             count_if(c.sla_breached.is_(True)),
         )
-        if since is not None:
-            counts = counts.where(c.created_at >= since)
+        start = None
+        if last is not None:
+            start = _database_clock(self._postgres, _clock_offset(self._postgres, "since"))
+            counts = counts.where(c.created_at >= start)
+        params = {} if last is None else {"since": _offset_value(self._postgres, -last)}
         submitted, approved, rejected, escalated, expired, breaches = (
-            await self._conn.execute(counts)
+            await self._conn.execute(counts, params)
         ).one()
 
         duration = _duration_s(self._conn)
@@ -253,8 +360,8 @@ class DecisionRepository:
             func.row_number().over(order_by=duration).label("rn"),
             func.count().over().label("n"),
         ).where(verdict, c.decided_at.is_not(None))
-        if since is not None:
-            ranked = ranked.where(c.decided_at >= since)
+        if start is not None:
+            ranked = ranked.where(c.decided_at >= start)
         r = ranked.subquery()
 
         def nearest_rank(numerator: int, denominator: int) -> ColumnElement[Any]:
@@ -265,7 +372,8 @@ class DecisionRepository:
 
         decided, avg_s, p50_s, p90_s = (
             await self._conn.execute(
-                select(func.count(), func.avg(r.c.d), nearest_rank(1, 2), nearest_rank(9, 10))
+                select(func.count(), func.avg(r.c.d), nearest_rank(1, 2), nearest_rank(9, 10)),
+                params,
             )
         ).one()
 

@@ -1,0 +1,115 @@
+"""One clock for the decisions replicas must agree on: the database's, not each replica's."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hitl.v1 import decision_pb2
+from sqlalchemy import select
+
+from hitl_grpc.config import Settings
+from hitl_grpc.domain.clock import ShiftedClock
+from hitl_grpc.domain.decisions import SweepReport
+from hitl_grpc.domain.values import Priority, Role
+from hitl_grpc.store.tables import audit_events
+from hitl_grpc.sweeper import Sweeper
+from tests.decisions_support import (
+    database_now,
+    submit,
+    ts,
+    wait_for_database_time,
+    when,
+)
+from tests.harness import Harness, ServerFactory
+
+SKEW = timedelta(seconds=20)
+SLA = timedelta(seconds=3)
+LEASE = timedelta(seconds=3)
+
+
+def sweeper_of(server: Harness) -> Sweeper:
+    """The server's background sweeper."""
+    sweeper = server.running.extras["sweeper"]
+    assert isinstance(sweeper, Sweeper)
+    return sweeper
+
+
+def _settings() -> dict[str, object]:
+    # Sweeps only by hand, so the test says when each replica looks at the queue.
+    return {
+        "sweep_interval_s": 3600,
+        "sla": {**Settings().sla, Priority.CRITICAL: SLA},
+        "claim_lease": LEASE,
+    }
+
+
+async def _audit_time(server: Harness, kind: str, target: str) -> datetime:
+    async with server.running.engine.connect() as conn:
+        value = (
+            await conn.execute(
+                select(audit_events.c.time).where(
+                    audit_events.c.kind == kind, audit_events.c.target == target
+                )
+            )
+        ).scalar_one()
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def test_a_fast_replica_decides_on_the_database_clock(make_server: ServerFactory) -> None:
+    fast_clock = ShiftedClock()
+    fast_clock.advance(SKEW)
+    async with (
+        make_server(**_settings()) as honest,
+        make_server(clock=fast_clock, **_settings()) as fast,
+    ):
+        service = await fast.as_role(Role.SERVICE)
+        before = await database_now(fast)
+        # 10 s ahead of the database, so valid; 10 s behind the fast replica's own clock.
+        later = await submit(
+            fast, service, priority=decision_pb2.PRIORITY_LOW, expires_at=ts(before + SKEW / 2)
+        )
+        soon = await submit(
+            fast, service, priority=decision_pb2.PRIORITY_LOW, expires_at=ts(before + SLA)
+        )
+        overdue = await submit(fast, service, priority=decision_pb2.PRIORITY_CRITICAL)
+        claimed = await submit(fast, service, priority=decision_pb2.PRIORITY_LOW)
+        analyst = await fast.as_role(Role.ANALYST)
+        lease = await fast.decisions.ClaimDecision(
+            decision_pb2.ClaimDecisionRequest(analysis_id=claimed.analysis_id),
+            metadata=analyst,
+            timeout=10,
+        )
+        after = await database_now(fast)
+
+        for made in (later, soon, overdue, claimed):
+            assert before <= when(made.created_at) <= after
+        assert when(overdue.sla_deadline) - when(overdue.created_at) == SLA
+        assert before <= when(lease.decision.updated_at) <= after
+        assert when(lease.decision.claim_expires_at) - when(lease.decision.updated_at) == LEASE
+
+        # Both replicas sweep before anything is due on the database's clock.
+        assert await sweeper_of(fast).sweep_once() == SweepReport()
+        assert await sweeper_of(honest).sweep_once() == SweepReport()
+        assert await database_now(fast) < when(soon.expires_at)
+
+        last = max(
+            when(soon.expires_at),
+            when(overdue.sla_deadline),
+            when(lease.decision.claim_expires_at),
+        )
+        await wait_for_database_time(fast, last)
+        assert await sweeper_of(fast).sweep_once() == SweepReport(
+            expired=1, escalated=1, released=1
+        )
+        swept = await database_now(fast)
+        for kind, made, due in (
+            ("decision.expire", soon, when(soon.expires_at)),
+            ("decision.sla_escalate", overdue, when(overdue.sla_deadline)),
+            ("decision.lease_expired", claimed, when(lease.decision.claim_expires_at)),
+        ):
+            recorded = await _audit_time(honest, kind, made.analysis_id)
+            assert due <= recorded <= swept, kind
+        # The item 10 s ahead is still open: no replica expired it early.
+        assert await sweeper_of(fast).sweep_once() == SweepReport()
+        assert await database_now(fast) < when(later.expires_at)
