@@ -201,7 +201,11 @@ async def running_server(
             interceptors=[
                 AccessLogInterceptor(RpcMetrics(registry)),
                 ErrorInterceptor(),
-                AuthInterceptor(load_policies(CONTRACT_FILES), accounts.authenticate),
+                AuthInterceptor(
+                    load_policies(CONTRACT_FILES),
+                    accounts.authenticate,
+                    reauth_s=settings.stream_reauth_interval_s,
+                ),
             ],
             options=_server_options(settings),
         )

@@ -6,6 +6,7 @@ import secrets
 
 from hitl_grpc.auth.mfa import INVALID_CODE, MfaCodes, MfaEnrolment
 from hitl_grpc.auth.passwords import Passwords, check_new_password
+from hitl_grpc.auth.principal import Access
 from hitl_grpc.auth.sessions import IssuedTokens as IssuedTokens
 from hitl_grpc.auth.sessions import MfaChallengeIssued, Sessions
 from hitl_grpc.auth.sessions import TokenLifetimes as TokenLifetimes
@@ -192,8 +193,8 @@ class Accounts:
             await uow.commit()
         return tokens
 
-    async def authenticate(self, token: str, peer: str) -> Principal:
-        """The principal behind an access token, as the account is now.
+    async def authenticate(self, token: str, peer: str) -> Access:
+        """The principal behind an access token, as the account is now, and the token's life.
 
         No cache: one indexed read per call sees a deactivation, role change or revoked
         session the moment it commits, on every replica. A cache would need invalidation
@@ -210,7 +211,7 @@ class Accounts:
         if session_revoked or account.generation != claims.generation:
             raise errors.Unauthenticated(SESSION_ENDED)
         # The stored role wins over the token's: a role change takes effect at once.
-        return Principal(
+        principal = Principal(
             user_id=account.user.id,
             username=account.user.username,
             role=account.user.role,
@@ -218,6 +219,7 @@ class Accounts:
             peer=peer,
             session_id=claims.session_id,
         )
+        return Access(principal, (claims.expires_at - self._clock.now()).total_seconds())
 
     async def current_user(self, principal: Principal) -> User:
         """The caller's profile."""
