@@ -71,6 +71,9 @@ class Settings:
     login_max_failures_per_peer: int = 20
     # The first lockout; each further one doubles, up to a day.
     login_lockout: timedelta = timedelta(minutes=1)
+    # A locked client address still lets in usernames that fully signed in from it this
+    # recently; zero makes a peer lock refuse everyone behind that address.
+    login_peer_trust: timedelta = timedelta(days=30)
     # How often an open stream re-checks its caller's access (at most heartbeat_s apart).
     stream_reauth_s: float = 5.0
     password_memory_kib: int = 19_456
@@ -183,6 +186,9 @@ class Settings:
                 )
             ),
             login_lockout=reader.seconds("HITL_LOGIN_LOCKOUT_S", defaults.login_lockout, minimum=1),
+            login_peer_trust=reader.seconds(
+                "HITL_LOGIN_PEER_TRUST_S", defaults.login_peer_trust, minimum=0
+            ),
             stream_reauth_s=reader.number(
                 "HITL_STREAM_REAUTH_S", defaults.stream_reauth_s, 0.05, 3600
             ),

@@ -189,6 +189,7 @@ async def running_server(
             max_failures_per_peer=settings.login_max_failures_per_peer,
             window=settings.login_window,
             lockout=settings.login_lockout,
+            peer_trust=settings.login_peer_trust,
         )
         accounts = Accounts(uow, passwords, tokens, clock, lifetimes, limits)
         try:

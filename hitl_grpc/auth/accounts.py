@@ -10,14 +10,14 @@ from hitl_grpc.auth.principal import Access
 from hitl_grpc.auth.sessions import IssuedTokens as IssuedTokens
 from hitl_grpc.auth.sessions import MfaChallengeIssued, Sessions
 from hitl_grpc.auth.sessions import TokenLifetimes as TokenLifetimes
-from hitl_grpc.auth.throttle import LoginLimits, LoginThrottle
+from hitl_grpc.auth.throttle import LoginLimits, LoginThrottle, mfa_subject, user_subject
 from hitl_grpc.auth.tokens import ACCESS, MFA_CHALLENGE, TokenIssuer
 from hitl_grpc.auth.trail import AuditTrail
 from hitl_grpc.auth.users import NewUser as NewUser
 from hitl_grpc.auth.users import UserAdmin
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
-from hitl_grpc.domain.ports import UnitOfWork, UnitOfWorkFactory, UserChanges
+from hitl_grpc.domain.ports import UnitOfWorkFactory, UserChanges
 from hitl_grpc.domain.values import AuditOutcome, AuditRecord, Principal, Role, User
 
 LOGIN_FAILED = "invalid username or password"
@@ -44,7 +44,7 @@ class Accounts:
         self.throttle = LoginThrottle(limits or LoginLimits(), clock)
         self.sessions = Sessions(uow, tokens, clock, lifetimes, self.trail)
         self._codes = MfaCodes(clock)
-        self.mfa = MfaEnrolment(uow, clock, self.trail, self.throttle, self._codes)
+        self.mfa = MfaEnrolment(uow, clock, self.trail, self.throttle, self._codes, passwords)
         self.users = UserAdmin(uow, passwords, clock, self.trail)
 
     def audit(
@@ -62,49 +62,31 @@ class Accounts:
             kind, actor=actor, target=target, peer=peer, outcome=outcome, **details
         )
 
-    async def _locked_out(
-        self, uow: UnitOfWork, kind: str, name: str, peer: str, subjects: list[str]
-    ) -> None:
-        try:
-            await self.throttle.check(uow, subjects)
-        except errors.RateLimited:
-            await uow.audit.append(
-                self.audit(
-                    kind,
-                    actor=name,
-                    target=name,
-                    peer=peer,
-                    outcome=AuditOutcome.DENIED,
-                    reason="locked",
-                )
-            )
-            await uow.commit()
-            raise
+    def _refused(self, kind: str, name: str, peer: str) -> AuditRecord:
+        return self.audit(
+            kind, actor=name, target=name, peer=peer, outcome=AuditOutcome.DENIED, reason="locked"
+        )
 
     async def login(
         self, username: str, password: str, *, peer: str
     ) -> IssuedTokens | MfaChallengeIssued:
         """Tokens (or an MFA challenge) for a correct password; one message for every failure.
 
-        A locked username or peer is refused before any hashing, whether or not the account
-        exists and whether or not the password is right. Otherwise an unknown user costs the
+        The attempt is charged to the username before any hashing, whether or not the account
+        exists; a locked username or peer is refused there. An unknown user then costs the
         same argon2 run and the same writes as a wrong password.
         """
-        subjects = self.throttle.subjects(username, peer)
-        async with self._uow(readonly=True) as uow:
-            locked = False
-            try:
-                await self.throttle.check(uow, subjects)
-            except errors.RateLimited:
-                locked = True
-            account = await uow.users.by_username(username) if username and not locked else None
-        if locked:
-            async with self._uow() as uow:
-                await self._locked_out(uow, "auth.login", username, peer, subjects)
+        subject = user_subject(username)
+        async with self._uow() as uow:
+            await self.throttle.charge(
+                uow, subject, username, peer, self._refused("auth.login", username, peer)
+            )
+            account = await uow.users.by_username(username) if username else None
+            await uow.commit()
         ok = await self._passwords.verify(account.password_hash if account else None, password)
         async with self._uow() as uow:
             if not ok or account is None:
-                await self.throttle.record_failure(uow, subjects)
+                await self.throttle.fail(uow, peer)
                 await uow.audit.append(
                     self.audit(
                         "auth.login",
@@ -118,8 +100,6 @@ class Accounts:
                 await uow.commit()
                 raise errors.Unauthenticated(LOGIN_FAILED)
             user = account.user
-            # Failures by concurrent attempts may have locked it while this one was hashing.
-            await self._locked_out(uow, "auth.login", user.username, peer, subjects)
             if not user.active:
                 await uow.audit.append(
                     self.audit(
@@ -135,13 +115,14 @@ class Accounts:
                 raise errors.PermissionDenied("account is deactivated")
             if self._passwords.needs_rehash(account.password_hash):
                 await uow.users.set_password_hash(user.id, await self._passwords.hash(password))
-            await self.throttle.forgive(uow, user.username)
+            await self.throttle.forgive(uow, subject)
             result: IssuedTokens | MfaChallengeIssued
             if user.mfa_enabled:
                 result = self.sessions.challenge(account)
                 step = "mfa_challenge"
             else:
                 result = await self.sessions.issue(uow, account)
+                await self.throttle.signed_in(uow, user.username, peer)
                 step = "tokens"
             await uow.audit.append(
                 self.audit(
@@ -152,22 +133,39 @@ class Accounts:
         return result
 
     async def verify_mfa(self, challenge_token: str, code: str, *, peer: str) -> IssuedTokens:
-        """Tokens for a challenge token and a TOTP code (unused step) or unused backup code."""
+        """Tokens for a challenge token and a TOTP code (unused step) or unused backup code.
+
+        The challenge names the session it opens: once that session exists, the challenge
+        is spent, so a challenge token works for one sign-in only.
+        """
         claims = self._tokens.verify(challenge_token, MFA_CHALLENGE)
+        if not claims.session_id:
+            raise errors.Unauthenticated("invalid token")
         async with self._uow() as uow:
             account = await uow.users.get(claims.user_id)
             if account is None or account.generation != claims.generation:
                 raise errors.Unauthenticated("invalid token")
+            name = account.user.username
+            await self.throttle.charge(
+                uow, mfa_subject(name), name, peer, self._refused("auth.mfa.verify", name, peer)
+            )
+            await uow.commit()
+        async with self._uow() as uow:
+            # The row lock makes two verifies of one challenge take turns: the second sees
+            # the session the first opened.
+            account = await uow.users.get_for_update(claims.user_id)
+            if account is None or account.generation != claims.generation:
+                raise errors.Unauthenticated("invalid token")
+            if await uow.users.has_session(account.user.id, claims.session_id):
+                raise errors.Unauthenticated("MFA challenge already used: sign in again")
             user = account.user
-            subjects = self.throttle.subjects(user.username, peer)
-            await self._locked_out(uow, "auth.mfa.verify", user.username, peer, subjects)
             if not user.active:
                 raise errors.PermissionDenied("account is deactivated")
             if not user.mfa_enabled:
                 raise errors.Unauthenticated(SESSION_ENDED)
             method = await self._codes.spend(uow, account, code)
             if method is None:
-                await self.throttle.record_failure(uow, subjects)
+                await self.throttle.fail(uow, peer)
                 await uow.audit.append(
                     self.audit(
                         "auth.mfa.verify",
@@ -179,8 +177,9 @@ class Accounts:
                 )
                 await uow.commit()
                 raise errors.Unauthenticated(INVALID_CODE)
-            await self.throttle.forgive(uow, user.username)
-            tokens = await self.sessions.issue(uow, account)
+            await self.throttle.forgive(uow, mfa_subject(user.username))
+            await self.throttle.signed_in(uow, user.username, peer)
+            tokens = await self.sessions.issue(uow, account, family_id=claims.session_id)
             await uow.audit.append(
                 self.audit(
                     "auth.mfa.verify",
@@ -230,22 +229,31 @@ class Accounts:
         return account.user
 
     async def change_password(self, principal: Principal, current: str, new: str) -> None:
-        """Sets a new password given the current one; ends the caller's other sessions."""
-        subjects = self.throttle.subjects(principal.username, principal.peer)
-        async with self._uow(readonly=True) as uow:
-            await self.throttle.check(uow, subjects)
+        """Sets a new password given the current one; ends the caller's other sessions.
+
+        The guess at the current password is charged like a login before it is checked, so a
+        stolen access token can't be used to brute-force the password.
+        """
+        check_new_password(new, principal.username, "new_password")
+        subject = user_subject(principal.username)
+        async with self._uow() as uow:
+            await self.throttle.charge(
+                uow,
+                subject,
+                principal.username,
+                principal.peer,
+                self._refused("auth.password.change", principal.username, principal.peer),
+            )
             account = await uow.users.get(principal.user_id)
+            await uow.commit()
         if account is None:
             raise errors.Unauthenticated("invalid token")
         ok = await self._passwords.verify(account.password_hash, current)
-        new_hash = None
-        if ok:
-            check_new_password(new, account.user.username, "new_password")
-            new_hash = await self._passwords.hash(new)
+        new_hash = await self._passwords.hash(new) if ok else None
         name, now = account.user.username, self._clock.now()
         async with self._uow() as uow:
             if new_hash is None:
-                await self.throttle.record_failure(uow, subjects)
+                await self.throttle.fail(uow, principal.peer)
                 await uow.audit.append(
                     self.audit(
                         "auth.password.change",
@@ -257,6 +265,7 @@ class Accounts:
                 )
                 await uow.commit()
                 raise errors.InvalidField.one("current_password", "is not the current password")
+            await self.throttle.forgive(uow, subject)
             await uow.users.update(account.user.id, UserChanges(password_hash=new_hash), now)
             await uow.refresh_tokens.revoke_user_sessions(
                 account.user.id, now, keep_family=principal.session_id
