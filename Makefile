@@ -5,9 +5,11 @@ BIN := $(VENV)/bin
 TOOLS := .tools
 BUF := $(TOOLS)/node_modules/.bin/buf
 STAMP := $(VENV)/.installed
+NODE_DIR := tests/blackbox/node
+NODE_DEPS := $(NODE_DIR)/node_modules/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: lock serve test lint typecheck gen gen-check buf-lint pytest pytest-sqlite pytest-postgres bench clean
+.PHONY: node-deps lock serve test lint typecheck gen gen-check buf-lint pytest pytest-sqlite pytest-postgres bench soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +29,13 @@ $(BUF): Makefile
 	mkdir -p $(TOOLS)
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@1.75.0
 	touch $(BUF)
+
+# The black-box tier's Node.js client, exactly as locked; without node/npm `make pytest` fails.
+$(NODE_DEPS): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --silent --no-audit --no-fund --ignore-scripts
+	touch $(NODE_DEPS)
+
+node-deps: $(NODE_DEPS)
 
 serve: $(STAMP)
 	$(BIN)/hitl-grpc serve
@@ -65,7 +74,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy hitl_grpc tests
 
 # The floor is checked by coverage itself, after the serve/CLI subprocess data is combined.
-pytest: $(STAMP)
+pytest: $(STAMP) $(NODE_DEPS)
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m pytest -n 2 -p no:cacheprovider --cov=hitl_grpc --cov-report= $(PYTEST_ARGS)
 	$(BIN)/coverage combine -q 2>/dev/null || true
@@ -75,6 +84,11 @@ test: buf-lint gen-check lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Two replicas on one PostgreSQL under crashes and database faults; checks nothing was lost.
+SOAK_S ?= 300
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --seconds $(SOAK_S)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .coverage* .mypy_cache .ruff_cache

@@ -42,6 +42,10 @@ async def _serve(settings: Settings) -> None:
                 f"{running.generated_admin_password} (shown once: change it)",
                 flush=True,
             )
+        if running.metrics_port is not None and settings.metrics_listen:
+            # With port 0 this line is the only way to learn the port the OS chose.
+            host = settings.metrics_listen.rpartition(":")[0]
+            print(f"hitl-grpc metrics on {host}:{running.metrics_port}", flush=True)
         print(f"hitl-grpc serving on {running.address}", flush=True)
         await stop.wait()
         print("hitl-grpc draining", flush=True)

@@ -1,0 +1,236 @@
+"""The black-box tier: the real `hitl-grpc serve` in a child process, driven by outside clients.
+
+Nothing here shares the server's process or event loop: clients are sync grpc Python (one
+channel per thread), the grpcurl binary and Node.js @grpc/grpc-js. Everything is synchronous.
+
+- `Served.start(database_url, workdir, **env)` runs `hitl-grpc serve` with PYTHONFAULTHANDLER=1
+  on that database, gRPC and metrics on 127.0.0.1:0, the admin password ADMIN_PASSWORD, and
+  waits (with a deadline) for its "serving on host:port" line. The `served` fixture
+  (tests/blackbox/conftest.py) does this on a fresh database of each backend and stops it after
+  the test.
+- `served.address`: "127.0.0.1:port". `served.channel()`: a new sync channel; give each thread
+  its own.
+- `served.admin_token()`: an access token for `admin`. `served.create_user(role)`: a new account
+  created over the API by the admin, returns (username, password). `served.token(role)`: an
+  access token for a new account with that role.
+- `served.grpcurl(*args, token=..., data=...)`: runs the grpcurl binary against the server,
+  `args` after the address ("list", "describe X", or a method).
+- `served.node(script, *args, env=...)`: runs tests/blackbox/node/<script> with Node.js.
+- `served.assert_alive()`: fails the test, with the server's stderr (faulthandler output
+  included), if the server has exited. `served.stop()`: SIGTERM, then asserts a clean exit.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Final, Self
+
+import grpc
+import pytest
+from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc
+
+from tests.harness import Metadata, bearer
+
+ADMIN_PASSWORD: Final = "blackbox-bootstrap-secret-42"
+PASSWORD: Final = "a-long-blackbox-password-42"
+JWT_SECRET: Final = "blackbox-signing-secret-of-at-least-32-bytes"
+STARTUP_S: Final = 60.0
+STOP_S: Final = 60.0
+CALL_S: Final = 20.0
+NODE_DIR: Final = Path(__file__).parent / "node"
+REPO: Final = Path(__file__).parents[2]
+GRPCURL: Final = REPO / ".venv" / "bin" / "grpcurl"
+PROTOS: Final = REPO / "protos"
+SERVING: Final = "hitl-grpc serving on "
+METRICS: Final = "hitl-grpc metrics on "
+# The end of stderr is where faulthandler writes; the rest is access-log noise.
+STDERR_TAIL_CHARS: Final = 12_000
+
+
+def _env(database_url: str, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HITL_")}
+    env.update(
+        {
+            "PYTHONFAULTHANDLER": "1",
+            "HITL_DATABASE_URL": database_url,
+            "HITL_LISTEN": "127.0.0.1:0",
+            "HITL_METRICS_LISTEN": "127.0.0.1:0",
+            "HITL_BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "HITL_JWT_SECRET": JWT_SECRET,
+            # Cheap hashes: the tier measures crashes and races, not argon2.
+            "HITL_PASSWORD_MEMORY_KIB": "1024",
+            "HITL_PASSWORD_TIME_COST": "1",
+            **extra,
+        }
+    )
+    return env
+
+
+class Served:
+    """A running `hitl-grpc serve` child process."""
+
+    def __init__(self, proc: subprocess.Popen[str], stderr_path: Path) -> None:
+        self.proc = proc
+        self.stderr_path = stderr_path
+        self.address = ""
+        self.metrics_address = ""
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self._admin_token = ""
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+
+    @classmethod
+    def start(cls, database_url: str, workdir: Path, **env: str) -> Self:
+        """Starts the server and waits for it to serve."""
+        stderr_path = workdir / f"serve-{uuid.uuid4().hex[:6]}.stderr"
+        with stderr_path.open("w") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hitl_grpc.cli", "serve"],
+                cwd=workdir,
+                env=_env(database_url, env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
+        served = cls(proc, stderr_path)
+        try:
+            served.metrics_address = served.wait_for_line(METRICS)
+            served.address = served.wait_for_line(SERVING)
+        except BaseException:
+            served.proc.kill()
+            served.proc.wait()
+            raise
+        return served
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put(None)
+
+    def wait_for_line(self, prefix: str, timeout_s: float = STARTUP_S) -> str:
+        """The rest of the next stdout line starting with `prefix`."""
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout_s)
+            except queue.Empty:
+                pytest.fail(f"no {prefix!r} line within {timeout_s} s\n{self.stderr_tail()}")
+            if line is None:
+                pytest.fail(f"serve exited with {self.proc.wait()}\n{self.stderr_tail()}")
+            if line.startswith(prefix):
+                return line.removeprefix(prefix).strip()
+
+    def stderr_tail(self) -> str:
+        """What the server wrote on stderr, faulthandler's dump first if there is one."""
+        text = self.stderr_path.read_text(errors="replace")
+        fatal = text.find("Fatal Python error")
+        if fatal >= 0:
+            return text[fatal:][:STDERR_TAIL_CHARS]
+        return text[-STDERR_TAIL_CHARS:]
+
+    def assert_alive(self) -> None:
+        """Fails the test with the server's stderr if it has exited."""
+        code = self.proc.poll()
+        if code is not None:
+            pytest.fail(f"hitl-grpc serve died with exit code {code}:\n{self.stderr_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM; the server must have been alive and must exit 0 within STOP_S."""
+        self.assert_alive()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(STOP_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"serve did not exit within {STOP_S} s of SIGTERM\n{self.stderr_tail()}")
+        if code != 0:
+            pytest.fail(f"serve exited with {code} after SIGTERM:\n{self.stderr_tail()}")
+
+    def channel(self) -> grpc.Channel:
+        """A new sync channel to the server (one per thread)."""
+        return grpc.insecure_channel(self.address)
+
+    def login(self, username: str, password: str) -> str:
+        """An access token for that account, over a channel of its own."""
+        with self.channel() as channel:
+            reply = auth_pb2_grpc.AuthServiceStub(channel).Login(
+                auth_pb2.LoginRequest(username=username, password=password), timeout=CALL_S
+            )
+        return reply.tokens.access_token
+
+    def admin_token(self) -> str:
+        """An access token for the bootstrap admin."""
+        if not self._admin_token:
+            self._admin_token = self.login("admin", ADMIN_PASSWORD)
+        return self._admin_token
+
+    def admin(self) -> Metadata:
+        """Call metadata for the admin."""
+        return bearer(self.admin_token())
+
+    def create_user(
+        self, role: access_pb2.Role.ValueType, username: str | None = None
+    ) -> tuple[str, str]:
+        """A new account with this role, created over the API by the admin."""
+        name = username or f"bb-{uuid.uuid4().hex[:10]}"
+        with self.channel() as channel:
+            auth_pb2_grpc.AuthServiceStub(channel).CreateUser(
+                auth_pb2.CreateUserRequest(username=name, password=PASSWORD, role=role),
+                metadata=self.admin(),
+                timeout=CALL_S,
+            )
+        return name, PASSWORD
+
+    def token(self, role: access_pb2.Role.ValueType) -> str:
+        """An access token for a new account with this role."""
+        return self.login(*self.create_user(role))
+
+    def grpcurl(
+        self, *args: str, token: str | None = None, data: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs `grpcurl -plaintext [auth] [-d data] <address> <args>` (list, describe, method)."""
+        command = [str(GRPCURL), "-plaintext", "-max-time", str(CALL_S)]
+        if token:
+            command += ["-H", f"authorization: Bearer {token}"]
+        if data is not None:
+            command += ["-d", data]
+        return subprocess.run(
+            [*command, self.address, *args],
+            capture_output=True,
+            text=True,
+            timeout=CALL_S * 2,
+            check=False,
+        )
+
+    def node(
+        self, script: str, *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs tests/blackbox/node/<script> with HITL_ADDRESS and HITL_PROTOS set."""
+        node = shutil.which("node")
+        if node is None or not (NODE_DIR / "node_modules").is_dir():
+            message = "node or tests/blackbox/node/node_modules missing: run 'make node-deps'"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+        return subprocess.run(
+            [node, str(NODE_DIR / script), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            env={
+                **os.environ,
+                "HITL_ADDRESS": self.address,
+                "HITL_PROTOS": str(PROTOS),
+                **(env or {}),
+            },
+        )
