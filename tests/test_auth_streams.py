@@ -9,10 +9,12 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import field_mask_pb2
 from hitl.v1 import access_pb2, auth_pb2, decision_pb2
 
 from hitl_grpc.auth.users import UserUpdate
+from hitl_grpc.config import ConfigError, Settings
 from hitl_grpc.domain.values import Role, User
 from tests.harness import Harness, ServerFactory, bearer
 from tests.watching import next_of, submit_request
@@ -197,3 +199,18 @@ async def test_a_fresh_token_resumes_where_the_ended_stream_stopped(
         while message.WhichOneof("event") == "heartbeat":
             message = await next_of(resumed)
         assert message.added.analysis_id == fresh.decision.analysis_id
+
+
+def test_the_reauth_interval_is_never_longer_than_the_heartbeat() -> None:
+    settings = Settings.from_env({"HITL_STREAM_REAUTH_S": "30", "HITL_HEARTBEAT_S": "10"})
+    assert settings.stream_reauth_interval_s == 10
+    assert Settings.from_env({}).stream_reauth_interval_s == 5
+    with pytest.raises(ConfigError, match="HITL_STREAM_REAUTH_S"):
+        Settings.from_env({"HITL_STREAM_REAUTH_S": "0"})
+
+
+def test_peer_trust_can_be_switched_off_but_not_negative() -> None:
+    assert Settings.from_env({"HITL_LOGIN_PEER_TRUST_S": "0"}).login_peer_trust == timedelta(0)
+    assert Settings.from_env({}).login_peer_trust == timedelta(days=30)
+    with pytest.raises(ConfigError, match="HITL_LOGIN_PEER_TRUST_S"):
+        Settings.from_env({"HITL_LOGIN_PEER_TRUST_S": "-1"})
