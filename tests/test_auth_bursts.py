@@ -97,3 +97,10 @@ async def test_racing_successes_and_failures_for_one_account_never_fail_inside(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                 ), result
     assert (await server.login(user.username, PASSWORD)).tokens.access_token
+
+
+async def test_a_burst_of_right_logins_for_one_account_all_get_in(server: Harness) -> None:
+    # Fifty workers of one machine account signing in at once: they queue, none is locked out.
+    user = await server.create_user(Role.SERVICE)
+    replies = await asyncio.gather(*(server.login(user.username) for _ in range(50)))
+    assert all(reply.tokens.access_token for reply in replies)

@@ -10,15 +10,21 @@ from hitl_grpc.auth.principal import Access
 from hitl_grpc.auth.sessions import IssuedTokens as IssuedTokens
 from hitl_grpc.auth.sessions import MfaChallengeIssued, Sessions
 from hitl_grpc.auth.sessions import TokenLifetimes as TokenLifetimes
-from hitl_grpc.auth.throttle import LoginLimits, LoginThrottle, mfa_subject, user_subject
+from hitl_grpc.auth.throttle import (
+    Attempt,
+    LoginLimits,
+    LoginThrottle,
+    mfa_subject,
+    user_subject,
+)
 from hitl_grpc.auth.tokens import ACCESS, MFA_CHALLENGE, TokenIssuer
 from hitl_grpc.auth.trail import AuditTrail
 from hitl_grpc.auth.users import NewUser as NewUser
 from hitl_grpc.auth.users import UserAdmin
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
-from hitl_grpc.domain.ports import UnitOfWorkFactory, UserChanges
-from hitl_grpc.domain.values import AuditOutcome, AuditRecord, Principal, Role, User
+from hitl_grpc.domain.ports import UnitOfWork, UnitOfWorkFactory, UserChanges
+from hitl_grpc.domain.values import Account, AuditOutcome, AuditRecord, Principal, Role, User
 
 LOGIN_FAILED = "invalid username or password"
 SESSION_ENDED = "session ended: sign in again"
@@ -41,7 +47,7 @@ class Accounts:
         self._tokens = tokens
         self._clock = clock
         self.trail = AuditTrail(uow, clock)
-        self.throttle = LoginThrottle(limits or LoginLimits(), clock)
+        self.throttle = LoginThrottle(limits or LoginLimits(), clock, uow)
         self.sessions = Sessions(uow, tokens, clock, lifetimes, self.trail)
         self._codes = MfaCodes(clock)
         self.mfa = MfaEnrolment(uow, clock, self.trail, self.throttle, self._codes, passwords)
@@ -72,64 +78,73 @@ class Accounts:
     ) -> IssuedTokens | MfaChallengeIssued:
         """Tokens (or an MFA challenge) for a correct password; one message for every failure.
 
-        The attempt is charged to the username before any hashing, whether or not the account
-        exists; a locked username or peer is refused there. An unknown user then costs the
-        same argon2 run and the same writes as a wrong password.
+        The attempt is admitted by the throttle before any hashing, whether or not the
+        account exists; a locked username or peer is refused there. An unknown user then
+        costs the same argon2 run and the same writes as a wrong password.
         """
-        subject = user_subject(username)
-        async with self._uow() as uow:
-            await self.throttle.charge(
-                uow, subject, username, peer, self._refused("auth.login", username, peer)
-            )
-            account = await uow.users.by_username(username) if username else None
-            await uow.commit()
-        ok = await self._passwords.verify(account.password_hash if account else None, password)
-        async with self._uow() as uow:
-            if not ok or account is None:
-                await self.throttle.fail(uow, peer)
-                await uow.audit.append(
-                    self.audit(
-                        "auth.login",
-                        actor=username,
-                        target=username,
-                        peer=peer,
-                        outcome=AuditOutcome.FAILURE,
-                        reason="bad credentials",
+
+        async def read(uow: UnitOfWork) -> Account | None:
+            return await uow.users.by_username(username) if username else None
+
+        async with self.throttle.attempt(
+            user_subject(username),
+            username,
+            peer,
+            self._refused("auth.login", username, peer),
+            read,
+        ) as (attempt, account):
+            ok = await self._passwords.verify(account.password_hash if account else None, password)
+            async with self._uow() as uow:
+                if not ok or account is None:
+                    await attempt.failed(uow)
+                    await uow.audit.append(
+                        self.audit(
+                            "auth.login",
+                            actor=username,
+                            target=username,
+                            peer=peer,
+                            outcome=AuditOutcome.FAILURE,
+                            reason="bad credentials",
+                        )
                     )
-                )
-                await uow.commit()
-                raise errors.Unauthenticated(LOGIN_FAILED)
-            user = account.user
-            if not user.active:
-                await uow.audit.append(
-                    self.audit(
-                        "auth.login",
-                        actor=user.username,
-                        target=user.username,
-                        peer=peer,
-                        outcome=AuditOutcome.DENIED,
-                        reason="deactivated",
-                    )
-                )
-                await uow.commit()
-                raise errors.PermissionDenied("account is deactivated")
-            if self._passwords.needs_rehash(account.password_hash):
-                await uow.users.set_password_hash(user.id, await self._passwords.hash(password))
-            await self.throttle.forgive(uow, subject)
-            result: IssuedTokens | MfaChallengeIssued
-            if user.mfa_enabled:
-                result = self.sessions.challenge(account)
-                step = "mfa_challenge"
-            else:
-                result = await self.sessions.issue(uow, account)
-                await self.throttle.signed_in(uow, user.username, peer)
-                step = "tokens"
+                    await uow.commit()
+                    raise errors.Unauthenticated(LOGIN_FAILED)
+                return await self._signed_in(uow, attempt, account, password, peer)
+
+    async def _signed_in(
+        self, uow: UnitOfWork, attempt: Attempt, account: Account, password: str, peer: str
+    ) -> IssuedTokens | MfaChallengeIssued:
+        user = account.user
+        if not user.active:
             await uow.audit.append(
                 self.audit(
-                    "auth.login", actor=user.username, target=user.username, peer=peer, result=step
+                    "auth.login",
+                    actor=user.username,
+                    target=user.username,
+                    peer=peer,
+                    outcome=AuditOutcome.DENIED,
+                    reason="deactivated",
                 )
             )
             await uow.commit()
+            raise errors.PermissionDenied("account is deactivated")
+        if self._passwords.needs_rehash(account.password_hash):
+            await uow.users.set_password_hash(user.id, await self._passwords.hash(password))
+        await attempt.succeeded(uow)
+        result: IssuedTokens | MfaChallengeIssued
+        if user.mfa_enabled:
+            result = self.sessions.challenge(account)
+            step = "mfa_challenge"
+        else:
+            result = await self.sessions.issue(uow, account)
+            await self.throttle.signed_in(uow, user.username, peer)
+            step = "tokens"
+        await uow.audit.append(
+            self.audit(
+                "auth.login", actor=user.username, target=user.username, peer=peer, result=step
+            )
+        )
+        await uow.commit()
         return result
 
     async def verify_mfa(self, challenge_token: str, code: str, *, peer: str) -> IssuedTokens:
@@ -141,16 +156,21 @@ class Accounts:
         claims = self._tokens.verify(challenge_token, MFA_CHALLENGE)
         if not claims.session_id:
             raise errors.Unauthenticated("invalid token")
-        async with self._uow() as uow:
-            account = await uow.users.get(claims.user_id)
-            if account is None or account.generation != claims.generation:
-                raise errors.Unauthenticated("invalid token")
-            name = account.user.username
-            await self.throttle.charge(
-                uow, mfa_subject(name), name, peer, self._refused("auth.mfa.verify", name, peer)
-            )
-            await uow.commit()
-        async with self._uow() as uow:
+        async with self._uow(readonly=True) as uow:
+            found = await uow.users.get(claims.user_id)
+        if found is None or found.generation != claims.generation:
+            raise errors.Unauthenticated("invalid token")
+        name = found.user.username
+
+        async def read(uow: UnitOfWork) -> None:
+            return None
+
+        async with (
+            self.throttle.attempt(
+                mfa_subject(name), name, peer, self._refused("auth.mfa.verify", name, peer), read
+            ) as (attempt, _),
+            self._uow() as uow,
+        ):
             # The row lock makes two verifies of one challenge take turns: the second sees
             # the session the first opened.
             account = await uow.users.get_for_update(claims.user_id)
@@ -165,7 +185,7 @@ class Accounts:
                 raise errors.Unauthenticated(SESSION_ENDED)
             method = await self._codes.spend(uow, account, code)
             if method is None:
-                await self.throttle.fail(uow, peer)
+                await attempt.failed(uow)
                 await uow.audit.append(
                     self.audit(
                         "auth.mfa.verify",
@@ -177,7 +197,7 @@ class Accounts:
                 )
                 await uow.commit()
                 raise errors.Unauthenticated(INVALID_CODE)
-            await self.throttle.forgive(uow, mfa_subject(user.username))
+            await attempt.succeeded(uow)
             await self.throttle.signed_in(uow, user.username, peer)
             tokens = await self.sessions.issue(uow, account, family_id=claims.session_id)
             await uow.audit.append(
@@ -231,49 +251,46 @@ class Accounts:
     async def change_password(self, principal: Principal, current: str, new: str) -> None:
         """Sets a new password given the current one; ends the caller's other sessions.
 
-        The guess at the current password is charged like a login before it is checked, so a
+        The guess at the current password goes through the throttle like a login, so a
         stolen access token can't be used to brute-force the password.
         """
         check_new_password(new, principal.username, "new_password")
-        subject = user_subject(principal.username)
-        async with self._uow() as uow:
-            await self.throttle.charge(
-                uow,
-                subject,
-                principal.username,
-                principal.peer,
-                self._refused("auth.password.change", principal.username, principal.peer),
-            )
-            account = await uow.users.get(principal.user_id)
-            await uow.commit()
-        if account is None:
-            raise errors.Unauthenticated("invalid token")
-        ok = await self._passwords.verify(account.password_hash, current)
-        new_hash = await self._passwords.hash(new) if ok else None
-        name, now = account.user.username, self._clock.now()
-        async with self._uow() as uow:
-            if new_hash is None:
-                await self.throttle.fail(uow, principal.peer)
-                await uow.audit.append(
-                    self.audit(
-                        "auth.password.change",
-                        actor=name,
-                        target=name,
-                        peer=principal.peer,
-                        outcome=AuditOutcome.FAILURE,
+        name, peer = principal.username, principal.peer
+
+        async def read(uow: UnitOfWork) -> Account | None:
+            return await uow.users.get(principal.user_id)
+
+        async with self.throttle.attempt(
+            user_subject(name), name, peer, self._refused("auth.password.change", name, peer), read
+        ) as (attempt, account):
+            if account is None:
+                raise errors.Unauthenticated("invalid token")
+            ok = await self._passwords.verify(account.password_hash, current)
+            new_hash = await self._passwords.hash(new) if ok else None
+            now = self._clock.now()
+            async with self._uow() as uow:
+                if new_hash is None:
+                    await attempt.failed(uow)
+                    await uow.audit.append(
+                        self.audit(
+                            "auth.password.change",
+                            actor=name,
+                            target=name,
+                            peer=peer,
+                            outcome=AuditOutcome.FAILURE,
+                        )
                     )
+                    await uow.commit()
+                    raise errors.InvalidField.one("current_password", "is not the current password")
+                await attempt.succeeded(uow)
+                await uow.users.update(account.user.id, UserChanges(password_hash=new_hash), now)
+                await uow.refresh_tokens.revoke_user_sessions(
+                    account.user.id, now, keep_family=principal.session_id
+                )
+                await uow.audit.append(
+                    self.audit("auth.password.change", actor=name, target=name, peer=peer)
                 )
                 await uow.commit()
-                raise errors.InvalidField.one("current_password", "is not the current password")
-            await self.throttle.forgive(uow, subject)
-            await uow.users.update(account.user.id, UserChanges(password_hash=new_hash), now)
-            await uow.refresh_tokens.revoke_user_sessions(
-                account.user.id, now, keep_family=principal.session_id
-            )
-            await uow.audit.append(
-                self.audit("auth.password.change", actor=name, target=name, peer=principal.peer)
-            )
-            await uow.commit()
 
     async def create_user(self, new: NewUser, *, actor: str, peer: str) -> User:
         """Creates an account; a name taken case-insensitively is AlreadyExists."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import datetime
 from typing import NoReturn
@@ -12,7 +13,7 @@ from typing import NoReturn
 import pyotp
 
 from hitl_grpc.auth.passwords import Passwords
-from hitl_grpc.auth.throttle import LoginThrottle, mfa_subject, user_subject
+from hitl_grpc.auth.throttle import Attempt, LoginThrottle, mfa_subject, user_subject
 from hitl_grpc.auth.trail import AuditTrail
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
@@ -118,40 +119,45 @@ class MfaEnrolment:
         Re-authentication (OWASP ASVS): whoever holds only an access token must not be able
         to bind a second factor of their own to the account.
         """
-        kind, subject = "auth.mfa.setup", user_subject(principal.username)
-        async with self._uow() as uow:
-            account = await self._account(uow, principal)
+        kind = "auth.mfa.setup"
+        async with self._attempt(kind, user_subject(principal.username), principal) as (
+            attempt,
+            account,
+        ):
             if account.user.mfa_enabled:
                 raise errors.WrongState("MFA is already on: disable it before enrolling again")
-            await self._charge(uow, kind, subject, principal)
-        ok = bool(password) and await self._passwords.verify(account.password_hash, password)
-        secret = pyotp.random_base32()
-        codes = new_backup_codes()
-        async with self._uow() as uow:
-            if not ok:
-                reason = "is not your password" if password else "is required to set up MFA"
-                await self._refuse(uow, kind, account.user, principal, "password", reason)
-            await self._throttle.forgive(uow, subject)
-            await uow.users.set_mfa_pending(account.user.id, secret, self._clock.now())
-            await uow.backup_codes.replace(account.user.id, [hash_backup_code(c) for c in codes])
-            await uow.audit.append(self._audit(kind, account.user, principal))
-            await uow.commit()
+            ok = bool(password) and await self._passwords.verify(account.password_hash, password)
+            secret = pyotp.random_base32()
+            codes = new_backup_codes()
+            async with self._uow() as uow:
+                if not ok:
+                    reason = "is not your password" if password else "is required to set up MFA"
+                    await self._refuse(
+                        uow, attempt, kind, account.user, principal, "password", reason
+                    )
+                await attempt.succeeded(uow)
+                await uow.users.set_mfa_pending(account.user.id, secret, self._clock.now())
+                await uow.backup_codes.replace(
+                    account.user.id, [hash_backup_code(c) for c in codes]
+                )
+                await uow.audit.append(self._audit(kind, account.user, principal))
+                await uow.commit()
         uri = pyotp.TOTP(secret).provisioning_uri(name=account.user.username, issuer_name=ISSUER)
         return secret, uri, codes
 
     async def confirm(self, principal: Principal, code: str) -> User:
         """Turns MFA on if the code matches the pending secret."""
         kind = "auth.mfa.confirm"
-        async with self._uow() as uow:
-            _pending(await self._account(uow, principal))
-            await self._charge(uow, kind, mfa_subject(principal.username), principal)
-        async with self._uow() as uow:
+        async with (
+            self._attempt(kind, mfa_subject(principal.username), principal) as (attempt, _),
+            self._uow() as uow,
+        ):
             account = await self._account(uow, principal)
             secret = _pending(account)
             step = totp_step(secret, code.strip(), self._clock.now())
             if step is None:
-                await self._refuse(uow, kind, account.user, principal)
-            await self._throttle.forgive(uow, mfa_subject(principal.username))
+                await self._refuse(uow, attempt, kind, account.user, principal)
+            await attempt.succeeded(uow)
             await uow.users.enable_mfa(account.user.id, secret, step, self._clock.now())
             await uow.audit.append(self._audit(kind, account.user, principal))
             await uow.commit()
@@ -160,27 +166,23 @@ class MfaEnrolment:
     async def disable(self, principal: Principal, code: str) -> User:
         """Turns MFA off if the code (TOTP or backup) is valid."""
         kind = "auth.mfa.disable"
-        async with self._uow() as uow:
-            _enabled(await self._account(uow, principal))
-            await self._charge(uow, kind, mfa_subject(principal.username), principal)
-        async with self._uow() as uow:
+        async with (
+            self._attempt(kind, mfa_subject(principal.username), principal) as (attempt, _),
+            self._uow() as uow,
+        ):
             account = _enabled(await self._account(uow, principal))
             if await self._codes.spend(uow, account, code) is None:
-                await self._refuse(uow, kind, account.user, principal)
-            await self._throttle.forgive(uow, mfa_subject(principal.username))
+                await self._refuse(uow, attempt, kind, account.user, principal)
+            await attempt.succeeded(uow)
             await uow.users.disable_mfa(account.user.id, self._clock.now())
             await uow.backup_codes.replace(account.user.id, [])
             await uow.audit.append(self._audit(kind, account.user, principal))
             await uow.commit()
         return replace(account.user, mfa_enabled=False)
 
-    async def _account(self, uow: UnitOfWork, principal: Principal) -> Account:
-        account = await uow.users.get_for_update(principal.user_id)
-        if account is None:
-            raise errors.Unauthenticated("invalid token")
-        return account
-
-    async def _charge(self, uow: UnitOfWork, kind: str, subject: str, principal: Principal) -> None:
+    def _attempt(
+        self, kind: str, subject: str, principal: Principal
+    ) -> AbstractAsyncContextManager[tuple[Attempt, Account]]:
         refused = self._trail.record(
             kind,
             actor=principal.username,
@@ -189,19 +191,29 @@ class MfaEnrolment:
             outcome=AuditOutcome.DENIED,
             reason="locked",
         )
-        await self._throttle.charge(uow, subject, principal.username, principal.peer, refused)
-        await uow.commit()
+
+        async def read(uow: UnitOfWork) -> Account:
+            return await self._account(uow, principal)
+
+        return self._throttle.attempt(subject, principal.username, principal.peer, refused, read)
+
+    async def _account(self, uow: UnitOfWork, principal: Principal) -> Account:
+        account = await uow.users.get_for_update(principal.user_id)
+        if account is None:
+            raise errors.Unauthenticated("invalid token")
+        return account
 
     async def _refuse(
         self,
         uow: UnitOfWork,
+        attempt: Attempt,
         kind: str,
         user: User,
         principal: Principal,
         field: str = "code",
         reason: str = "is not a valid code",
     ) -> NoReturn:
-        await self._throttle.fail(uow, principal.peer)
+        await attempt.failed(uow)
         await uow.audit.append(self._audit(kind, user, principal, AuditOutcome.FAILURE))
         await uow.commit()
         raise errors.InvalidField.one(field, reason)

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import TypeVar
 from urllib.parse import unquote
 
 from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.errors import RateLimited
-from hitl_grpc.domain.ports import ThrottleState, UnitOfWork
+from hitl_grpc.domain.ports import ThrottleState, UnitOfWork, UnitOfWorkFactory
 from hitl_grpc.domain.values import AuditRecord, username_key
 
 LOCKED = "too many failed attempts; try again later"
+BUSY = "too many sign-in attempts in progress for this account; try again"
 SUBJECT_MAX = 380
+# How long an attempt waits for a slot of its account, and how often it looks again.
+ADMIT_WAIT_S = 10.0
+ADMIT_POLL_S = 0.1
+# An attempt counted in flight for longer than this was left by a process that died.
+BUSY_TTL = timedelta(minutes=1)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,11 @@ def mfa_subject(username: str) -> str:
     return "mfa:" + username_key(username)[:SUBJECT_MAX]
 
 
+def busy_subject(account: str) -> str:
+    """The row counting the attempts on an account subject now being judged."""
+    return "busy:" + account
+
+
 def trust_subject(username: str, peer: str) -> str:
     """The row remembering when this username last signed in fully from this peer host."""
     seen = f"{peer_host(peer)}\0{username_key(username)}"
@@ -90,57 +106,167 @@ def after_failure(
     )
 
 
-class LoginThrottle:
-    """Counts sign-in attempts per account before they are judged, failures per peer after.
+@dataclass
+class _Slot:
+    freed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    waiters: int = 0
 
-    An attempt on an account is charged as a failure, committed under the counter's row lock,
-    before its password or code is checked, and forgiven if it turns out right: however many
-    guesses race, at most the limit of them are judged per lock. Peers are only checked
-    before and counted after, so a storm of correct sign-ins from one address never queues
-    on one row; a burst from one address may pass its peer limit by the attempts in flight.
+
+class Attempt:
+    """One admitted sign-in attempt: settle it as a success or a failure in its transaction."""
+
+    def __init__(self, throttle: LoginThrottle, account: str, peer: str) -> None:
+        self._throttle = throttle
+        self.account = account
+        self.peer = peer
+        self.settled = False
+
+    async def succeeded(self, uow: UnitOfWork) -> None:
+        """Frees the slot and clears the account's failures and lock."""
+        await self._throttle.settle(uow, self, ok=True)
+
+    async def failed(self, uow: UnitOfWork) -> None:
+        """Frees the slot and counts a failure against the account and the peer."""
+        await self._throttle.settle(uow, self, ok=False)
+
+
+class LoginThrottle:
+    """Admits sign-in attempts per account so that no burst gets more than the limit judged.
+
+    An attempt is admitted, under the row lock of the account's in-flight counter, only
+    while the failures so far plus the attempts in flight stay below the limit; the rest
+    wait for a slot (or are refused as locked). Wrong guesses racing can't outrun the
+    lock, and right ones for one account (fifty workers of a machine account) queue
+    instead of locking it. Peers are checked on admission and counted on failure, so a
+    storm of good sign-ins from one address never queues on one row; a burst from one
+    address may pass its peer limit by the attempts in flight.
     """
 
-    def __init__(self, limits: LoginLimits, clock: Clock) -> None:
+    def __init__(self, limits: LoginLimits, clock: Clock, uow: UnitOfWorkFactory) -> None:
         self.limits = limits
         self._clock = clock
+        self._uow = uow
+        # Waiters in this process, woken as a slot of their account frees; other replicas'
+        # attempts free slots too, so waiters also look again every ADMIT_POLL_S.
+        self._slots: dict[str, _Slot] = {}
 
-    async def charge(
-        self, uow: UnitOfWork, account: str, username: str, peer: str, refused: AuditRecord
-    ) -> None:
-        """Counts one attempt against `account` (a subject); the caller commits.
+    @asynccontextmanager
+    async def attempt(
+        self,
+        account: str,
+        username: str,
+        peer: str,
+        refused: AuditRecord,
+        read: Callable[[UnitOfWork], Awaitable[T]],
+    ) -> AsyncIterator[tuple[Attempt, T]]:
+        """An admitted attempt on `account` (a subject) and what `read` read at admission.
 
-        If the account or the peer is locked, appends `refused` to the audit trail, commits
-        and raises RateLimited instead.
+        A locked account or peer appends `refused` to the audit trail and raises RateLimited.
+        An attempt left unsettled (the caller gave up before judging) only frees its slot.
         """
+        value = await self._admit(account, username, peer, refused, read)
+        attempt = Attempt(self, account, peer)
+        try:
+            yield attempt, value
+        finally:
+            if not attempt.settled:
+                async with self._uow() as uow:
+                    await self._release(uow, account)
+                    await uow.commit()
+            await self._wake(account)
+
+    async def _admit(
+        self,
+        account: str,
+        username: str,
+        peer: str,
+        refused: AuditRecord,
+        read: Callable[[UnitOfWork], Awaitable[T]],
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + ADMIT_WAIT_S
+        while True:
+            async with self._uow() as uow:
+                # The in-flight row first, on every path that writes either: one lock order.
+                busy = await uow.throttle.lock(busy_subject(account), self._clock.now())
+                wait = await self._locked_for(uow, account, username, peer)
+                if wait > 0:
+                    await uow.audit.append(refused)
+                    await uow.commit()
+                    raise RateLimited(LOCKED, retry_after_s=math.ceil(wait))
+                if await self._take_slot(uow, busy, account):
+                    value = await read(uow)
+                    await uow.commit()
+                    return value
+            if loop.time() >= give_up:
+                async with self._uow() as uow:
+                    await uow.audit.append(refused)
+                    await uow.commit()
+                raise RateLimited(BUSY, retry_after_s=1)
+            slot = self._slots.setdefault(account, _Slot())
+            slot.waiters += 1
+            try:
+                async with slot.freed, asyncio.timeout(ADMIT_POLL_S):
+                    await slot.freed.wait()
+            except TimeoutError:
+                pass
+            finally:
+                slot.waiters -= 1
+                if not slot.waiters:
+                    self._slots.pop(account, None)
+
+    async def _locked_for(self, uow: UnitOfWork, account: str, username: str, peer: str) -> float:
         now = self._clock.now()
-        state = await uow.throttle.lock(account, now)
-        waits = [_wait(state, now)]
+        waits = [_wait(s, now) for s in await uow.throttle.peek([account])]
         for peer_state in await uow.throttle.peek([peer_subject(peer)]):
             if _wait(peer_state, now) and not await self._trusted(uow, username, peer, now):
                 waits.append(_wait(peer_state, now))
-        if max(waits) > 0:
-            await uow.audit.append(refused)
-            await uow.commit()
-            raise RateLimited(LOCKED, retry_after_s=math.ceil(max(waits)))
-        await uow.throttle.save(after_failure(state, now, self.limits.max_failures, self.limits))
+        return max(waits, default=0.0)
+
+    async def _take_slot(self, uow: UnitOfWork, busy: ThrottleState, account: str) -> bool:
+        now = self._clock.now()
+        in_flight = busy.failures
+        if in_flight and now - busy.window_started_at > BUSY_TTL:
+            in_flight = 0  # left by a process that died mid-attempt
+        failures = 0
+        for state in await uow.throttle.peek([account]):
+            if now - state.window_started_at < self.limits.window:
+                failures = state.failures
+        if failures + in_flight >= self.limits.max_failures:
+            return False
+        await uow.throttle.save(replace(busy, failures=in_flight + 1, window_started_at=now))
+        return True
+
+    async def _release(self, uow: UnitOfWork, account: str) -> None:
+        busy = await uow.throttle.lock(busy_subject(account), self._clock.now())
+        await uow.throttle.save(replace(busy, failures=max(busy.failures - 1, 0)))
+
+    async def _wake(self, account: str) -> None:
+        slot = self._slots.get(account)
+        if slot is not None:
+            async with slot.freed:
+                slot.freed.notify()
+
+    async def settle(self, uow: UnitOfWork, attempt: Attempt, *, ok: bool) -> None:
+        """Ends an attempt in the caller's transaction (see Attempt)."""
+        now = self._clock.now()
+        await self._release(uow, attempt.account)
+        if ok:
+            await uow.throttle.clear(attempt.account)
+        else:
+            for subject, limit in (
+                (attempt.account, self.limits.max_failures),
+                (peer_subject(attempt.peer), self.limits.max_failures_per_peer),
+            ):
+                state = await uow.throttle.lock(subject, now)
+                await uow.throttle.save(after_failure(state, now, limit, self.limits))
+        attempt.settled = True
 
     async def _trusted(self, uow: UnitOfWork, username: str, peer: str, now: datetime) -> bool:
         if self.limits.peer_trust <= timedelta(0):
             return False
         seen = await uow.throttle.peek([trust_subject(username, peer)])
         return any(now - s.window_started_at < self.limits.peer_trust for s in seen)
-
-    async def fail(self, uow: UnitOfWork, peer: str) -> None:
-        """Counts a judged failure against the peer, in the caller's transaction."""
-        now = self._clock.now()
-        state = await uow.throttle.lock(peer_subject(peer), now)
-        await uow.throttle.save(
-            after_failure(state, now, self.limits.max_failures_per_peer, self.limits)
-        )
-
-    async def forgive(self, uow: UnitOfWork, account: str) -> None:
-        """Clears an account subject's count and lock after a right password or code."""
-        await uow.throttle.clear(account)
 
     async def signed_in(self, uow: UnitOfWork, username: str, peer: str) -> None:
         """Remembers a full sign-in of this username from this peer (see LoginLimits.peer_trust)."""

@@ -6,7 +6,13 @@ import uuid
 from dataclasses import dataclass, replace
 
 from hitl_grpc.auth.passwords import Passwords, check_new_password
-from hitl_grpc.auth.throttle import mfa_subject, peer_host, peer_subject, user_subject
+from hitl_grpc.auth.throttle import (
+    busy_subject,
+    mfa_subject,
+    peer_host,
+    peer_subject,
+    user_subject,
+)
 from hitl_grpc.auth.trail import AuditTrail
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
@@ -236,5 +242,6 @@ class UserAdmin:
 
 
 async def _unlock(uow: UnitOfWork, username: str) -> None:
-    await uow.throttle.clear(user_subject(username))
-    await uow.throttle.clear(mfa_subject(username))
+    for subject in (user_subject(username), mfa_subject(username)):
+        await uow.throttle.clear(subject)
+        await uow.throttle.clear(busy_subject(subject))

@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -174,4 +175,24 @@ def test_a_burst_of_wrong_logins_from_threads_judges_at_most_the_limit(strict: S
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["user"]["username"] == username
     assert strict.login(username, password)
+    strict.assert_alive()
+
+
+def test_fifty_threads_signing_in_to_one_account_all_get_in(strict: Served) -> None:
+    # Right passwords racing for one account queue for its attempt slots; none is locked out.
+    username, password = strict.create_user(access_pb2.ROLE_SERVICE)
+    start = threading.Barrier(50)
+
+    def sign_in(_: int) -> str:
+        with strict.channel() as channel:
+            grpc.channel_ready_future(channel).result(timeout=CALL_S)
+            start.wait(timeout=CALL_S)
+            reply = auth_pb2_grpc.AuthServiceStub(channel).Login(
+                auth_pb2.LoginRequest(username=username, password=password), timeout=CALL_S * 3
+            )
+        return str(reply.tokens.access_token)
+
+    with ThreadPoolExecutor(50) as pool:
+        tokens = list(pool.map(sign_in, range(50)))
+    assert all(tokens)
     strict.assert_alive()
