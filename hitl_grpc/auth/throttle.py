@@ -22,7 +22,7 @@ BUSY = "too many sign-in attempts in progress for this account; try again"
 SUBJECT_MAX = 380
 # How long an attempt waits for a slot of its account, and how often it looks again.
 ADMIT_WAIT_S = 10.0
-ADMIT_POLL_S = 0.1
+ADMIT_POLL_S = 0.5
 # An attempt counted in flight for longer than this was left by a process that died.
 BUSY_TTL = timedelta(minutes=1)
 T = TypeVar("T")
@@ -108,8 +108,9 @@ def after_failure(
 
 @dataclass
 class _Slot:
+    admitting: asyncio.Lock = field(default_factory=asyncio.Lock)
     freed: asyncio.Condition = field(default_factory=asyncio.Condition)
-    waiters: int = 0
+    users: int = 0
 
 
 class Attempt:
@@ -185,35 +186,40 @@ class LoginThrottle:
     ) -> T:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + ADMIT_WAIT_S
-        while True:
-            async with self._uow() as uow:
-                # The in-flight row first, on every path that writes either: one lock order.
-                busy = await uow.throttle.lock(busy_subject(account), self._clock.now())
-                wait = await self._locked_for(uow, account, username, peer)
-                if wait > 0:
-                    await uow.audit.append(refused)
-                    await uow.commit()
-                    raise RateLimited(LOCKED, retry_after_s=math.ceil(wait))
-                if await self._take_slot(uow, busy, account):
-                    value = await read(uow)
-                    await uow.commit()
-                    return value
-            if loop.time() >= give_up:
-                async with self._uow() as uow:
-                    await uow.audit.append(refused)
-                    await uow.commit()
-                raise RateLimited(BUSY, retry_after_s=1)
-            slot = self._slots.setdefault(account, _Slot())
-            slot.waiters += 1
-            try:
-                async with slot.freed, asyncio.timeout(ADMIT_POLL_S):
-                    await slot.freed.wait()
-            except TimeoutError:
-                pass
-            finally:
-                slot.waiters -= 1
-                if not slot.waiters:
-                    self._slots.pop(account, None)
+        slot = self._slots.setdefault(account, _Slot())
+        slot.users += 1
+        try:
+            while True:
+                # One admission per account at a time in this process: a burst queues here,
+                # holding no connection, not on the database row with a connection each.
+                async with slot.admitting, self._uow() as uow:
+                    wait = await self._locked_for(uow, account, username, peer)
+                    if wait > 0:
+                        await uow.audit.append(refused)
+                        await uow.commit()
+                        raise RateLimited(LOCKED, retry_after_s=math.ceil(wait))
+                    # Read first, lock only when a slot looks free: replicas looking again
+                    # must not queue on the row they wait for.
+                    if await self._take_slot(uow, account, locking=False) and (
+                        await self._take_slot(uow, account, locking=True)
+                    ):
+                        value = await read(uow)
+                        await uow.commit()
+                        return value
+                if loop.time() >= give_up:
+                    async with self._uow() as uow:
+                        await uow.audit.append(refused)
+                        await uow.commit()
+                    raise RateLimited(BUSY, retry_after_s=1)
+                try:
+                    async with slot.freed, asyncio.timeout(ADMIT_POLL_S):
+                        await slot.freed.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            slot.users -= 1
+            if not slot.users:
+                self._slots.pop(account, None)
 
     async def _locked_for(self, uow: UnitOfWork, account: str, username: str, peer: str) -> float:
         now = self._clock.now()
@@ -223,18 +229,26 @@ class LoginThrottle:
                 waits.append(_wait(peer_state, now))
         return max(waits, default=0.0)
 
-    async def _take_slot(self, uow: UnitOfWork, busy: ThrottleState, account: str) -> bool:
+    async def _take_slot(self, uow: UnitOfWork, account: str, *, locking: bool) -> bool:
+        """Whether a slot is free; with `locking`, under the in-flight row's lock, takes it."""
         now = self._clock.now()
-        in_flight = busy.failures
-        if in_flight and now - busy.window_started_at > BUSY_TTL:
+        if locking:
+            busy: ThrottleState | None = await uow.throttle.lock(busy_subject(account), now)
+        else:
+            busy = next(iter(await uow.throttle.peek([busy_subject(account)])), None)
+        in_flight = busy.failures if busy is not None else 0
+        if busy is not None and in_flight and now - busy.window_started_at > BUSY_TTL:
             in_flight = 0  # left by a process that died mid-attempt
         failures = 0
         for state in await uow.throttle.peek([account]):
+            if _wait(state, now) > 0:
+                return False  # locked since the caller looked; it will see why
             if now - state.window_started_at < self.limits.window:
                 failures = state.failures
         if failures + in_flight >= self.limits.max_failures:
             return False
-        await uow.throttle.save(replace(busy, failures=in_flight + 1, window_started_at=now))
+        if locking and busy is not None:
+            await uow.throttle.save(replace(busy, failures=in_flight + 1, window_started_at=now))
         return True
 
     async def _release(self, uow: UnitOfWork, account: str) -> None:
