@@ -74,6 +74,11 @@ class Settings:
     login_max_failures_per_peer: int = 20
     # The first lockout; each further one doubles, up to a day.
     login_lockout: timedelta = timedelta(minutes=1)
+    # A locked client address still lets in usernames that fully signed in from it this
+    # recently; zero makes a peer lock refuse everyone behind that address.
+    login_peer_trust: timedelta = timedelta(days=30)
+    # How often an open stream re-checks its caller's access (at most heartbeat_s apart).
+    stream_reauth_s: float = 5.0
     password_memory_kib: int = 19_456
     password_time_cost: int = 2
     password_parallelism: int = 1
@@ -98,6 +103,11 @@ class Settings:
             return None
         _, _, rest = self.database_url.partition(":///")
         return Path(rest.split("?", 1)[0]) if rest else None
+
+    @property
+    def stream_reauth_interval_s(self) -> float:
+        """The re-check interval of open streams: never longer than the heartbeat."""
+        return min(self.stream_reauth_s, self.heartbeat_s)
 
     @classmethod
     def for_tests(cls, database_url: str, **overrides: Any) -> Settings:
@@ -185,6 +195,12 @@ class Settings:
                 )
             ),
             login_lockout=reader.seconds("HITL_LOGIN_LOCKOUT_S", defaults.login_lockout, minimum=1),
+            login_peer_trust=reader.seconds(
+                "HITL_LOGIN_PEER_TRUST_S", defaults.login_peer_trust, minimum=0
+            ),
+            stream_reauth_s=reader.number(
+                "HITL_STREAM_REAUTH_S", defaults.stream_reauth_s, 0.05, 3600
+            ),
             password_memory_kib=int(
                 reader.number("HITL_PASSWORD_MEMORY_KIB", defaults.password_memory_kib, 8, 2**22)
             ),

@@ -200,6 +200,7 @@ async def running_server(
             max_failures_per_peer=settings.login_max_failures_per_peer,
             window=settings.login_window,
             lockout=settings.login_lockout,
+            peer_trust=settings.login_peer_trust,
         )
         accounts = Accounts(uow, passwords, tokens, clock, lifetimes, limits)
         try:
@@ -212,7 +213,11 @@ async def running_server(
             interceptors=[
                 AccessLogInterceptor(RpcMetrics(registry)),
                 ErrorInterceptor(),
-                AuthInterceptor(load_policies(CONTRACT_FILES), accounts.authenticate),
+                AuthInterceptor(
+                    load_policies(CONTRACT_FILES),
+                    accounts.authenticate,
+                    reauth_s=settings.stream_reauth_interval_s,
+                ),
             ],
             options=_server_options(settings),
         )

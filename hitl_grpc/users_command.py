@@ -49,9 +49,20 @@ def add_parser(sub: Any) -> None:
     for name, text in (("deactivate", "deactivate"), ("activate", "reactivate")):
         parser = cmd.add_parser(name, help=f"{text} an account (ends its sessions at once)")
         parser.add_argument("username")
-    reset = cmd.add_parser("reset-password", help="set a new password; ends every session")
+    reset = cmd.add_parser(
+        "reset-password", help="set a new password; ends every session and lifts the lockout"
+    )
     reset.add_argument("username")
     _password_option(reset)
+    unlock = cmd.add_parser("unlock", help="lift an account's sign-in lockout (password and MFA)")
+    unlock.add_argument("username")
+    unlock.add_argument(
+        "--peer", default="", help="also lift this client address's lock (e.g. 10.0.0.7)"
+    )
+    reset_mfa = cmd.add_parser(
+        "reset-mfa", help="turn an account's MFA off, drop its backup codes, end its sessions"
+    )
+    reset_mfa.add_argument("username")
 
 
 def _password_option(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +135,13 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
                 print(f"password: {password} (shown once)")
             return
         user = await admin.find(args.username)
+        if command == "unlock":
+            unlocked = await admin.unlock(user.id, "", args.peer, actor=ACTOR, peer=PEER)
+            print(f"unlocked {_line(unlocked)}")
+            return
+        if command == "reset-mfa":
+            print(f"reset MFA of {_line(await admin.reset_mfa(user.id, actor=ACTOR, peer=PEER))}")
+            return
         if command == "set-role":
             change = UserUpdate(role=Role[args.role.upper()])
         elif command in ("deactivate", "activate"):

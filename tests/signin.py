@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from hitl.v1 import auth_pb2
 
 from hitl_grpc.domain.values import Role, User
-from tests.harness import Harness, bearer
+from tests.harness import PASSWORD, Harness, bearer
 
 
 async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
@@ -61,7 +61,7 @@ async def enrolled(server: Harness, role: Role = Role.ANALYST) -> Enrolled:
     user = await server.create_user(role)
     token = (await server.login(user.username)).tokens.access_token
     setup = await server.auth.SetupMfa(
-        auth_pb2.SetupMfaRequest(), metadata=bearer(token), timeout=10
+        auth_pb2.SetupMfaRequest(password=PASSWORD), metadata=bearer(token), timeout=10
     )
     confirmed = await server.auth.ConfirmMfa(
         auth_pb2.ConfirmMfaRequest(code=totp_code(server, setup.secret)),

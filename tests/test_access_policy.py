@@ -10,6 +10,7 @@ from hitl.v1 import access_pb2, auth_pb2
 from hitl_grpc.api.errors import ErrorInterceptor
 from hitl_grpc.auth.interceptor import AuthInterceptor
 from hitl_grpc.auth.policy import load_policies, policy_for
+from hitl_grpc.auth.principal import Access
 from hitl_grpc.domain.values import Principal, Role, UserId
 from hitl_grpc.server import CONTRACT_FILES
 from tests.harness import Harness, bearer
@@ -23,7 +24,7 @@ def test_every_rpc_in_the_contract_has_an_access_option() -> None:
         for method in service.methods
     ]
     table = load_policies(CONTRACT_FILES)
-    assert len(methods) == 23  # 12 auth, 10 decision, 1 audit
+    assert len(methods) == 25  # 14 auth, 10 decision, 1 audit
     missing = [m for m in methods if m not in table]
     assert missing == []
     for method in methods:
@@ -53,8 +54,8 @@ def test_unknown_method_has_no_policy_but_ops_services_do() -> None:
 async def policy_less_server() -> AsyncIterator[str]:
     """A server whose only method has no access policy."""
 
-    async def authenticate(token: str, peer: str) -> Principal:
-        return Principal(UserId("u1"), "someone", Role.ADMIN, "t1", peer)
+    async def authenticate(token: str, peer: str) -> Access:
+        return Access(Principal(UserId("u1"), "someone", Role.ADMIN, "t1", peer), 60)
 
     async def call(request: bytes, context: Any) -> bytes:
         return request
@@ -62,7 +63,7 @@ async def policy_less_server() -> AsyncIterator[str]:
     server = grpc.aio.server(
         interceptors=[
             ErrorInterceptor(),
-            AuthInterceptor(load_policies(CONTRACT_FILES), authenticate),
+            AuthInterceptor(load_policies(CONTRACT_FILES), authenticate, reauth_s=5),
         ]
     )
     server.add_generic_rpc_handlers(

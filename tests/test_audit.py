@@ -61,7 +61,7 @@ async def test_every_audited_action_leaves_one_row_with_the_peer(server: Harness
 
     async def setup() -> None:
         state["secret"] = (
-            await server.auth.SetupMfa(auth_pb2.SetupMfaRequest(), metadata=me())
+            await server.auth.SetupMfa(auth_pb2.SetupMfaRequest(password=PASSWORD), metadata=me())
         ).secret
 
     async def confirm() -> None:

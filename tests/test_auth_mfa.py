@@ -4,10 +4,11 @@ from datetime import timedelta
 
 import grpc
 import pyotp
+import pytest
 from hitl.v1 import auth_pb2, decision_pb2
 
 from hitl_grpc.domain.values import Role
-from tests.harness import Harness, bearer
+from tests.harness import PASSWORD, Harness, bearer
 from tests.signin import (
     challenge,
     enrolled,
@@ -17,6 +18,10 @@ from tests.signin import (
     verify,
     whoami,
 )
+
+# str.isdigit() says yes to these; only ASCII digits are TOTP codes.
+ARABIC_INDIC = "".join(chr(0x0660 + d) for d in range(1, 7))
+FULLWIDTH = "".join(chr(0xFF10 + d) for d in range(1, 7))
 
 
 def _not(code: str) -> str:
@@ -113,7 +118,7 @@ async def test_mfa_is_off_until_confirmed(server: Harness) -> None:
     user = await server.create_user(Role.VIEWER)
     token = (await server.login(user.username)).tokens.access_token
     setup = await server.auth.SetupMfa(
-        auth_pb2.SetupMfaRequest(), metadata=bearer(token), timeout=10
+        auth_pb2.SetupMfaRequest(password=PASSWORD), metadata=bearer(token), timeout=10
     )
     assert setup.otpauth_uri.startswith("otpauth://totp/")
     assert pyotp.parse_uri(setup.otpauth_uri).secret == setup.secret
@@ -169,3 +174,76 @@ async def test_guessing_codes_locks_the_account_out(server: Harness) -> None:
         assert error.code() is grpc.StatusCode.UNAUTHENTICATED
     error = await rpc_error(verify(server, token, good))
     assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_enrolment_needs_the_password(server: Harness) -> None:
+    user = await server.create_user(Role.ANALYST)
+    token = (await server.login(user.username)).tokens.access_token
+    for password in ("", "not-the-password-1"):
+        error = await rpc_error(
+            server.auth.SetupMfa(
+                auth_pb2.SetupMfaRequest(password=password), metadata=bearer(token), timeout=10
+            )
+        )
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "password" in (error.details() or "")
+    assert not (await whoami(server, token)).mfa_enabled
+
+
+async def test_wrong_enrolment_passwords_count_towards_the_lockout(server: Harness) -> None:
+    user = await server.create_user(Role.ANALYST)
+    token = (await server.login(user.username)).tokens.access_token
+    for n in range(server.running.settings.login_max_failures):
+        await rpc_error(
+            server.auth.SetupMfa(
+                auth_pb2.SetupMfaRequest(password=f"guess-{n}-password"),
+                metadata=bearer(token),
+                timeout=10,
+            )
+        )
+    error = await rpc_error(
+        server.auth.SetupMfa(
+            auth_pb2.SetupMfaRequest(password=PASSWORD), metadata=bearer(token), timeout=10
+        )
+    )
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_challenge_token_works_once(server: Harness) -> None:
+    account = await enrolled(server)
+    token = await challenge(server, account.user.username)
+    assert (await verify(server, token, totp_code(server, account.secret))).access_token
+    next_step(server)
+    error = await rpc_error(verify(server, token, totp_code(server, account.secret)))
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    error = await rpc_error(verify(server, token, account.backup_codes[0]))
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("code", [ARABIC_INDIC, FULLWIDTH, "12345\x00", "\u0663" * 40, "-- ;"])
+async def test_junk_codes_are_counted_failures_not_internal(server: Harness, code: str) -> None:
+    account = await enrolled(server)
+    limit = server.running.settings.login_max_failures
+    for _ in range(limit):
+        error = await rpc_error(
+            verify(server, await challenge(server, account.user.username), code)
+        )
+        assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert error.details() == "invalid code"
+    right = totp_code(server, account.secret)
+    error = await rpc_error(verify(server, await challenge(server, account.user.username), right))
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_junk_codes_confirming_enrolment_are_invalid_not_internal(server: Harness) -> None:
+    user = await server.create_user(Role.ANALYST)
+    token = (await server.login(user.username)).tokens.access_token
+    await server.auth.SetupMfa(
+        auth_pb2.SetupMfaRequest(password=PASSWORD), metadata=bearer(token), timeout=10
+    )
+    error = await rpc_error(
+        server.auth.ConfirmMfa(
+            auth_pb2.ConfirmMfaRequest(code=FULLWIDTH), metadata=bearer(token), timeout=10
+        )
+    )
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT

@@ -76,7 +76,7 @@ async def test_login_answers_the_mfa_challenge_through_the_hook(server: Harness)
     user = await server.create_user(Role.ANALYST)
     token = (await server.login(user.username)).tokens.access_token
     setup = await server.auth.SetupMfa(
-        auth_pb2.SetupMfaRequest(), metadata=bearer(token), timeout=10
+        auth_pb2.SetupMfaRequest(password=PASSWORD), metadata=bearer(token), timeout=10
     )
     totp = pyotp.TOTP(setup.secret)
     await server.auth.ConfirmMfa(

@@ -9,7 +9,7 @@ import grpc
 from hitl_grpc.domain.ports import AuditQuery
 from hitl_grpc.domain.values import Role
 from tests.harness import PASSWORD, Harness
-from tests.signin import rpc_error, whoami
+from tests.signin import enrolled, rpc_error, whoami
 
 TIMEOUT_S = 60
 
@@ -125,3 +125,38 @@ async def test_refusals_exit_1_with_a_reason(server: Harness, database_url: str)
     )
     assert code == 1 and "taken" in err
     assert (await server.login("admin", "bootstrap-password-for-tests")).tokens.access_token
+
+
+async def _locked(server: Harness, username: str) -> None:
+    for n in range(server.running.settings.login_max_failures):
+        await rpc_error(server.login(username, f"wrong-password-{n}"))
+    error = await rpc_error(server.login(username))
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_unlock_lets_a_locked_out_admin_back_in(server: Harness, database_url: str) -> None:
+    await _locked(server, "admin")
+    code, out, err = await _users(database_url, "unlock", "admin")
+    assert code == 0, err
+    assert out.startswith("unlocked admin\tadmin")
+    assert (await server.login("admin", "bootstrap-password-for-tests")).tokens.access_token
+    [row], _ = await server.running.accounts.trail.page(AuditQuery(kind="user.unlocked"))
+    assert (row.actor, row.target, row.peer) == ("cli", "admin", "local")
+
+
+async def test_reset_password_also_lifts_the_lockout(server: Harness, database_url: str) -> None:
+    user = await server.create_user(Role.ANALYST)
+    await _locked(server, user.username)
+    code, _, err = await _users(
+        database_url, "reset-password", user.username, "--password-stdin", stdin=PASSWORD + "!\n"
+    )
+    assert code == 0, err
+    assert (await server.login(user.username, PASSWORD + "!")).tokens.access_token
+
+
+async def test_reset_mfa_turns_it_off(server: Harness, database_url: str) -> None:
+    account = await enrolled(server)
+    code, out, err = await _users(database_url, "reset-mfa", account.user.username)
+    assert code == 0, err
+    assert f"{account.user.username}\tanalyst\tactive\t-" in out
+    assert (await server.login(account.user.username)).WhichOneof("result") == "tokens"

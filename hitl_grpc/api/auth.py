@@ -65,7 +65,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def SetupMfa(
         self, request: auth_pb2.SetupMfaRequest, context: Context
     ) -> auth_pb2.SetupMfaResponse:
-        secret, uri, codes = await self._accounts.mfa.setup(current_principal())
+        secret, uri, codes = await self._accounts.mfa.setup(current_principal(), request.password)
         return auth_pb2.SetupMfaResponse(secret=secret, otpauth_uri=uri, backup_codes=codes)
 
     async def ConfirmMfa(
@@ -118,3 +118,26 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             peer=admin.peer,
         )
         return auth_pb2.UpdateUserResponse(user=convert.user_to_proto(user))
+
+    async def UnlockUser(
+        self, request: auth_pb2.UnlockUserRequest, context: Context
+    ) -> auth_pb2.UnlockUserResponse:
+        admin = current_principal()
+        by_id = request.WhichOneof("user") == "user_id"
+        user = await self._accounts.users.unlock(
+            UserId(request.user_id) if by_id else None,
+            request.username,
+            request.peer,
+            actor=admin.username,
+            peer=admin.peer,
+        )
+        return auth_pb2.UnlockUserResponse(user=convert.user_to_proto(user))
+
+    async def ResetUserMfa(
+        self, request: auth_pb2.ResetUserMfaRequest, context: Context
+    ) -> auth_pb2.ResetUserMfaResponse:
+        admin = current_principal()
+        user = await self._accounts.users.reset_mfa(
+            UserId(request.user_id), actor=admin.username, peer=admin.peer
+        )
+        return auth_pb2.ResetUserMfaResponse(user=convert.user_to_proto(user))

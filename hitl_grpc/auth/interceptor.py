@@ -1,20 +1,32 @@
-"""The auth interceptor: authenticate the bearer token, authorize from the contract's policy."""
+"""The auth interceptor: authenticate the bearer token, authorize from the contract's policy.
+
+A server stream is authorized for as long as it is open, not only when it opens: it re-checks
+its caller's access every `reauth_s`, before any message when the last check is older than
+that, and ends at its access token's expiry on a timer.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import grpc
 
 from hitl_grpc.auth import principal as principal_ctx
 from hitl_grpc.auth.policy import Policy, policy_for
+from hitl_grpc.auth.principal import Access
 from hitl_grpc.domain.errors import PermissionDenied, Unauthenticated
-from hitl_grpc.domain.values import Principal
-from hitl_grpc.handlers import Around, WrappingInterceptor
+from hitl_grpc.handlers import Around, Continuation, Handler, WrappingInterceptor, wrap_handler
 
-Authenticate = Callable[[str, str], Awaitable[Principal]]
+Authenticate = Callable[[str, str], Awaitable[Access]]
+
+TOKEN_EXPIRED: Final = "token expired: sign in again"
+# A verdict stream carries a handful of messages and its last one is the verdict a machine
+# acts on: each message is checked like a unary GetDecision would be.
+CHECK_EVERY_MESSAGE: Final = frozenset({"/hitl.v1.DecisionService/WatchDecision"})
 
 
 def bearer_token(metadata: Any) -> str:
@@ -28,12 +40,82 @@ def bearer_token(metadata: Any) -> str:
     raise Unauthenticated("authentication required: send 'authorization: Bearer <token>'")
 
 
+class StreamAccess:
+    """Keeps one open stream's access checked; cancels the stream's task when it ends.
+
+    The watchdog cancels rather than waits, so a stream blocked on its next event ends at
+    once; the stream turns that cancellation back into the status of why access ended.
+    """
+
+    def __init__(self, check: Callable[[], Awaitable[Access]], first: Access, reauth_s: float):
+        loop = asyncio.get_running_loop()
+        self._check = check
+        self._reauth_s = reauth_s
+        self._checked_at = loop.time()
+        self._expires_at = self._checked_at + first.expires_in_s
+        self._task = asyncio.current_task()
+        self.ended: Exception | None = None
+        self._watchdog = asyncio.create_task(self._watch(), name="stream-reauth")
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                now = loop.time()
+                if now >= self._expires_at:
+                    raise Unauthenticated(TOKEN_EXPIRED)
+                due = self._checked_at + self._reauth_s
+                if now >= due:
+                    await self._recheck()
+                    continue
+                await asyncio.sleep(min(due, self._expires_at) - now)
+        except Exception as exc:
+            self.ended = exc
+            if self._task is not None:
+                self._task.cancel()
+
+    async def _recheck(self) -> None:
+        started = asyncio.get_running_loop().time()
+        await self._check()
+        self._checked_at = max(self._checked_at, started)
+
+    async def before_delivery(self, every_message: bool) -> None:
+        """Raises why access ended, after a fresh check if the last is older than reauth_s."""
+        if self.ended is not None:
+            raise self.ended
+        now = asyncio.get_running_loop().time()
+        if now >= self._expires_at:
+            raise Unauthenticated(TOKEN_EXPIRED)
+        if every_message or now - self._checked_at >= self._reauth_s:
+            await self._recheck()
+
+    def cancelled_by_us(self) -> Exception | None:
+        """Why access ended, if that is what cancelled the stream (the cancel is undone)."""
+        if self.ended is None or self._task is None:
+            return None
+        self._task.uncancel()
+        return self.ended
+
+    def close(self) -> None:
+        """Stops the watchdog."""
+        self._watchdog.cancel()
+
+
 class AuthInterceptor(WrappingInterceptor):
     """Denies any method without a policy; binds the caller for the servicer."""
 
-    def __init__(self, policies: Mapping[str, Policy], authenticate: Authenticate) -> None:
+    def __init__(
+        self, policies: Mapping[str, Policy], authenticate: Authenticate, *, reauth_s: float
+    ) -> None:
         self._policies = policies
         self._authenticate = authenticate
+        self._reauth_s = reauth_s
+
+    async def _admit(self, token: str, peer: str, method: str, policy: Policy) -> Access:
+        access = await self._authenticate(token, peer)
+        if access.principal.role not in policy.roles:
+            raise PermissionDenied(f"role {access.principal.role.name} may not call {method}")
+        return access
 
     def around_for(self, method: str) -> Around:
         """Authenticates and authorizes each call of `method` by its policy."""
@@ -48,10 +130,65 @@ class AuthInterceptor(WrappingInterceptor):
                 principal_ctx.bind(None, peer)
             else:
                 token = bearer_token(context.invocation_metadata())
-                principal = await self._authenticate(token, peer)
-                if principal.role not in policy.roles:
-                    raise PermissionDenied(f"role {principal.role.name} may not call {method}")
-                principal_ctx.bind(principal, peer)
+                access = await self._admit(token, peer, method, policy)
+                principal_ctx.bind(access.principal, peer)
             yield
 
         return guard
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
+        handler: Handler | None = await continuation(handler_call_details)
+        if handler is None:
+            return None  # type: ignore[return-value]  # grpc answers UNIMPLEMENTED
+        method = handler_call_details.method
+        policy = policy_for(method, self._policies)
+        streams = handler.unary_stream is not None or handler.stream_stream is not None
+        if policy is None or policy.public or not streams:
+            return wrap_handler(handler, self.around_for(method))
+        return self._guarded_stream(handler, method, policy)
+
+    def _guarded_stream(self, handler: Handler, method: str, policy: Policy) -> Handler:
+        every_message = method in CHECK_EVERY_MESSAGE
+        # grpc's stubs type the behaviours as sync; grpc.aio passes async ones through.
+        behavior: Any = handler.unary_stream or handler.stream_stream
+
+        # A writer, not a generator: it runs to its end in grpc's task for the call, so the
+        # watchdog's cancel lands here (even in a blocked write) and becomes a status.
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            peer = context.peer() or ""
+            token = bearer_token(context.invocation_metadata())
+            access = await self._admit(token, peer, method, policy)
+            principal_ctx.bind(access.principal, peer)
+            watch = StreamAccess(
+                lambda: self._admit(token, peer, method, policy), access, self._reauth_s
+            )
+            result = None
+            try:
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    await result
+                    return
+                async for response in result:
+                    await watch.before_delivery(every_message)
+                    await context.write(response)
+            except asyncio.CancelledError:
+                ended = watch.cancelled_by_us()
+                if ended is None:
+                    raise
+                raise ended from None
+            finally:
+                watch.close()
+                # Closed here, in the call's task, while grpc still holds the call.
+                aclose = getattr(result, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+        args = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(call, **args)
+        return grpc.stream_stream_rpc_method_handler(call, **args)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import datetime
+from typing import NoReturn
 
 import pyotp
 
-from hitl_grpc.auth.throttle import LoginThrottle
+from hitl_grpc.auth.passwords import Passwords
+from hitl_grpc.auth.throttle import Attempt, LoginThrottle, mfa_subject, user_subject
 from hitl_grpc.auth.trail import AuditTrail
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
@@ -38,13 +41,17 @@ def new_backup_codes() -> list[str]:
 
 def hash_backup_code(code: str) -> str:
     """What is stored for a backup code: SHA-256 of its canonical form."""
-    canonical = "".join(ch for ch in code.lower() if ch.isalnum())
+    canonical = "".join(ch for ch in code.lower() if ch.isascii() and ch.isalnum())
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def is_totp_code(code: str) -> bool:
-    """Whether a code has the shape of a 6-digit TOTP code."""
-    return len(code) == 6 and code.isdigit()
+    """Whether a code has the shape of a 6-digit TOTP code.
+
+    ASCII only: str.isdigit() also accepts '١٢٣٤٥٦' or fullwidth digits, which
+    hmac.compare_digest refuses with a TypeError.
+    """
+    return len(code) == 6 and code.isascii() and code.isdigit()
 
 
 def totp_step(secret: str, code: str, now: datetime) -> int | None:
@@ -84,7 +91,11 @@ class MfaCodes:
 
 
 class MfaEnrolment:
-    """SetupMfa, ConfirmMfa and DisableMfa for the signed-in caller."""
+    """SetupMfa, ConfirmMfa and DisableMfa for the signed-in caller, and an admin's reset.
+
+    Every password or code they check is charged to the lockout before it is checked, like a
+    sign-in: a stolen access token gives no faster way to guess either.
+    """
 
     def __init__(
         self,
@@ -93,63 +104,98 @@ class MfaEnrolment:
         trail: AuditTrail,
         throttle: LoginThrottle,
         codes: MfaCodes,
+        passwords: Passwords,
     ) -> None:
         self._uow = uow
         self._clock = clock
         self._trail = trail
         self._throttle = throttle
         self._codes = codes
+        self._passwords = passwords
 
-    async def setup(self, principal: Principal) -> tuple[str, str, list[str]]:
-        """A new pending secret, its otpauth:// URI and ten backup codes."""
-        secret = pyotp.random_base32()
-        codes = new_backup_codes()
-        async with self._uow() as uow:
-            account = await self._account(uow, principal)
+    async def setup(self, principal: Principal, password: str) -> tuple[str, str, list[str]]:
+        """A new pending secret, its otpauth:// URI and ten backup codes, for the password.
+
+        Re-authentication (OWASP ASVS): whoever holds only an access token must not be able
+        to bind a second factor of their own to the account.
+        """
+        kind = "auth.mfa.setup"
+        async with self._attempt(kind, user_subject(principal.username), principal) as (
+            attempt,
+            account,
+        ):
             if account.user.mfa_enabled:
                 raise errors.WrongState("MFA is already on: disable it before enrolling again")
-            await uow.users.set_mfa_pending(account.user.id, secret, self._clock.now())
-            await uow.backup_codes.replace(account.user.id, [hash_backup_code(c) for c in codes])
-            await uow.audit.append(self._audit("auth.mfa.setup", account.user, principal))
-            await uow.commit()
+            ok = bool(password) and await self._passwords.verify(account.password_hash, password)
+            secret = pyotp.random_base32()
+            codes = new_backup_codes()
+            async with self._uow() as uow:
+                if not ok:
+                    reason = "is not your password" if password else "is required to set up MFA"
+                    await self._refuse(
+                        uow, attempt, kind, account.user, principal, "password", reason
+                    )
+                await attempt.succeeded(uow)
+                await uow.users.set_mfa_pending(account.user.id, secret, self._clock.now())
+                await uow.backup_codes.replace(
+                    account.user.id, [hash_backup_code(c) for c in codes]
+                )
+                await uow.audit.append(self._audit(kind, account.user, principal))
+                await uow.commit()
         uri = pyotp.TOTP(secret).provisioning_uri(name=account.user.username, issuer_name=ISSUER)
         return secret, uri, codes
 
     async def confirm(self, principal: Principal, code: str) -> User:
         """Turns MFA on if the code matches the pending secret."""
-        subjects = self._throttle.subjects(principal.username, principal.peer)
-        async with self._uow() as uow:
-            await self._throttle.check(uow, subjects)
+        kind = "auth.mfa.confirm"
+        async with (
+            self._attempt(kind, mfa_subject(principal.username), principal) as (attempt, _),
+            self._uow() as uow,
+        ):
             account = await self._account(uow, principal)
-            if account.user.mfa_enabled:
-                raise errors.WrongState("MFA is already on")
-            if account.mfa_pending_secret is None:
-                raise errors.WrongState("no MFA enrolment in progress: call SetupMfa first")
-            step = totp_step(account.mfa_pending_secret, code.strip(), self._clock.now())
+            secret = _pending(account)
+            step = totp_step(secret, code.strip(), self._clock.now())
             if step is None:
-                await self._refuse(uow, "auth.mfa.confirm", account.user, principal, subjects)
-            else:
-                now = self._clock.now()
-                await uow.users.enable_mfa(account.user.id, account.mfa_pending_secret, step, now)
-                await uow.audit.append(self._audit("auth.mfa.confirm", account.user, principal))
-                await uow.commit()
+                await self._refuse(uow, attempt, kind, account.user, principal)
+            await attempt.succeeded(uow)
+            await uow.users.enable_mfa(account.user.id, secret, step, self._clock.now())
+            await uow.audit.append(self._audit(kind, account.user, principal))
+            await uow.commit()
         return replace(account.user, mfa_enabled=True)
 
     async def disable(self, principal: Principal, code: str) -> User:
         """Turns MFA off if the code (TOTP or backup) is valid."""
-        subjects = self._throttle.subjects(principal.username, principal.peer)
-        async with self._uow() as uow:
-            await self._throttle.check(uow, subjects)
-            account = await self._account(uow, principal)
-            if not account.user.mfa_enabled:
-                raise errors.WrongState("MFA is not on")
+        kind = "auth.mfa.disable"
+        async with (
+            self._attempt(kind, mfa_subject(principal.username), principal) as (attempt, _),
+            self._uow() as uow,
+        ):
+            account = _enabled(await self._account(uow, principal))
             if await self._codes.spend(uow, account, code) is None:
-                await self._refuse(uow, "auth.mfa.disable", account.user, principal, subjects)
+                await self._refuse(uow, attempt, kind, account.user, principal)
+            await attempt.succeeded(uow)
             await uow.users.disable_mfa(account.user.id, self._clock.now())
             await uow.backup_codes.replace(account.user.id, [])
-            await uow.audit.append(self._audit("auth.mfa.disable", account.user, principal))
+            await uow.audit.append(self._audit(kind, account.user, principal))
             await uow.commit()
         return replace(account.user, mfa_enabled=False)
+
+    def _attempt(
+        self, kind: str, subject: str, principal: Principal
+    ) -> AbstractAsyncContextManager[tuple[Attempt, Account]]:
+        refused = self._trail.record(
+            kind,
+            actor=principal.username,
+            target=principal.username,
+            peer=principal.peer,
+            outcome=AuditOutcome.DENIED,
+            reason="locked",
+        )
+
+        async def read(uow: UnitOfWork) -> Account:
+            return await self._account(uow, principal)
+
+        return self._throttle.attempt(subject, principal.username, principal.peer, refused, read)
 
     async def _account(self, uow: UnitOfWork, principal: Principal) -> Account:
         account = await uow.users.get_for_update(principal.user_id)
@@ -158,13 +204,19 @@ class MfaEnrolment:
         return account
 
     async def _refuse(
-        self, uow: UnitOfWork, kind: str, user: User, principal: Principal, subjects: list[str]
-    ) -> None:
-        # A wrong code counts against the sign-in throttle: codes are only 10^6 strong.
-        await self._throttle.record_failure(uow, subjects)
+        self,
+        uow: UnitOfWork,
+        attempt: Attempt,
+        kind: str,
+        user: User,
+        principal: Principal,
+        field: str = "code",
+        reason: str = "is not a valid code",
+    ) -> NoReturn:
+        await attempt.failed(uow)
         await uow.audit.append(self._audit(kind, user, principal, AuditOutcome.FAILURE))
         await uow.commit()
-        raise errors.InvalidField.one("code", "is not a valid code")
+        raise errors.InvalidField.one(field, reason)
 
     def _audit(
         self,
@@ -180,3 +232,17 @@ class MfaEnrolment:
             peer=principal.peer,
             outcome=outcome,
         )
+
+
+def _pending(account: Account) -> str:
+    if account.user.mfa_enabled:
+        raise errors.WrongState("MFA is already on")
+    if account.mfa_pending_secret is None:
+        raise errors.WrongState("no MFA enrolment in progress: call SetupMfa first")
+    return account.mfa_pending_secret
+
+
+def _enabled(account: Account) -> Account:
+    if not account.user.mfa_enabled:
+        raise errors.WrongState("MFA is not on")
+    return account

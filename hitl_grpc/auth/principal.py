@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 from hitl_grpc.domain.errors import Unauthenticated
 from hitl_grpc.domain.values import Principal
+
+
+@dataclass(frozen=True)
+class Access:
+    """An access token checked against the account as it is now."""
+
+    principal: Principal
+    # What was left of the token's lifetime when it was checked.
+    expires_in_s: float
+
 
 # The one piece of module-level state: per-task, so concurrent RPCs never see each other's.
 _current: ContextVar[Principal | None] = ContextVar("hitl_principal", default=None)

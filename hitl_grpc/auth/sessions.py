@@ -89,13 +89,17 @@ class Sessions:
         return IssuedTokens(access, access_exp, refresh, refresh_exp)
 
     def challenge(self, account: Account) -> MfaChallengeIssued:
-        """A short-lived challenge token; its `typ` keeps it out of every RPC but VerifyMfa."""
+        """A short-lived challenge token; its `typ` keeps it out of every RPC but VerifyMfa.
+
+        It carries the id of the session it will open, so it is spent once that session exists.
+        """
         token, expires_at = self._tokens.issue(
             MFA_CHALLENGE,
             account.user.id,
             account.user.role,
             self._lifetimes.mfa_challenge,
             generation=account.generation,
+            session_id=str(uuid.uuid4()),
         )
         return MfaChallengeIssued(token, expires_at)
 

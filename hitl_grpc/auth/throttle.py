@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import math
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import TypeVar
 from urllib.parse import unquote
 
 from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.errors import RateLimited
-from hitl_grpc.domain.ports import ThrottleState, UnitOfWork
-from hitl_grpc.domain.values import username_key
+from hitl_grpc.domain.ports import ThrottleState, UnitOfWork, UnitOfWorkFactory
+from hitl_grpc.domain.values import AuditRecord, username_key
 
 LOCKED = "too many failed attempts; try again later"
+BUSY = "too many sign-in attempts in progress for this account; try again"
 SUBJECT_MAX = 380
+# How long an attempt waits for a slot of its account, and how often it looks again.
+ADMIT_WAIT_S = 10.0
+ADMIT_POLL_S = 0.5
+# An attempt counted in flight for longer than this was left by a process that died.
+BUSY_TTL = timedelta(minutes=1)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,10 @@ class LoginLimits:
     # The first lockout; each further one doubles it, up to max_lockout.
     lockout: timedelta = timedelta(minutes=1)
     max_lockout: timedelta = timedelta(days=1)
+    # A locked peer still lets a username in that signed in fully from it this recently,
+    # so one address guessing (an office NAT) does not lock out everyone behind it;
+    # zero makes a peer lock refuse every username.
+    peer_trust: timedelta = timedelta(days=30)
 
 
 def peer_host(peer: str) -> str:
@@ -41,8 +57,24 @@ def peer_host(peer: str) -> str:
 
 
 def user_subject(username: str) -> str:
-    """The counter of a username, whether or not such an account exists."""
+    """The password counter of a username, whether or not such an account exists."""
     return "user:" + username_key(username)[:SUBJECT_MAX]
+
+
+def mfa_subject(username: str) -> str:
+    """The second-factor counter of a username: a right password never clears it."""
+    return "mfa:" + username_key(username)[:SUBJECT_MAX]
+
+
+def busy_subject(account: str) -> str:
+    """The row counting the attempts on an account subject now being judged."""
+    return "busy:" + account
+
+
+def trust_subject(username: str, peer: str) -> str:
+    """The row remembering when this username last signed in fully from this peer host."""
+    seen = f"{peer_host(peer)}\0{username_key(username)}"
+    return "seen:" + hashlib.sha256(seen.encode()).hexdigest()
 
 
 def peer_subject(peer: str) -> str:
@@ -74,41 +106,190 @@ def after_failure(
     )
 
 
-class LoginThrottle:
-    """Refuses sign-in attempts for a locked username or peer; counts failures."""
+@dataclass
+class _Slot:
+    admitting: asyncio.Lock = field(default_factory=asyncio.Lock)
+    freed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    users: int = 0
 
-    def __init__(self, limits: LoginLimits, clock: Clock) -> None:
+
+class Attempt:
+    """One admitted sign-in attempt: settle it as a success or a failure in its transaction."""
+
+    def __init__(self, throttle: LoginThrottle, account: str, peer: str) -> None:
+        self._throttle = throttle
+        self.account = account
+        self.peer = peer
+        self.settled = False
+
+    async def succeeded(self, uow: UnitOfWork) -> None:
+        """Frees the slot and clears the account's failures and lock."""
+        await self._throttle.settle(uow, self, ok=True)
+
+    async def failed(self, uow: UnitOfWork) -> None:
+        """Frees the slot and counts a failure against the account and the peer."""
+        await self._throttle.settle(uow, self, ok=False)
+
+
+class LoginThrottle:
+    """Admits sign-in attempts per account so that no burst gets more than the limit judged.
+
+    An attempt is admitted, under the row lock of the account's in-flight counter, only
+    while the failures so far plus the attempts in flight stay below the limit; the rest
+    wait for a slot (or are refused as locked). Wrong guesses racing can't outrun the
+    lock, and right ones for one account (fifty workers of a machine account) queue
+    instead of locking it. Peers are checked on admission and counted on failure, so a
+    storm of good sign-ins from one address never queues on one row; a burst from one
+    address may pass its peer limit by the attempts in flight.
+    """
+
+    def __init__(self, limits: LoginLimits, clock: Clock, uow: UnitOfWorkFactory) -> None:
         self.limits = limits
         self._clock = clock
+        self._uow = uow
+        # Waiters in this process, woken as a slot of their account frees; other replicas'
+        # attempts free slots too, so waiters also look again every ADMIT_POLL_S.
+        self._slots: dict[str, _Slot] = {}
 
-    def subjects(self, username: str, peer: str) -> list[str]:
-        """The counters an attempt by this username from this peer touches."""
-        return sorted({user_subject(username), peer_subject(peer)})
+    @asynccontextmanager
+    async def attempt(
+        self,
+        account: str,
+        username: str,
+        peer: str,
+        refused: AuditRecord,
+        read: Callable[[UnitOfWork], Awaitable[T]],
+    ) -> AsyncIterator[tuple[Attempt, T]]:
+        """An admitted attempt on `account` (a subject) and what `read` read at admission.
 
-    def _limit(self, subject: str) -> int:
-        if subject.startswith("peer:"):
-            return self.limits.max_failures_per_peer
-        return self.limits.max_failures
+        A locked account or peer appends `refused` to the audit trail and raises RateLimited.
+        An attempt left unsettled (the caller gave up before judging) only frees its slot.
+        """
+        value = await self._admit(account, username, peer, refused, read)
+        attempt = Attempt(self, account, peer)
+        try:
+            yield attempt, value
+        finally:
+            if not attempt.settled:
+                async with self._uow() as uow:
+                    await self._release(uow, account)
+                    await uow.commit()
+            await self._wake(account)
 
-    async def check(self, uow: UnitOfWork, subjects: list[str]) -> None:
-        """RateLimited (with the wait) if any subject is locked now."""
+    async def _admit(
+        self,
+        account: str,
+        username: str,
+        peer: str,
+        refused: AuditRecord,
+        read: Callable[[UnitOfWork], Awaitable[T]],
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + ADMIT_WAIT_S
+        slot = self._slots.setdefault(account, _Slot())
+        slot.users += 1
+        try:
+            while True:
+                # One admission per account at a time in this process: a burst queues here,
+                # holding no connection, not on the database row with a connection each.
+                async with slot.admitting, self._uow() as uow:
+                    wait = await self._locked_for(uow, account, username, peer)
+                    if wait > 0:
+                        await uow.audit.append(refused)
+                        await uow.commit()
+                        raise RateLimited(LOCKED, retry_after_s=math.ceil(wait))
+                    # Read first, lock only when a slot looks free: replicas looking again
+                    # must not queue on the row they wait for.
+                    if await self._take_slot(uow, account, locking=False) and (
+                        await self._take_slot(uow, account, locking=True)
+                    ):
+                        value = await read(uow)
+                        await uow.commit()
+                        return value
+                if loop.time() >= give_up:
+                    async with self._uow() as uow:
+                        await uow.audit.append(refused)
+                        await uow.commit()
+                    raise RateLimited(BUSY, retry_after_s=1)
+                try:
+                    async with slot.freed, asyncio.timeout(ADMIT_POLL_S):
+                        await slot.freed.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            slot.users -= 1
+            if not slot.users:
+                self._slots.pop(account, None)
+
+    async def _locked_for(self, uow: UnitOfWork, account: str, username: str, peer: str) -> float:
         now = self._clock.now()
-        waits = [
-            (s.locked_until - now).total_seconds()
-            for s in await uow.throttle.peek(subjects)
-            if s.locked_until is not None and s.locked_until > now
-        ]
-        if waits:
-            raise RateLimited(LOCKED, retry_after_s=math.ceil(max(waits)))
+        waits = [_wait(s, now) for s in await uow.throttle.peek([account])]
+        for peer_state in await uow.throttle.peek([peer_subject(peer)]):
+            if _wait(peer_state, now) and not await self._trusted(uow, username, peer, now):
+                waits.append(_wait(peer_state, now))
+        return max(waits, default=0.0)
 
-    async def record_failure(self, uow: UnitOfWork, subjects: list[str]) -> None:
-        """Counts one failure against each subject, in the caller's transaction."""
+    async def _take_slot(self, uow: UnitOfWork, account: str, *, locking: bool) -> bool:
+        """Whether a slot is free; with `locking`, under the in-flight row's lock, takes it."""
         now = self._clock.now()
-        # Sorted, so two replicas locking the same rows never wait on each other in a cycle.
-        for subject in sorted(subjects):
-            state = await uow.throttle.lock(subject, now)
-            await uow.throttle.save(after_failure(state, now, self._limit(subject), self.limits))
+        if locking:
+            busy: ThrottleState | None = await uow.throttle.lock(busy_subject(account), now)
+        else:
+            busy = next(iter(await uow.throttle.peek([busy_subject(account)])), None)
+        in_flight = busy.failures if busy is not None else 0
+        if busy is not None and in_flight and now - busy.window_started_at > BUSY_TTL:
+            in_flight = 0  # left by a process that died mid-attempt
+        failures = 0
+        for state in await uow.throttle.peek([account]):
+            if _wait(state, now) > 0:
+                return False  # locked since the caller looked; it will see why
+            if now - state.window_started_at < self.limits.window:
+                failures = state.failures
+        if failures + in_flight >= self.limits.max_failures:
+            return False
+        if locking and busy is not None:
+            await uow.throttle.save(replace(busy, failures=in_flight + 1, window_started_at=now))
+        return True
 
-    async def forgive(self, uow: UnitOfWork, username: str) -> None:
-        """Clears a username's failures after it signed in; the peer's count stays."""
-        await uow.throttle.clear(user_subject(username))
+    async def _release(self, uow: UnitOfWork, account: str) -> None:
+        busy = await uow.throttle.lock(busy_subject(account), self._clock.now())
+        await uow.throttle.save(replace(busy, failures=max(busy.failures - 1, 0)))
+
+    async def _wake(self, account: str) -> None:
+        slot = self._slots.get(account)
+        if slot is not None:
+            async with slot.freed:
+                slot.freed.notify()
+
+    async def settle(self, uow: UnitOfWork, attempt: Attempt, *, ok: bool) -> None:
+        """Ends an attempt in the caller's transaction (see Attempt)."""
+        now = self._clock.now()
+        await self._release(uow, attempt.account)
+        if ok:
+            await uow.throttle.clear(attempt.account)
+        else:
+            for subject, limit in (
+                (attempt.account, self.limits.max_failures),
+                (peer_subject(attempt.peer), self.limits.max_failures_per_peer),
+            ):
+                state = await uow.throttle.lock(subject, now)
+                await uow.throttle.save(after_failure(state, now, limit, self.limits))
+        attempt.settled = True
+
+    async def _trusted(self, uow: UnitOfWork, username: str, peer: str, now: datetime) -> bool:
+        if self.limits.peer_trust <= timedelta(0):
+            return False
+        seen = await uow.throttle.peek([trust_subject(username, peer)])
+        return any(now - s.window_started_at < self.limits.peer_trust for s in seen)
+
+    async def signed_in(self, uow: UnitOfWork, username: str, peer: str) -> None:
+        """Remembers a full sign-in of this username from this peer (see LoginLimits.peer_trust)."""
+        now = self._clock.now()
+        state = await uow.throttle.lock(trust_subject(username, peer), now)
+        await uow.throttle.save(replace(state, window_started_at=now))
+
+
+def _wait(state: ThrottleState, now: datetime) -> float:
+    if state.locked_until is None or state.locked_until <= now:
+        return 0.0
+    return (state.locked_until - now).total_seconds()

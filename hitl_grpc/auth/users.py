@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hitl_grpc.auth.passwords import Passwords, check_new_password
+from hitl_grpc.auth.throttle import (
+    busy_subject,
+    mfa_subject,
+    peer_host,
+    peer_subject,
+    user_subject,
+)
 from hitl_grpc.auth.trail import AuditTrail
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
-from hitl_grpc.domain.ports import UnitOfWorkFactory, UserChanges
+from hitl_grpc.domain.ports import UnitOfWork, UnitOfWorkFactory, UserChanges
 from hitl_grpc.domain.values import Account, Role, User, UserId, parse_username, username_key
 
 EMAIL_MAX = 320
@@ -114,7 +121,11 @@ class UserAdmin:
         return account.user
 
     async def update(self, user_id: UserId, change: UserUpdate, *, actor: str, peer: str) -> User:
-        """Applies an admin's change; deactivation and password resets cut live sessions."""
+        """Applies an admin's change; deactivation and password resets cut live sessions.
+
+        A password reset also lifts the account's lockout: it is how a locked-out user is
+        let back in.
+        """
         if not change.fields:
             raise errors.InvalidField.one("update_mask", "names no field to change")
         email = None if change.email is None else _profile(change.email, "email", EMAIL_MAX)
@@ -159,6 +170,8 @@ class UserAdmin:
             assert updated is not None
             if cut_sessions:
                 await uow.refresh_tokens.revoke_user_sessions(user_id, now)
+            if password_hash is not None:
+                await _unlock(uow, updated.user.username)
             await uow.audit.append(
                 self._trail.record(
                     "user.updated",
@@ -172,3 +185,63 @@ class UserAdmin:
             )
             await uow.commit()
         return updated.user
+
+    async def unlock(
+        self, user_id: UserId | None, username: str, client: str, *, actor: str, peer: str
+    ) -> User:
+        """Lifts an account's password and MFA lockout, and `client`'s peer lock if given."""
+        async with self._uow() as uow:
+            if user_id is not None:
+                account = await uow.users.get(user_id)
+            elif username:
+                account = await uow.users.by_username(username)
+            else:
+                raise errors.InvalidField.one("user", "give user_id or username")
+            if account is None:
+                raise errors.NotFound("user not found")
+            name = account.user.username
+            await _unlock(uow, name)
+            client = client.strip()
+            if client:
+                await uow.throttle.clear(peer_subject(client))
+            await uow.audit.append(
+                self._trail.record(
+                    "user.unlocked",
+                    actor=actor,
+                    target=name,
+                    peer=peer,
+                    client=peer_host(client) if client else "",
+                )
+            )
+            await uow.commit()
+        return account.user
+
+    async def reset_mfa(self, user_id: UserId, *, actor: str, peer: str) -> User:
+        """Turns MFA off, drops the backup codes and ends every session of the account.
+
+        For a lost authenticator, or a second factor someone else enrolled: sessions end too,
+        since whoever enrolled it may be signed in.
+        """
+        now = self._clock.now()
+        async with self._uow() as uow:
+            account = await uow.users.get_for_update(user_id)
+            if account is None:
+                raise errors.NotFound("user not found")
+            await uow.users.disable_mfa(user_id, now)
+            await uow.backup_codes.replace(user_id, [])
+            await uow.users.update(user_id, UserChanges(bump_generation=True), now)
+            await uow.refresh_tokens.revoke_user_sessions(user_id, now)
+            await uow.throttle.clear(mfa_subject(account.user.username))
+            await uow.audit.append(
+                self._trail.record(
+                    "user.mfa_reset", actor=actor, target=account.user.username, peer=peer
+                )
+            )
+            await uow.commit()
+        return replace(account.user, mfa_enabled=False)
+
+
+async def _unlock(uow: UnitOfWork, username: str) -> None:
+    for subject in (user_subject(username), mfa_subject(username)):
+        await uow.throttle.clear(subject)
+        await uow.throttle.clear(busy_subject(subject))

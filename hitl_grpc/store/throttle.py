@@ -40,16 +40,18 @@ class LoginThrottleRepository:
     async def lock(self, subject: str, now: datetime) -> ThrottleState:
         """The subject's counter, created if missing, its row locked until commit.
 
-        INSERT .. ON CONFLICT DO NOTHING then SELECT .. FOR UPDATE: concurrent failures on
-        several replicas queue on the row instead of losing each other's increments.
+        One upsert: INSERT .. ON CONFLICT DO UPDATE .. RETURNING both locks the row and
+        returns it. The earlier INSERT .. DO NOTHING then SELECT .. FOR UPDATE let a
+        concurrent forgive delete the row between the two statements on PostgreSQL, so the
+        SELECT found nothing and the failure was lost.
         """
         dialect = postgresql if self._conn.dialect.name == "postgresql" else sqlite
-        await self._conn.execute(
-            dialect.insert(login_throttle)
-            .values(subject=subject, failures=0, window_started_at=now, lockouts=0)
-            .on_conflict_do_nothing(index_elements=["subject"])
+        stmt = dialect.insert(login_throttle).values(
+            subject=subject, failures=0, window_started_at=now, lockouts=0
         )
-        stmt = select(login_throttle).where(login_throttle.c.subject == subject).with_for_update()
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["subject"], set_={"subject": stmt.excluded.subject}
+        ).returning(*login_throttle.c)
         return _state((await self._conn.execute(stmt)).one())
 
     async def save(self, state: ThrottleState) -> None:

@@ -68,6 +68,15 @@ class UserRepository:
         row = (await self._conn.execute(stmt)).first()
         return (account_from_row(row), bool(row.session_revoked)) if row else None
 
+    async def has_session(self, user_id: UserId, session_id: str) -> bool:
+        """Whether this session (refresh family) of the account was ever opened."""
+        stmt = select(
+            exists().where(
+                refresh_tokens.c.user_id == user_id, refresh_tokens.c.family_id == session_id
+            )
+        )
+        return bool((await self._conn.execute(stmt)).scalar_one())
+
     async def by_username(self, username: str) -> Account | None:
         """The account whose name is this one, compared NFKC case-insensitively."""
         stmt = select(users).where(users.c.username_key == username_key(username))

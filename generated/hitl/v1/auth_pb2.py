@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hitl.v1 import access_pb2 as hitl_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12hitl/v1/auth.proto\x12\x07hitl.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14hitl/v1/access.proto\"\xb8\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x1b\n\x04role\x18\x03 \x01(\x0e\x32\r.hitl.v1.Role\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12\x11\n\tfull_name\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\x12\x13\n\x0bmfa_enabled\x18\x07 \x01(\x08\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\tTokenPair\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12\x35\n\x11\x61\x63\x63\x65ss_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12refresh_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"W\n\x0cMfaChallenge\x12\x17\n\x0f\x63hallenge_token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"o\n\rLoginResponse\x12$\n\x06tokens\x18\x01 \x01(\x0b\x32\x12.hitl.v1.TokenPairH\x00\x12.\n\rmfa_challenge\x18\x02 \x01(\x0b\x32\x15.hitl.v1.MfaChallengeH\x00\x42\x08\n\x06result\"9\n\x10VerifyMfaRequest\x12\x17\n\x0f\x63hallenge_token\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"7\n\x11VerifyMfaResponse\x12\"\n\x06tokens\x18\x01 \x01(\x0b\x32\x12.hitl.v1.TokenPair\",\n\x13RefreshTokenRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\":\n\x14RefreshTokenResponse\x12\"\n\x06tokens\x18\x01 \x01(\x0b\x32\x12.hitl.v1.TokenPair\"&\n\rLogoutRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x10\n\x0eLogoutResponse\"\x17\n\x15GetCurrentUserRequest\"5\n\x16GetCurrentUserResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.hitl.v1.User\"G\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"\x18\n\x16\x43hangePasswordResponse\"\x11\n\x0fSetupMfaRequest\"M\n\x10SetupMfaResponse\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\x13\n\x0botpauth_uri\x18\x02 \x01(\t\x12\x14\n\x0c\x62\x61\x63kup_codes\x18\x03 \x03(\t\"!\n\x11\x43onfirmMfaRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\"1\n\x12\x43onfirmMfaResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.hitl.v1.User\"!\n\x11\x44isableMfaRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\"1\n\x12\x44isableMfaResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.hitl.v1.User\"v\n\x11\x43reateUserRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x1b\n\x04role\x18\x03 \x01(\x0e\x32\r.hitl.v1.Role\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12\x11\n\tfull_name\x18\x05 \x01(\t\"1\n\x12\x43reateUserResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.hitl.v1.User\"9\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"J\n\x11ListUsersResponse\x12\x1c\n\x05users\x18\x01 \x03(\x0b\x32\r.hitl.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xba\x01\n\x11UpdateUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1b\n\x04role\x18\x02 \x01(\x0e\x32\r.hitl.v1.Role\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12\x11\n\tfull_name\x18\x05 \x01(\t\x12\x14\n\x0cnew_password\x18\x06 \x01(\t\x12/\n\x0bupdate_mask\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"1\n\x12UpdateUserResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.hitl.v1.User2\xd0\x07\n\x0b\x41uthService\x12>\n\x05Login\x12\x15.hitl.v1.LoginRequest\x1a\x16.hitl.v1.LoginResponse\"\x06\x82\xb5\x18\x02\x10\x01\x12J\n\tVerifyMfa\x12\x19.hitl.v1.VerifyMfaRequest\x1a\x1a.hitl.v1.VerifyMfaResponse\"\x06\x82\xb5\x18\x02\x10\x01\x12S\n\x0cRefreshToken\x12\x1c.hitl.v1.RefreshTokenRequest\x1a\x1d.hitl.v1.RefreshTokenResponse\"\x06\x82\xb5\x18\x02\x10\x01\x12\x45\n\x06Logout\x12\x16.hitl.v1.LogoutRequest\x1a\x17.hitl.v1.LogoutResponse\"\n\x82\xb5\x18\x06\n\x04\x01\x02\x03\x04\x12]\n\x0eGetCurrentUser\x12\x1e.hitl.v1.GetCurrentUserRequest\x1a\x1f.hitl.v1.GetCurrentUserResponse\"\n\x82\xb5\x18\x06\n\x04\x01\x02\x03\x04\x12]\n\x0e\x43hangePassword\x12\x1e.hitl.v1.ChangePasswordRequest\x1a\x1f.hitl.v1.ChangePasswordResponse\"\n\x82\xb5\x18\x06\n\x04\x01\x02\x03\x04\x12J\n\x08SetupMfa\x12\x18.hitl.v1.SetupMfaRequest\x1a\x19.hitl.v1.SetupMfaResponse\"\t\x82\xb5\x18\x05\n\x03\x01\x02\x03\x12P\n\nConfirmMfa\x12\x1a.hitl.v1.ConfirmMfaRequest\x1a\x1b.hitl.v1.ConfirmMfaResponse\"\t\x82\xb5\x18\x05\n\x03\x01\x02\x03\x12P\n\nDisableMfa\x12\x1a.hitl.v1.DisableMfaRequest\x1a\x1b.hitl.v1.DisableMfaResponse\"\t\x82\xb5\x18\x05\n\x03\x01\x02\x03\x12N\n\nCreateUser\x12\x1a.hitl.v1.CreateUserRequest\x1a\x1b.hitl.v1.CreateUserResponse\"\x07\x82\xb5\x18\x03\n\x01\x01\x12K\n\tListUsers\x12\x19.hitl.v1.ListUsersRequest\x1a\x1a.hitl.v1.ListUsersResponse\"\x07\x82\xb5\x18\x03\n\x01\x01\x12N\n\nUpdateUser\x12\x1a.hitl.v1.UpdateUserRequest\x1a\x1b.hitl.v1.UpdateUserResponse\"\x07\x82\xb5\x18\x03\n\x01\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12hitl/v1/auth.proto\x12\x07hitl.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14hitl/v1/access.proto\"\xb8\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x1b\n\x04role\x18\x03 \x01(\x0e\x32\r.hitl.v1.Role\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12\x11\n\tfull_name\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\x12\x13\n\x0bmfa_enabled\x18\x07 \x01(\x08\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\tTokenPair\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12\x35\n\x11\x61\x63\x63\x65ss_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12refresh_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"W\n\x0cMfaChallenge\x12\x17\n\x0f\x63hallenge_token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"o\n\rLoginResponse\x12$\n\x06tokens\x18\x01 \x01(\x0b\x32\x12.hitl.v1.TokenPairH\x00\x12.\n\rmfa_challenge\x18\x02 \x01(\x0b\x32\x15.hitl.v1.MfaChallengeH\x00\x42\x08\n\x06result\"9\n\x10VerifyMfaRequest\x12\x17\n\x0f\x63hallenge_token\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"7\n\x11VerifyMfaResponse\x12\"\n\x06tokens\x18\x01 \x01(\x0b\x32\x12.hitl.v1.TokenPair\",\n\x13RefreshTokenRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\":\n\x14RefreshTokenResponse\x12\"\n\x06tokens\x18\x01 \x01(\x0b\x32\x12.hitl.v1.TokenPair\"&\n\rLogoutRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x10\n\x0eLogoutResponse\"\x17\n\x15GetCurrentUserRequest\"5\n\x16GetCurrentUserResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.hitl.v1.User\"G\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"\x18\n\x16\x43hangePasswordResponse\"#\n\x0fSetupMfaRequest\x12\x10\n\x08password\x18\x01 \x01(\t\"M\n\x10SetupMfaResponse\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\x13\n\x0botpauth_uri\x18\x02 \x01(\t\x12\x14\n\x0c\x62\x61\x63kup_codes\x18\x03 \x03(\t\"!\n\x11\x43onfirmMfaRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\"1\n\x12\x43onfirmMfaResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.hitl.v1.User\"!\n\x11\x44isableMfaRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\"1\n\x12\x44isableMfaResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.hitl.v1.User\"v\n\x11\x43reateUserRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x1b\n\x04role\x18\x03 \x01(\x0e\x32\r.hitl.v1.Role\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12\x11\n\tfull_name\x18\x05 \x01(\t\"1\n\x12\x43reateUserResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.hitl.v1.User\"9\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"J\n\x11ListUsersResponse\x12\x1c\n\x05users\x18\x01 \x03(\x0b\x32\r.hitl.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xba\x01\n\x11UpdateUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1b\n\x04role\x18\x02 \x01(\x0e\x32\r.hitl.v1.Role\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12\x11\n\tfull_name\x18\x05 \x01(\t\x12\x14\n\x0cnew_password\x18\x06 \x01(\t\x12/\n\x0bupdate_mask\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"1\n\x12UpdateUserResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.hitl.v1.User\"P\n\x11UnlockUserRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\x12\n\x08username\x18\x02 \x01(\tH\x00\x12\x0c\n\x04peer\x18\x03 \x01(\tB\x06\n\x04user\"1\n\x12UnlockUserResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.hitl.v1.User\"&\n\x13ResetUserMfaRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"3\n\x14ResetUserMfaResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.hitl.v1.User2\xf6\x08\n\x0b\x41uthService\x12>\n\x05Login\x12\x15.hitl.v1.LoginRequest\x1a\x16.hitl.v1.LoginResponse\"\x06\x82\xb5\x18\x02\x10\x01\x12J\n\tVerifyMfa\x12\x19.hitl.v1.VerifyMfaRequest\x1a\x1a.hitl.v1.VerifyMfaResponse\"\x06\x82\xb5\x18\x02\x10\x01\x12S\n\x0cRefreshToken\x12\x1c.hitl.v1.RefreshTokenRequest\x1a\x1d.hitl.v1.RefreshTokenResponse\"\x06\x82\xb5\x18\x02\x10\x01\x12\x45\n\x06Logout\x12\x16.hitl.v1.LogoutRequest\x1a\x17.hitl.v1.LogoutResponse\"\n\x82\xb5\x18\x06\n\x04\x01\x02\x03\x04\x12]\n\x0eGetCurrentUser\x12\x1e.hitl.v1.GetCurrentUserRequest\x1a\x1f.hitl.v1.GetCurrentUserResponse\"\n\x82\xb5\x18\x06\n\x04\x01\x02\x03\x04\x12]\n\x0e\x43hangePassword\x12\x1e.hitl.v1.ChangePasswordRequest\x1a\x1f.hitl.v1.ChangePasswordResponse\"\n\x82\xb5\x18\x06\n\x04\x01\x02\x03\x04\x12J\n\x08SetupMfa\x12\x18.hitl.v1.SetupMfaRequest\x1a\x19.hitl.v1.SetupMfaResponse\"\t\x82\xb5\x18\x05\n\x03\x01\x02\x03\x12P\n\nConfirmMfa\x12\x1a.hitl.v1.ConfirmMfaRequest\x1a\x1b.hitl.v1.ConfirmMfaResponse\"\t\x82\xb5\x18\x05\n\x03\x01\x02\x03\x12P\n\nDisableMfa\x12\x1a.hitl.v1.DisableMfaRequest\x1a\x1b.hitl.v1.DisableMfaResponse\"\t\x82\xb5\x18\x05\n\x03\x01\x02\x03\x12N\n\nCreateUser\x12\x1a.hitl.v1.CreateUserRequest\x1a\x1b.hitl.v1.CreateUserResponse\"\x07\x82\xb5\x18\x03\n\x01\x01\x12K\n\tListUsers\x12\x19.hitl.v1.ListUsersRequest\x1a\x1a.hitl.v1.ListUsersResponse\"\x07\x82\xb5\x18\x03\n\x01\x01\x12N\n\nUpdateUser\x12\x1a.hitl.v1.UpdateUserRequest\x1a\x1b.hitl.v1.UpdateUserResponse\"\x07\x82\xb5\x18\x03\n\x01\x01\x12N\n\nUnlockUser\x12\x1a.hitl.v1.UnlockUserRequest\x1a\x1b.hitl.v1.UnlockUserResponse\"\x07\x82\xb5\x18\x03\n\x01\x01\x12T\n\x0cResetUserMfa\x12\x1c.hitl.v1.ResetUserMfaRequest\x1a\x1d.hitl.v1.ResetUserMfaResponse\"\x07\x82\xb5\x18\x03\n\x01\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,6 +58,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHSERVICE'].methods_by_name['ListUsers']._serialized_options = b'\202\265\030\003\n\001\001'
   _globals['_AUTHSERVICE'].methods_by_name['UpdateUser']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['UpdateUser']._serialized_options = b'\202\265\030\003\n\001\001'
+  _globals['_AUTHSERVICE'].methods_by_name['UnlockUser']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['UnlockUser']._serialized_options = b'\202\265\030\003\n\001\001'
+  _globals['_AUTHSERVICE'].methods_by_name['ResetUserMfa']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['ResetUserMfa']._serialized_options = b'\202\265\030\003\n\001\001'
   _globals['_USER']._serialized_start=121
   _globals['_USER']._serialized_end=305
   _globals['_TOKENPAIR']._serialized_start=308
@@ -89,29 +93,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1164
   _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1188
   _globals['_SETUPMFAREQUEST']._serialized_start=1190
-  _globals['_SETUPMFAREQUEST']._serialized_end=1207
-  _globals['_SETUPMFARESPONSE']._serialized_start=1209
-  _globals['_SETUPMFARESPONSE']._serialized_end=1286
-  _globals['_CONFIRMMFAREQUEST']._serialized_start=1288
-  _globals['_CONFIRMMFAREQUEST']._serialized_end=1321
-  _globals['_CONFIRMMFARESPONSE']._serialized_start=1323
-  _globals['_CONFIRMMFARESPONSE']._serialized_end=1372
-  _globals['_DISABLEMFAREQUEST']._serialized_start=1374
-  _globals['_DISABLEMFAREQUEST']._serialized_end=1407
-  _globals['_DISABLEMFARESPONSE']._serialized_start=1409
-  _globals['_DISABLEMFARESPONSE']._serialized_end=1458
-  _globals['_CREATEUSERREQUEST']._serialized_start=1460
-  _globals['_CREATEUSERREQUEST']._serialized_end=1578
-  _globals['_CREATEUSERRESPONSE']._serialized_start=1580
-  _globals['_CREATEUSERRESPONSE']._serialized_end=1629
-  _globals['_LISTUSERSREQUEST']._serialized_start=1631
-  _globals['_LISTUSERSREQUEST']._serialized_end=1688
-  _globals['_LISTUSERSRESPONSE']._serialized_start=1690
-  _globals['_LISTUSERSRESPONSE']._serialized_end=1764
-  _globals['_UPDATEUSERREQUEST']._serialized_start=1767
-  _globals['_UPDATEUSERREQUEST']._serialized_end=1953
-  _globals['_UPDATEUSERRESPONSE']._serialized_start=1955
-  _globals['_UPDATEUSERRESPONSE']._serialized_end=2004
-  _globals['_AUTHSERVICE']._serialized_start=2007
-  _globals['_AUTHSERVICE']._serialized_end=2983
+  _globals['_SETUPMFAREQUEST']._serialized_end=1225
+  _globals['_SETUPMFARESPONSE']._serialized_start=1227
+  _globals['_SETUPMFARESPONSE']._serialized_end=1304
+  _globals['_CONFIRMMFAREQUEST']._serialized_start=1306
+  _globals['_CONFIRMMFAREQUEST']._serialized_end=1339
+  _globals['_CONFIRMMFARESPONSE']._serialized_start=1341
+  _globals['_CONFIRMMFARESPONSE']._serialized_end=1390
+  _globals['_DISABLEMFAREQUEST']._serialized_start=1392
+  _globals['_DISABLEMFAREQUEST']._serialized_end=1425
+  _globals['_DISABLEMFARESPONSE']._serialized_start=1427
+  _globals['_DISABLEMFARESPONSE']._serialized_end=1476
+  _globals['_CREATEUSERREQUEST']._serialized_start=1478
+  _globals['_CREATEUSERREQUEST']._serialized_end=1596
+  _globals['_CREATEUSERRESPONSE']._serialized_start=1598
+  _globals['_CREATEUSERRESPONSE']._serialized_end=1647
+  _globals['_LISTUSERSREQUEST']._serialized_start=1649
+  _globals['_LISTUSERSREQUEST']._serialized_end=1706
+  _globals['_LISTUSERSRESPONSE']._serialized_start=1708
+  _globals['_LISTUSERSRESPONSE']._serialized_end=1782
+  _globals['_UPDATEUSERREQUEST']._serialized_start=1785
+  _globals['_UPDATEUSERREQUEST']._serialized_end=1971
+  _globals['_UPDATEUSERRESPONSE']._serialized_start=1973
+  _globals['_UPDATEUSERRESPONSE']._serialized_end=2022
+  _globals['_UNLOCKUSERREQUEST']._serialized_start=2024
+  _globals['_UNLOCKUSERREQUEST']._serialized_end=2104
+  _globals['_UNLOCKUSERRESPONSE']._serialized_start=2106
+  _globals['_UNLOCKUSERRESPONSE']._serialized_end=2155
+  _globals['_RESETUSERMFAREQUEST']._serialized_start=2157
+  _globals['_RESETUSERMFAREQUEST']._serialized_end=2195
+  _globals['_RESETUSERMFARESPONSE']._serialized_start=2197
+  _globals['_RESETUSERMFARESPONSE']._serialized_end=2248
+  _globals['_AUTHSERVICE']._serialized_start=2251
+  _globals['_AUTHSERVICE']._serialized_end=3393
 # @@protoc_insertion_point(module_scope)

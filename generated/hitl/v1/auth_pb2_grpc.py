@@ -95,6 +95,16 @@ class AuthServiceStub:
                 request_serializer=hitl_dot_v1_dot_auth__pb2.UpdateUserRequest.SerializeToString,
                 response_deserializer=hitl_dot_v1_dot_auth__pb2.UpdateUserResponse.FromString,
                 _registered_method=True)
+        self.UnlockUser = channel.unary_unary(
+                '/hitl.v1.AuthService/UnlockUser',
+                request_serializer=hitl_dot_v1_dot_auth__pb2.UnlockUserRequest.SerializeToString,
+                response_deserializer=hitl_dot_v1_dot_auth__pb2.UnlockUserResponse.FromString,
+                _registered_method=True)
+        self.ResetUserMfa = channel.unary_unary(
+                '/hitl.v1.AuthService/ResetUserMfa',
+                request_serializer=hitl_dot_v1_dot_auth__pb2.ResetUserMfaRequest.SerializeToString,
+                response_deserializer=hitl_dot_v1_dot_auth__pb2.ResetUserMfaResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -144,7 +154,7 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetupMfa(self, request, context):
-        """SetupMfa starts MFA enrolment; MFA is on only after ConfirmMfa.
+        """SetupMfa starts MFA enrolment given the caller's password; MFA is on only after ConfirmMfa.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -180,6 +190,20 @@ class AuthServiceServicer:
 
     def UpdateUser(self, request, context):
         """UpdateUser changes role, active flag, names or resets the password.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnlockUser(self, request, context):
+        """UnlockUser lifts an account's sign-in lockout (password and MFA), and a peer's if named.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetUserMfa(self, request, context):
+        """ResetUserMfa turns an account's MFA off, drops its backup codes and ends its sessions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -247,6 +271,16 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.UpdateUser,
                     request_deserializer=hitl_dot_v1_dot_auth__pb2.UpdateUserRequest.FromString,
                     response_serializer=hitl_dot_v1_dot_auth__pb2.UpdateUserResponse.SerializeToString,
+            ),
+            'UnlockUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnlockUser,
+                    request_deserializer=hitl_dot_v1_dot_auth__pb2.UnlockUserRequest.FromString,
+                    response_serializer=hitl_dot_v1_dot_auth__pb2.UnlockUserResponse.SerializeToString,
+            ),
+            'ResetUserMfa': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetUserMfa,
+                    request_deserializer=hitl_dot_v1_dot_auth__pb2.ResetUserMfaRequest.FromString,
+                    response_serializer=hitl_dot_v1_dot_auth__pb2.ResetUserMfaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +608,60 @@ class AuthService:
             '/hitl.v1.AuthService/UpdateUser',
             hitl_dot_v1_dot_auth__pb2.UpdateUserRequest.SerializeToString,
             hitl_dot_v1_dot_auth__pb2.UpdateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnlockUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hitl.v1.AuthService/UnlockUser',
+            hitl_dot_v1_dot_auth__pb2.UnlockUserRequest.SerializeToString,
+            hitl_dot_v1_dot_auth__pb2.UnlockUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetUserMfa(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hitl.v1.AuthService/ResetUserMfa',
+            hitl_dot_v1_dot_auth__pb2.ResetUserMfaRequest.SerializeToString,
+            hitl_dot_v1_dot_auth__pb2.ResetUserMfaResponse.FromString,
             options,
             channel_credentials,
             insecure,

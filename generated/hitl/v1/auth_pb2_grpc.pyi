@@ -46,7 +46,7 @@ class AuthServiceStub:
     ChangePassword: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ChangePasswordRequest, _auth_pb2.ChangePasswordResponse]
     """ChangePassword needs the current password and revokes the caller's other sessions."""
     SetupMfa: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetupMfaRequest, _auth_pb2.SetupMfaResponse]
-    """SetupMfa starts MFA enrolment; MFA is on only after ConfirmMfa."""
+    """SetupMfa starts MFA enrolment given the caller's password; MFA is on only after ConfirmMfa."""
     ConfirmMfa: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ConfirmMfaRequest, _auth_pb2.ConfirmMfaResponse]
     """ConfirmMfa turns MFA on with a valid code from the new secret."""
     DisableMfa: _grpc.UnaryUnaryMultiCallable[_auth_pb2.DisableMfaRequest, _auth_pb2.DisableMfaResponse]
@@ -57,6 +57,10 @@ class AuthServiceStub:
     """ListUsers pages through accounts."""
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UpdateUserRequest, _auth_pb2.UpdateUserResponse]
     """UpdateUser changes role, active flag, names or resets the password."""
+    UnlockUser: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UnlockUserRequest, _auth_pb2.UnlockUserResponse]
+    """UnlockUser lifts an account's sign-in lockout (password and MFA), and a peer's if named."""
+    ResetUserMfa: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ResetUserMfaRequest, _auth_pb2.ResetUserMfaResponse]
+    """ResetUserMfa turns an account's MFA off, drops its backup codes and ends its sessions."""
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -76,7 +80,7 @@ class AuthServiceAsyncStub(AuthServiceStub):
     ChangePassword: _aio.UnaryUnaryMultiCallable[_auth_pb2.ChangePasswordRequest, _auth_pb2.ChangePasswordResponse]  # type: ignore[assignment]
     """ChangePassword needs the current password and revokes the caller's other sessions."""
     SetupMfa: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetupMfaRequest, _auth_pb2.SetupMfaResponse]  # type: ignore[assignment]
-    """SetupMfa starts MFA enrolment; MFA is on only after ConfirmMfa."""
+    """SetupMfa starts MFA enrolment given the caller's password; MFA is on only after ConfirmMfa."""
     ConfirmMfa: _aio.UnaryUnaryMultiCallable[_auth_pb2.ConfirmMfaRequest, _auth_pb2.ConfirmMfaResponse]  # type: ignore[assignment]
     """ConfirmMfa turns MFA on with a valid code from the new secret."""
     DisableMfa: _aio.UnaryUnaryMultiCallable[_auth_pb2.DisableMfaRequest, _auth_pb2.DisableMfaResponse]  # type: ignore[assignment]
@@ -87,6 +91,10 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """ListUsers pages through accounts."""
     UpdateUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.UpdateUserRequest, _auth_pb2.UpdateUserResponse]  # type: ignore[assignment]
     """UpdateUser changes role, active flag, names or resets the password."""
+    UnlockUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.UnlockUserRequest, _auth_pb2.UnlockUserResponse]  # type: ignore[assignment]
+    """UnlockUser lifts an account's sign-in lockout (password and MFA), and a peer's if named."""
+    ResetUserMfa: _aio.UnaryUnaryMultiCallable[_auth_pb2.ResetUserMfaRequest, _auth_pb2.ResetUserMfaResponse]  # type: ignore[assignment]
+    """ResetUserMfa turns an account's MFA off, drops its backup codes and ends its sessions."""
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     """AuthService signs people and machines in and manages their accounts."""
@@ -145,7 +153,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.SetupMfaRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.SetupMfaResponse, _abc.Awaitable[_auth_pb2.SetupMfaResponse]]:
-        """SetupMfa starts MFA enrolment; MFA is on only after ConfirmMfa."""
+        """SetupMfa starts MFA enrolment given the caller's password; MFA is on only after ConfirmMfa."""
 
     @_abc_1.abstractmethod
     def ConfirmMfa(
@@ -186,5 +194,21 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.UpdateUserResponse, _abc.Awaitable[_auth_pb2.UpdateUserResponse]]:
         """UpdateUser changes role, active flag, names or resets the password."""
+
+    @_abc_1.abstractmethod
+    def UnlockUser(
+        self,
+        request: _auth_pb2.UnlockUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.UnlockUserResponse, _abc.Awaitable[_auth_pb2.UnlockUserResponse]]:
+        """UnlockUser lifts an account's sign-in lockout (password and MFA), and a peer's if named."""
+
+    @_abc_1.abstractmethod
+    def ResetUserMfa(
+        self,
+        request: _auth_pb2.ResetUserMfaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ResetUserMfaResponse, _abc.Awaitable[_auth_pb2.ResetUserMfaResponse]]:
+        """ResetUserMfa turns an account's MFA off, drops its backup codes and ends its sessions."""
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
