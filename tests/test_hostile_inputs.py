@@ -179,3 +179,17 @@ async def test_logging_in_with_an_overlong_folded_name_is_a_failed_login(server:
     for name in (*FOLDING_NAMES, "ß" * 10_000, "x" * 10_000):
         error = await rpc_error(server.login(name))
         assert error.code() is grpc.StatusCode.UNAUTHENTICATED, (name[:8], error.details())
+
+
+async def test_forged_queue_page_tokens_are_invalid_argument(server: Harness) -> None:
+    analyst = await server.as_role(Role.ANALYST)
+    for token in FORGED_TOKENS:
+        error = await rpc_error(
+            server.decisions.ListPendingDecisions(
+                decision_pb2.ListPendingDecisionsRequest(page_token=token),
+                metadata=analyst,
+                timeout=10,
+            )
+        )
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (token[:40], error.details())
+        assert "page_token" in violations(error), token[:40]
