@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 from hitl.v1 import access_pb2, audit_pb2, auth_pb2, decision_pb2
 
 from hitl_grpc.domain.values import USERNAME_MAX, Role
+from tests.audit_support import audit_rows
 from tests.decisions_support import violations
 from tests.harness import PASSWORD, Harness
 from tests.signin import rpc_error
@@ -193,3 +195,34 @@ async def test_forged_queue_page_tokens_are_invalid_argument(server: Harness) ->
         )
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (token[:40], error.details())
         assert "page_token" in violations(error), token[:40]
+
+
+async def test_nul_in_a_login_name_is_a_failed_login_and_is_audited(server: Harness) -> None:
+    for name in ("ab\x00c", "\x00", "admin\x00"):
+        error = await rpc_error(server.login(name))
+        assert error.code() is grpc.StatusCode.UNAUTHENTICATED, (name, error.details())
+    failed = await audit_rows(server, "auth.login")
+    assert {r.actor for r in failed} >= {"ab\ufffdc", "\ufffd", "admin\ufffd"}
+
+
+async def test_nul_in_an_audit_filter_is_invalid_argument(server: Harness) -> None:
+    admin = await server.as_role(Role.ADMIN)
+    for name in ("actor", "kind", "target"):
+        request = audit_pb2.ListAuditEventsRequest(**{name: "a\x00b"})
+        error = await rpc_error(server.audit.ListAuditEvents(request, metadata=admin, timeout=10))
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (name, error.details())
+        assert name in violations(error)
+
+
+async def test_nul_in_a_user_id_is_not_found(server: Harness) -> None:
+    admin = await server.as_role(Role.ADMIN)
+    error = await rpc_error(
+        server.auth.UpdateUser(
+            auth_pb2.UpdateUserRequest(
+                user_id="a\x00b", full_name="x", update_mask=FieldMask(paths=["full_name"])
+            ),
+            metadata=admin,
+            timeout=10,
+        )
+    )
+    assert error.code() is grpc.StatusCode.NOT_FOUND, error.details()

@@ -291,6 +291,9 @@ def audit_query_from_proto(request: audit_pb2.ListAuditEventsRequest) -> AuditQu
     problems: list[FieldViolation] = []
     if request.page_size < 0:
         problems.append(FieldViolation("page_size", "must not be negative"))
+    for name in ("actor", "kind", "target"):
+        if "\x00" in getattr(request, name):
+            problems.append(FieldViolation(name, "must not contain NUL (U+0000)"))
     since = _optional_time(request, "since", problems)
     until = _optional_time(request, "until", problems)
     before_id = None
