@@ -44,15 +44,6 @@ WATCH_RETRYABLE: Final = RETRYABLE | {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-# A refresh that failed with one of these certainly did not rotate the token.
-REFRESH_REFUSED: Final = frozenset(
-    {
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.INVALID_ARGUMENT,
-    }
-)
 TERMINAL: Final = frozenset(
     {
         decision_pb2.DECISION_STATUS_APPROVED,
@@ -214,20 +205,19 @@ class HitlClient:
         """Rotates the refresh token, once: a rotation is never retried.
 
         If the reply is lost the server has already rotated; sending the same token again
-        would look like a stolen token being replayed and revoke the whole session. After
-        any failure that may have rotated, the pair is dropped and the client signs in anew.
+        would look like a stolen token being replayed and revoke the whole session. So on
+        any failure the pair is dropped and the client signs in anew, whose own errors
+        (deactivated, locked out) are the ones the caller sees.
         """
         assert self._tokens is not None
         request = auth_pb2.RefreshTokenRequest(refresh_token=self._tokens.refresh_token)
         try:
             reply = await self._auth.RefreshToken(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in REFRESH_REFUSED and exc.code() is not grpc.StatusCode.UNAUTHENTICATED:
-                raise _error(exc) from None
             self._tokens = None
-            if exc.code() is not grpc.StatusCode.UNAUTHENTICATED:
+            if exc.code() is not grpc.StatusCode.UNAUTHENTICATED:  # not a plain expiry
                 log.warning("refresh failed with %s; signing in again", exc.code().name)
-            await self.login()  # expired, revoked, or perhaps rotated by a lost reply
+            await self.login()
             return
         self._tokens = reply.tokens
 

@@ -78,7 +78,8 @@ OUT_OF_RANGE_TIMES = (
 async def test_out_of_range_audit_times_are_invalid_argument(server: Harness, name: str) -> None:
     admin = await server.as_role(Role.ADMIN)
     for when in OUT_OF_RANGE_TIMES:
-        request = audit_pb2.ListAuditEventsRequest(**{name: when})
+        request = audit_pb2.ListAuditEventsRequest()
+        getattr(request, name).CopyFrom(when)
         error = await rpc_error(server.audit.ListAuditEvents(request, metadata=admin, timeout=10))
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (when, error.details())
         assert name in violations(error), when
@@ -208,7 +209,8 @@ async def test_nul_in_a_login_name_is_a_failed_login_and_is_audited(server: Harn
 async def test_nul_in_an_audit_filter_is_invalid_argument(server: Harness) -> None:
     admin = await server.as_role(Role.ADMIN)
     for name in ("actor", "kind", "target"):
-        request = audit_pb2.ListAuditEventsRequest(**{name: "a\x00b"})
+        request = audit_pb2.ListAuditEventsRequest()
+        setattr(request, name, "a\x00b")
         error = await rpc_error(server.audit.ListAuditEvents(request, metadata=admin, timeout=10))
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (name, error.details())
         assert name in violations(error)
