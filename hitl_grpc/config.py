@@ -79,6 +79,12 @@ class Settings:
     login_peer_trust: timedelta = timedelta(days=30)
     # How often an open stream re-checks its caller's access (at most heartbeat_s apart).
     stream_reauth_s: float = 5.0
+    # Unauthenticated streams (health Watch, reflection) per client address and per process.
+    public_streams_per_peer: int = 256
+    public_streams_max: int = 2048
+    # Invalid refresh tokens per client address (within login_window) before a lockout.
+    refresh_max_failures_per_peer: int = 20
+    refresh_lockout: timedelta = timedelta(minutes=1)
     password_memory_kib: int = 19_456
     password_time_cost: int = 2
     password_parallelism: int = 1
@@ -200,6 +206,25 @@ class Settings:
             ),
             stream_reauth_s=reader.number(
                 "HITL_STREAM_REAUTH_S", defaults.stream_reauth_s, 0.05, 3600
+            ),
+            public_streams_per_peer=int(
+                reader.number(
+                    "HITL_PUBLIC_STREAMS_PER_PEER", defaults.public_streams_per_peer, 1, 2**20
+                )
+            ),
+            public_streams_max=int(
+                reader.number("HITL_PUBLIC_STREAMS_MAX", defaults.public_streams_max, 1, 2**20)
+            ),
+            refresh_max_failures_per_peer=int(
+                reader.number(
+                    "HITL_REFRESH_MAX_FAILURES_PER_PEER",
+                    defaults.refresh_max_failures_per_peer,
+                    1,
+                    100_000,
+                )
+            ),
+            refresh_lockout=reader.seconds(
+                "HITL_REFRESH_LOCKOUT_S", defaults.refresh_lockout, minimum=1
             ),
             password_memory_kib=int(
                 reader.number("HITL_PASSWORD_MEMORY_KIB", defaults.password_memory_kib, 8, 2**22)

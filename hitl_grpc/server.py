@@ -38,6 +38,7 @@ from hitl_grpc.auth.interceptor import AuthInterceptor
 from hitl_grpc.auth.keys import load_signing_keys
 from hitl_grpc.auth.passwords import HashParams, Passwords
 from hitl_grpc.auth.policy import load_policies
+from hitl_grpc.auth.public_limits import public_limits
 from hitl_grpc.auth.throttle import LoginLimits
 from hitl_grpc.auth.tokens import TokenIssuer
 from hitl_grpc.config import Settings
@@ -213,6 +214,7 @@ async def running_server(
             interceptors=[
                 AccessLogInterceptor(RpcMetrics(registry)),
                 ErrorInterceptor(),
+                public_limits(settings, load_policies(CONTRACT_FILES), uow, accounts.trail, clock),
                 AuthInterceptor(
                     load_policies(CONTRACT_FILES),
                     accounts.authenticate,

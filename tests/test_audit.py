@@ -9,17 +9,10 @@ from google.protobuf import field_mask_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from hitl.v1 import access_pb2, audit_pb2, auth_pb2
 
-from hitl_grpc.domain.ports import AuditQuery
-from hitl_grpc.domain.values import AuditOutcome, AuditRecord, Role
+from hitl_grpc.domain.values import AuditOutcome, Role
+from tests.audit_support import audit_rows
 from tests.harness import PASSWORD, Harness, bearer
 from tests.signin import next_step, rpc_error, totp_code
-
-
-async def _rows(server: Harness, kind: str, target: str) -> list[AuditRecord]:
-    found, _ = await server.running.accounts.trail.page(
-        AuditQuery(kind=kind, target=target, limit=1000)
-    )
-    return found
 
 
 async def test_every_audited_action_leaves_one_row_with_the_peer(server: Harness) -> None:
@@ -118,9 +111,9 @@ async def test_every_audited_action_leaves_one_row_with_the_peer(server: Harness
         ("user.updated", update, AuditOutcome.SUCCESS),
     ]
     for kind, action, outcome in steps:
-        before = await _rows(server, kind, name)
+        before = await audit_rows(server, kind, name)
         await action()
-        after = await _rows(server, kind, name)
+        after = await audit_rows(server, kind, name)
         assert len(after) == len(before) + 1, kind
         newest = after[0]
         assert newest.outcome is outcome, kind

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from datetime import timedelta
 
 import grpc
@@ -11,10 +13,14 @@ import pyotp
 import pytest
 from hitl.v1 import auth_pb2, decision_pb2
 
-from hitl_grpc.client import HitlClient, HitlClientError, PendingChange
+from hitl_grpc.client import Backoff, HitlClient, HitlClientError, PendingChange
+from hitl_grpc.domain.clock import ShiftedClock
 from hitl_grpc.domain.values import Role
-from tests.decisions_support import wait_until
+from hitl_grpc.events import cursor as cursors
+from tests.audit_support import audit_rows
+from tests.decisions_support import scalar, wait_until
 from tests.harness import PASSWORD, Harness, ServerFactory, bearer
+from tests.tcp_proxy import ReplyEater
 from tests.watching import append_events, hand_decision, hub_of, next_of, submit_request
 
 
@@ -138,3 +144,128 @@ async def test_watch_pending_resyncs_when_its_cursor_is_gone(server: Harness) ->
         assert (await next_of(resumed)).kind == "resync"
         assert (await _until(resumed, "snapshot_complete")).cursor
         assert seen.kind == "added"
+
+
+def _position(cursor: str) -> int:
+    decoded = cursors.decode(cursor)
+    assert decoded is not None
+    return decoded
+
+
+async def test_a_lost_refresh_reply_does_not_look_like_token_reuse(server: Harness) -> None:
+    user = await server.create_user(Role.SERVICE)
+    async with ReplyEater(server.running.port).running() as proxy:
+        client = HitlClient(
+            f"127.0.0.1:{proxy.port}", username=user.username, password=PASSWORD, timeout_s=10
+        )
+        async with client:
+            submitted = await client.submit_decision(submit_request())
+            assert client.tokens is not None
+            proxy.swallow_replies_after(client.tokens.refresh_token.encode())
+            server.clock.advance(server.running.settings.access_token_ttl + timedelta(minutes=1))
+            # The access token is now expired: the next call refreshes it, and the reply
+            # to that refresh is lost after the server has committed the rotation.
+            reading = asyncio.create_task(client.get_decision(submitted.decision.analysis_id))
+            await asyncio.wait_for(proxy.marker_sent.wait(), 10)
+
+            async def rotated() -> bool:
+                return bool(await audit_rows(server, "auth.refresh", user.username))
+
+            await wait_until(rotated)
+            proxy.cut()
+            again = await asyncio.wait_for(reading, 20)
+        assert again.analysis_id == submitted.decision.analysis_id
+    assert await audit_rows(server, "auth.refresh.reuse_detected", user.username) == []
+    revoked = await scalar(
+        server, "SELECT count(*) FROM refresh_tokens WHERE revoked_at IS NOT NULL"
+    )
+    assert revoked == 0
+    logins = await audit_rows(server, "auth.login", user.username)
+    assert len(logins) == 2  # the first sign-in, and the one that replaced the lost rotation
+
+
+async def test_client_errors_carry_field_violations_and_retry_info(server: Harness) -> None:
+    async with await _client(server, Role.SERVICE) as candi:
+        bad = submit_request()
+        bad.confidence = 250.0
+        bad.source_ip = "not-an-address"
+        with pytest.raises(HitlClientError) as invalid:
+            await candi.submit_decision(bad)
+    assert invalid.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert {v.field for v in invalid.value.field_violations} >= {"confidence", "source_ip"}
+    assert invalid.value.retry_delay_s is None
+    user = await server.create_user(Role.ANALYST)
+    async with HitlClient(
+        server.running.address, username=user.username, password="not-the-password-1"
+    ) as wrong:
+        for _ in range(50):
+            with pytest.raises(HitlClientError) as refused:
+                await wrong.login()
+            if refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                break
+    assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.value.retry_delay_s is not None and refused.value.retry_delay_s > 0
+    assert refused.value.field_violations == ()
+
+
+async def test_watch_pending_resumes_across_a_replica_drain_without_gap_or_duplicate(
+    make_server: ServerFactory,
+) -> None:
+    clock = ShiftedClock()
+    async with make_server(clock=clock) as second, AsyncExitStack() as first_stack:
+        first = await first_stack.enter_async_context(make_server(clock=clock))
+        user = await second.create_user(Role.ANALYST)
+        # pick_first: every watcher starts on the first replica, and moves to the second.
+        address = f"ipv4:127.0.0.1:{first.running.port},127.0.0.1:{second.running.port}"
+        clients = [HitlClient(address, username=user.username, password=PASSWORD) for _ in range(8)]
+        streams = [aiter(c.watch_pending()) for c in clients]
+        for stream in streams:
+            assert (await next_of(stream, 20)).kind == "snapshot_complete"
+        assert hub_of(first).watchers == len(clients)
+        expected: list[str] = []
+        received: list[list[PendingChange]] = [[] for _ in streams]
+
+        async def append(tag: str) -> None:
+            batch = [hand_decision(f"{tag}-{i}") for i in range(3)]
+            await append_events(second, batch)
+            expected.extend(d.analysis_id for d in batch)
+
+        async def catch_up() -> None:
+            for stream, got in zip(streams, received, strict=True):
+                while len(got) < len(expected):
+                    got.append(await next_of(stream, 30))
+
+        await append("before")
+        await catch_up()
+        # A long-lived watch outlives its access token: it reconnects with an expired one.
+        clock.advance(first.running.settings.access_token_ttl + timedelta(minutes=1))
+        draining = asyncio.create_task(first_stack.aclose())
+        await append("during")
+        await draining
+        await append("after")
+        await catch_up()
+        for got in received:
+            assert [c.kind for c in got] == ["added"] * len(expected)
+            assert [c.decision.analysis_id for c in got if c.decision] == expected
+            positions = [_position(c.cursor) for c in got]
+            assert positions == sorted(set(positions))
+        assert hub_of(second).watchers == len(clients)
+        for client in clients:
+            await client.close()
+
+
+async def test_a_watch_gives_up_once_its_retry_budget_is_spent() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens on the port: every attempt fails fast with UNAVAILABLE.
+    client = HitlClient(
+        f"127.0.0.1:{port}",
+        username="nobody",
+        password=PASSWORD,
+        backoff=Backoff(first_s=0.01, max_s=0.05, budget_s=0.5),
+    )
+    async with client:
+        with pytest.raises(HitlClientError) as gave_up:
+            await next_of(aiter(client.watch_pending()), 20)
+    assert gave_up.value.code is grpc.StatusCode.UNAVAILABLE

@@ -23,6 +23,9 @@ from hitl_grpc.domain.values import Action, AuditRecord, Decision, Resolution, R
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
+# The largest id a 64-bit signed integer column holds.
+_ID_MAX: Final = 2**63 - 1
+_ID_DIGITS_MAX: Final = len(str(_ID_MAX))
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
@@ -258,7 +261,8 @@ def from_page_token(token: str, kind: str) -> str | None:
     except (ValueError, UnicodeDecodeError):
         raw = ""
     prefix, sep, value = raw.partition(":")
-    if prefix != kind or not sep or not value:
+    # U+0000 would reach PostgreSQL, whose text cannot hold it, as an error.
+    if prefix != kind or not sep or not value or "\x00" in value:
         raise InvalidField.one("page_token", "is not a token this method returned")
     return value
 
@@ -284,20 +288,45 @@ def user_update_from_proto(request: auth_pb2.UpdateUserRequest) -> UserUpdate:
 
 def audit_query_from_proto(request: audit_pb2.ListAuditEventsRequest) -> AuditQuery:
     """Filters and page of a ListAuditEvents request."""
+    problems: list[FieldViolation] = []
     if request.page_size < 0:
-        raise InvalidField.one("page_size", "must not be negative")
-    before = from_page_token(request.page_token, "a")
-    if before is not None and not before.isdigit():
-        raise InvalidField.one("page_token", "is not a token this method returned")
+        problems.append(FieldViolation("page_size", "must not be negative"))
+    for name in ("actor", "kind", "target"):
+        if "\x00" in getattr(request, name):
+            problems.append(FieldViolation(name, "must not contain NUL (U+0000)"))
+    since = _optional_time(request, "since", problems)
+    until = _optional_time(request, "until", problems)
+    before_id = None
+    try:
+        before_id = _audit_cursor(request.page_token)
+    except InvalidField as err:
+        problems.extend(err.violations)
+    if problems:
+        raise InvalidField(problems)
     return AuditQuery(
         actor=request.actor,
         kind=request.kind,
         target=request.target,
-        since=from_timestamp(request.since) if request.HasField("since") else None,
-        until=from_timestamp(request.until) if request.HasField("until") else None,
-        before_id=int(before) if before is not None else None,
+        since=since,
+        until=until,
+        before_id=before_id,
         limit=min(request.page_size or AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX),
     )
+
+
+def _audit_cursor(token: str) -> int | None:
+    """The audit id a page token continues below; only ids this service can have issued."""
+    before = from_page_token(token, "a")
+    if before is None:
+        return None
+    # isdigit() alone admits '²' and Arabic-Indic digits, which int() refuses; the length
+    # bound keeps int() cheap and the id within a 64-bit column on both backends.
+    if not (before.isascii() and before.isdigit() and len(before) <= _ID_DIGITS_MAX):
+        raise InvalidField.one("page_token", "is not a token this method returned")
+    value = int(before)
+    if not 0 < value <= _ID_MAX:
+        raise InvalidField.one("page_token", "is not a token this method returned")
+    return value
 
 
 def audit_event_to_proto(record: AuditRecord) -> audit_pb2.AuditEvent:

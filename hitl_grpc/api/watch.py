@@ -12,14 +12,14 @@ from hitl.v1 import decision_pb2
 from hitl_grpc.api import convert
 from hitl_grpc.auth.principal import current_principal
 from hitl_grpc.domain.errors import InvalidField
-from hitl_grpc.domain.values import AnalysisId, Decision, Priority, Role
+from hitl_grpc.domain.validation import parse_analysis_id
+from hitl_grpc.domain.values import Decision, Priority, Role
 from hitl_grpc.events import cursor as cursors
 from hitl_grpc.events.hub import EventHub
 from hitl_grpc.events.streams import ItemKind, PendingItem, watch_decision, watch_pending
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-ANALYSIS_ID_MAX: Final = 128
 # Each live event is converted to proto once per process, not once per watcher.
 _PROTO_CACHE_SIZE: Final = 2048
 
@@ -75,7 +75,7 @@ class WatchServicer:
         self, request: decision_pb2.WatchDecisionRequest, context: Context
     ) -> AsyncIterator[decision_pb2.WatchDecisionResponse]:
         principal = current_principal()
-        analysis_id = _analysis_id(request.analysis_id)
+        analysis_id = parse_analysis_id(request.analysis_id)
 
         def visible(decision: Decision) -> bool:
             # A machine account sees only what it submitted; to it the rest does not exist.
@@ -96,12 +96,3 @@ def _priority(value: int) -> Priority:
         raise InvalidField.one(
             "priorities", "must be PRIORITY_CRITICAL, _HIGH, _MEDIUM or _LOW"
         ) from None
-
-
-def _analysis_id(raw: str) -> AnalysisId:
-    value = raw.strip()
-    if not value:
-        raise InvalidField.one("analysis_id", "must not be empty")
-    if len(value) > ANALYSIS_ID_MAX:
-        raise InvalidField.one("analysis_id", f"must be at most {ANALYSIS_ID_MAX} characters")
-    return AnalysisId(value)

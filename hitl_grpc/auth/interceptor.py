@@ -146,7 +146,7 @@ class AuthInterceptor(WrappingInterceptor):
         policy = policy_for(method, self._policies)
         streams = handler.unary_stream is not None or handler.stream_stream is not None
         if policy is None or policy.public or not streams:
-            return wrap_handler(handler, self.around_for(method))
+            return wrap_handler(handler, self.around_for(method), method)
         return self._guarded_stream(handler, method, policy)
 
     def _guarded_stream(self, handler: Handler, method: str, policy: Policy) -> Handler:

@@ -190,12 +190,16 @@ def username_key(username: str) -> str:
 
 
 def parse_username(raw: str, field_name: str = "username") -> str:
-    """A username as stored: NFKC-normalized, trimmed, printable, bounded."""
+    """A username as stored: NFKC-normalized, trimmed, printable, bounded in both stored forms."""
     name = unicodedata.normalize("NFKC", raw).strip()
     if not name:
         raise InvalidField.one(field_name, "must not be empty")
-    if len(name) > USERNAME_MAX:
-        raise InvalidField.one(field_name, f"must be at most {USERNAME_MAX} characters")
+    # Case folding can lengthen a name ('ß' -> 'ss'): the limit holds for the folded
+    # key too, which is stored in a column of the same width.
+    if len(name) > USERNAME_MAX or len(username_key(name)) > USERNAME_MAX:
+        raise InvalidField.one(
+            field_name, f"must be at most {USERNAME_MAX} characters, also when case-folded"
+        )
     if any(unicodedata.category(ch).startswith(("C", "Z")) and ch != " " for ch in name):
         raise InvalidField.one(field_name, "must not contain control or separator characters")
     return name

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hitl_grpc.domain.ports import AuditQuery
 from hitl_grpc.domain.values import AuditOutcome, AuditRecord
-from hitl_grpc.store.codec import aware
+from hitl_grpc.store.codec import aware, storable
 from hitl_grpc.store.tables import audit_events
 
 ACTOR_MAX = 150
@@ -47,12 +47,13 @@ class AuditLog:
             _APPEND,
             {
                 "time": record.time,
-                "actor": record.actor[:ACTOR_MAX],
-                "kind": record.kind[:KIND_MAX],
-                "target": record.target[:TARGET_MAX],
-                "peer": record.peer[:PEER_MAX],
+                # What an attempt named is recorded even when it held U+0000 (a probe).
+                "actor": storable(record.actor[:ACTOR_MAX]),
+                "kind": storable(record.kind[:KIND_MAX]),
+                "target": storable(record.target[:TARGET_MAX]),
+                "peer": storable(record.peer[:PEER_MAX]),
                 "outcome": int(record.outcome),
-                "details": dict(record.details),
+                "details": {storable(k): storable(v) for k, v in record.details.items()},
             },
         )
 

@@ -1,10 +1,10 @@
-"""Decision <-> row mapping, shared by the repository and the outbox payload."""
+"""Row mapping shared by the repositories: decisions, times, and text PostgreSQL can hold."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from hitl_grpc.domain.values import (
     Action,
@@ -16,6 +16,13 @@ from hitl_grpc.domain.values import (
     Resolution,
     Status,
 )
+
+NUL: Final = "\x00"
+
+
+def storable(text: str) -> str:
+    """Text both backends can hold: PostgreSQL text refuses U+0000, so it becomes U+FFFD."""
+    return text.replace(NUL, "\ufffd") if NUL in text else text
 
 
 def aware(value: datetime | None) -> datetime | None:

@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hitl_grpc.domain.ports import ThrottleState
-from hitl_grpc.store.codec import aware
+from hitl_grpc.store.codec import aware, storable
 from hitl_grpc.store.tables import login_throttle
 
 
@@ -34,7 +34,9 @@ class LoginThrottleRepository:
 
     async def peek(self, subjects: list[str]) -> list[ThrottleState]:
         """The counters of these subjects that exist, without locking them."""
-        stmt = select(login_throttle).where(login_throttle.c.subject.in_(subjects))
+        stmt = select(login_throttle).where(
+            login_throttle.c.subject.in_([storable(s) for s in subjects])
+        )
         return [_state(row) for row in await self._conn.execute(stmt)]
 
     async def lock(self, subject: str, now: datetime) -> ThrottleState:
@@ -45,6 +47,8 @@ class LoginThrottleRepository:
         concurrent forgive delete the row between the two statements on PostgreSQL, so the
         SELECT found nothing and the failure was lost.
         """
+        # A probed username may hold U+0000: it is counted under a name PostgreSQL can hold.
+        subject = storable(subject)
         dialect = postgresql if self._conn.dialect.name == "postgresql" else sqlite
         stmt = dialect.insert(login_throttle).values(
             subject=subject, failures=0, window_started_at=now, lockouts=0
@@ -58,7 +62,7 @@ class LoginThrottleRepository:
         """Writes a counter back (after lock())."""
         await self._conn.execute(
             update(login_throttle)
-            .where(login_throttle.c.subject == state.subject)
+            .where(login_throttle.c.subject == storable(state.subject))
             .values(
                 failures=state.failures,
                 window_started_at=state.window_started_at,
@@ -69,4 +73,6 @@ class LoginThrottleRepository:
 
     async def clear(self, subject: str) -> None:
         """Forgets a subject's failures (after a successful sign-in)."""
-        await self._conn.execute(delete(login_throttle).where(login_throttle.c.subject == subject))
+        await self._conn.execute(
+            delete(login_throttle).where(login_throttle.c.subject == storable(subject))
+        )

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.ports import UserChanges
 from hitl_grpc.domain.values import Account, Role, User, UserId, username_key
-from hitl_grpc.store.codec import aware
+from hitl_grpc.store.codec import NUL, aware
 from hitl_grpc.store.tables import refresh_tokens, users
 
 
@@ -47,11 +47,15 @@ class UserRepository:
 
     async def get(self, user_id: UserId) -> Account | None:
         """The account with this id, if any."""
+        if NUL in user_id:
+            return None  # no stored id holds it, and PostgreSQL refuses it as a parameter
         row = (await self._conn.execute(select(users).where(users.c.id == user_id))).first()
         return account_from_row(row) if row else None
 
     async def get_for_update(self, user_id: UserId) -> Account | None:
         """The account, its row locked until the transaction ends (PostgreSQL)."""
+        if NUL in user_id:
+            return None
         stmt = select(users).where(users.c.id == user_id).with_for_update()
         row = (await self._conn.execute(stmt)).first()
         return account_from_row(row) if row else None
@@ -79,6 +83,8 @@ class UserRepository:
 
     async def by_username(self, username: str) -> Account | None:
         """The account whose name is this one, compared NFKC case-insensitively."""
+        if NUL in username:
+            return None
         stmt = select(users).where(users.c.username_key == username_key(username))
         row = (await self._conn.execute(stmt)).first()
         return account_from_row(row) if row else None
