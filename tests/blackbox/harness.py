@@ -7,7 +7,7 @@ channel per thread), the grpcurl binary and Node.js @grpc/grpc-js. Everything is
   on that database, gRPC and metrics on 127.0.0.1:0, the admin password ADMIN_PASSWORD, and
   waits (with a deadline) for its "serving on host:port" line. The `served` fixture
   (tests/blackbox/conftest.py) does this on a fresh database of each backend and stops it after
-  the test.
+  the test; `make_served(HITL_HEARTBEAT_S="1", ...)` starts more, or with other settings.
 - `served.address`: "127.0.0.1:port". `served.channel()`: a new sync channel; give each thread
   its own.
 - `served.admin_token()`: an access token for `admin`. `served.create_user(role)`: a new account

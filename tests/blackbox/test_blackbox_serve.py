@@ -14,6 +14,9 @@ from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc
 from tests.blackbox.harness import CALL_S, Served
 from tests.harness import bearer
 
+# Wire-level behaviour that no store changes; the login test still runs on both.
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"])
+
 
 def test_a_sync_client_logs_in_as_a_new_user_and_health_is_serving(served: Served) -> None:
     username, _ = served.create_user(access_pb2.ROLE_ANALYST)
@@ -30,12 +33,14 @@ def test_a_sync_client_logs_in_as_a_new_user_and_health_is_serving(served: Serve
     assert me.user.username != username
 
 
+@SQLITE_ONLY
 def test_metrics_on_port_zero_are_served_on_the_announced_port(served: Served) -> None:
     served.admin_token()
     sample = 'hitl_rpc_total{code="OK",method="/hitl.v1.AuthService/Login"} 1.0'
     assert sample in _wait_for_samples(served, sample)
 
 
+@SQLITE_ONLY
 def test_a_node_grpc_js_client_loads_the_protos_and_signs_in(served: Served) -> None:
     username, password = served.create_user(access_pb2.ROLE_VIEWER)
     run = served.node("whoami.js", username, password)
@@ -59,6 +64,7 @@ def _wait_for_samples(served: Served, *samples: str) -> str:
         time.sleep(0.05)
 
 
+@SQLITE_ONLY
 def test_the_access_log_counts_each_call_by_the_status_it_really_ended_with(
     served: Served,
 ) -> None:
