@@ -160,7 +160,7 @@ def _serve_env(database_url: str, **extra: str) -> dict[str, str]:
             "HITL_PASSWORD_MEMORY_KIB": "1024",
             "HITL_PASSWORD_TIME_COST": "1",
             "HITL_SHUTDOWN_GRACE_S": str(GRACE_S),
-            "HITL_DB_TIMEOUT_S": "1",
+            "HITL_DB_TIMEOUT_S": "2",
             "HITL_DB_CHECK_INTERVAL_S": "0.2",
             "HITL_WATCH_CATCHUP_S": "0.2",
             **extra,
