@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -11,6 +13,7 @@ from sqlalchemy import select, text
 
 from hitl_grpc.domain.ports import EventKind
 from hitl_grpc.domain.values import Role
+from hitl_grpc.store.codec import decision_to_row, row_to_payload
 from hitl_grpc.store.events import APPEND_LOCK_KEY
 from hitl_grpc.store.tables import decision_events
 from tests.decisions_support import wait_until
@@ -30,36 +33,61 @@ STRANDED_TIMEOUT_S = 1.0
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
-async def test_writer_holding_the_append_lock_orders_the_next_one_after_it(
+async def test_commit_waiting_for_the_append_lock_is_ordered_after_its_holder(
     server: Harness,
 ) -> None:
     analyst = await server.as_role(Role.ANALYST)
     stream = await watch_live(server, analyst)
     hub = hub_of(server)
 
-    async with server.running.uow() as first, server.running.uow() as second:
-        await first.events.append(hand_decision("draws-position-first"), EventKind.ADDED)
-        await first.events.flush()  # holds the append lock, its position drawn
-        await second.events.append(hand_decision("tries-to-commit-first"), EventKind.ADDED)
-        committing = asyncio.create_task(second.commit())
-        await wait_until(lambda: _waiting_for_the_append_lock(server))
-        # The reader looks at the log while the first writer is still open: it must not
-        # move past a position that can still appear.
-        await hub.sync()
-        assert not committing.done()
-        await first.commit()
-        await committing
+    # A session in the middle of publishing: it holds the append lock, its position drawn.
+    async with await _raw(server) as holder:
+        await holder.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
+        await holder.execute(_RAW_APPEND, _raw_event("holds-the-lock"))
+        async with server.running.uow() as second:
+            await second.events.append(hand_decision("waits-for-it"), EventKind.ADDED)
+            committing = asyncio.create_task(second.commit())
+            await wait_until(lambda: _waiting_for_the_append_lock(server))
+            # The reader looks at the log while the holder is still open: it must not
+            # move past a position that can still appear.
+            await hub.sync()
+            assert not committing.done()
+            await holder.commit()
+            await committing
 
     replies = await take(stream, 2)
-    assert [event_of(r)[1] for r in replies] == ["draws-position-first", "tries-to-commit-first"]
-    assert await _stored_history(server) == ["draws-position-first", "tries-to-commit-first"]
+    assert [event_of(r)[1] for r in replies] == ["holds-the-lock", "waits-for-it"]
+    assert await _stored_history(server) == ["holds-the-lock", "waits-for-it"]
 
     # A resume from the first event yields the second, once.
     resumed = watch(server, analyst, replies[0].cursor)
-    assert event_of(await next_of(resumed))[1] == "tries-to-commit-first"
+    assert event_of(await next_of(resumed))[1] == "waits-for-it"
     await _append_one(server, "later")
     assert event_of(await next_of(resumed))[1] == "later"
     assert event_of(await next_of(stream))[1] == "later"
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_writer_cut_off_before_its_commit_delays_nobody(server: Harness) -> None:
+    analyst = await server.as_role(Role.ANALYST)
+    candi = await server.as_role(Role.SERVICE)
+    stream = await watch_live(server, analyst)
+    # A writer of ours that staged its event and then lost its client: idle in its
+    # transaction, it holds no append lock, since publishing happens in the COMMIT.
+    async with await _raw(server) as stranded:
+        await stranded.execute(
+            "INSERT INTO decision_events_staged (analysis_id, kind, status, priority, version,"
+            " time, payload, size) VALUES (%(analysis_id)s, 'added', 1, 2, 1, now(),"
+            " %(payload)s::json, %(size)s)",
+            _raw_event("never-committed"),
+        )
+        reply = await server.decisions.SubmitDecision(
+            submit_request("not-held-up"), metadata=candi, timeout=10
+        )
+        assert reply.created
+        assert event_of(await next_of(stream)) == ("added", "not-held-up", 1)
+        await stranded.rollback()
+    assert await _stored_history(server) == ["not-held-up"]
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
@@ -110,18 +138,14 @@ async def test_stranded_writer_delays_others_only_until_its_session_times_out(
     await _append_one(server, "before")
     before = await next_of(stream)
 
-    # A writer of ours cut off after its INSERT: it holds the append lock, idle in its
-    # transaction, until PostgreSQL ends its session.
-    url = server.running.settings.database_url
-    stranded = await psycopg.AsyncConnection.connect(url, connect_timeout=5)
+    # A session cut off while it holds the append lock (our writers hold it only inside
+    # their COMMIT): idle in its transaction until PostgreSQL ends its session.
+    stranded = await _raw(server)
     await stranded.execute(
         f"SET idle_in_transaction_session_timeout = '{int(STRANDED_TIMEOUT_S * 1000)}ms'"
     )
     await stranded.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
-    await stranded.execute(
-        "INSERT INTO decision_events (analysis_id, kind, status, priority, version, time,"
-        " payload, size) VALUES ('stranded', 'added', 1, 2, 1, now(), '{}', 2)"
-    )
+    await stranded.execute(_RAW_APPEND, _raw_event("stranded"))
     started = time.monotonic()
     reply = await server.decisions.SubmitDecision(
         submit_request("after-the-stranded-writer"), metadata=candi, timeout=10
@@ -158,6 +182,23 @@ async def test_snapshot_taken_beside_an_open_transaction_misses_nothing(
     replies = await take(stream, 2)
     # "quick" was already reflected by the snapshot; "slow" was not.
     assert [event_of(r)[1] for r in replies] == ["slow", "after"]
+
+
+_RAW_APPEND = (
+    "INSERT INTO decision_events (analysis_id, kind, status, priority, version, time, payload,"
+    " size) VALUES (%(analysis_id)s, 'added', 1, 2, 1, now(), %(payload)s::json, %(size)s)"
+)
+
+
+async def _raw(server: Harness) -> psycopg.AsyncConnection[Any]:
+    """A session of its own on the test's database, outside the service."""
+    url = server.running.settings.database_url
+    return await psycopg.AsyncConnection.connect(url, connect_timeout=5)
+
+
+def _raw_event(analysis_id: str) -> dict[str, object]:
+    payload = row_to_payload(decision_to_row(hand_decision(analysis_id)))
+    return {"analysis_id": analysis_id, "payload": json.dumps(payload), "size": 1000}
 
 
 async def _append_one(server: Harness, analysis_id: str) -> None:

@@ -5,20 +5,22 @@ reader resumes with `position > last` and nothing can still appear behind it.
 
 - SQLite serializes writers (BEGIN IMMEDIATE): positions are handed out in commit order.
 - PostgreSQL draws positions from a sequence before commit, so on their own two writers
-  could commit positions 8 and then 7. Every transaction that appends therefore takes one
-  transaction-scoped advisory lock right before drawing its positions, as its last
-  statements before COMMIT (the events are buffered until then). A lock holder draws its
-  positions, commits and becomes visible to new snapshots before PostgreSQL releases the
-  lock (xact.c CommitTransaction: ProcArrayEndTransaction() runs before
-  ResourceOwnerRelease(RESOURCE_RELEASE_LOCKS)); only then can the next writer draw higher
-  positions. So every position below a visible one is visible or was rolled back. (This
-  needs a sequence that caches no values per session, CACHE 1, the default.)
+  could commit positions 8 and then 7. So a transaction's events are staged in
+  decision_events_staged and published at its COMMIT by a deferred constraint trigger
+  (migration 0002): it takes one transaction-scoped advisory lock, then draws the
+  positions and moves the rows into decision_events. The holder commits and becomes
+  visible to new snapshots before PostgreSQL releases the lock (xact.c CommitTransaction:
+  ProcArrayEndTransaction() runs before ResourceOwnerRelease(RESOURCE_RELEASE_LOCKS)); only
+  then can the next writer draw higher positions. So every position below a visible one
+  is visible or was rolled back. (This needs a sequence that caches no values per
+  session, CACHE 1, the default.)
 
 Advisory locks belong to one database: transactions elsewhere in the cluster never wait
-on this one, and readers wait on nothing at all. The price is that the appending tail of
-each writing transaction (lock, INSERT, COMMIT) runs one at a time per database, and a
-writer stranded while holding the lock stalls the others until PostgreSQL ends its
-session (idle_in_transaction_session_timeout).
+on this one, and readers wait on nothing at all. The lock is held only inside the
+server's COMMIT processing, never while waiting for a client: a writer cut off before its
+COMMIT holds no lock, and a slow link to one replica does not slow the others' commits.
+The price: the commits of writing transactions (their publication and WAL flush) run one
+at a time per database.
 """
 
 from __future__ import annotations
@@ -26,27 +28,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from sqlalchemy import insert, text
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hitl_grpc.domain.ports import EventKind
 from hitl_grpc.domain.values import Decision
 from hitl_grpc.store.codec import decision_to_row, row_to_payload
-from hitl_grpc.store.tables import decision_events
+from hitl_grpc.store.tables import decision_events, decision_events_staged
 
-# LISTEN/NOTIFY channel: a wake-up only, without payload (identical notifications of one
-# transaction collapse into one, delivered at commit).
+# LISTEN/NOTIFY channel: a wake-up only, without payload, sent by the publishing trigger
+# (identical notifications of one transaction collapse into one, delivered at commit).
 NOTIFY_CHANNEL: Final = "hitl_decision_events"
-# The advisory lock key every appending transaction takes ("hitl" in ASCII); one key per
+# The advisory lock key the publishing trigger takes ("hitl" in ASCII); one key per
 # database, since advisory locks are per database.
 APPEND_LOCK_KEY: Final = 0x6869746C
 
-# Built once: SQLAlchemy reuses the compiled statements and only binds the rows. The NOTIFY
-# rides on the lock statement, so serializing costs one round trip per transaction.
+# Built once: SQLAlchemy reuses the compiled statements and only binds the rows.
 _INSERT: Final = insert(decision_events)
-_LOCK_AND_NOTIFY: Final = text(
-    f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY}), pg_notify('{NOTIFY_CHANNEL}', '')"
-)
+_STAGE: Final = insert(decision_events_staged)
 
 
 # What a value costs beyond its text: a generous flat figure per field and per row.
@@ -71,7 +70,7 @@ def row_bytes(row: Mapping[str, Any]) -> int:
 
 
 class EventLog:
-    """Collects decision events for the caller's transaction; flush() writes them last."""
+    """Collects decision events for the caller's transaction; flush() writes them."""
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
@@ -97,10 +96,9 @@ class EventLog:
         self.appended = True
 
     async def flush(self) -> None:
-        """Writes the collected events; the unit of work calls it right before COMMIT."""
+        """Writes the collected events in one statement; the unit of work calls it right
+        before COMMIT (on PostgreSQL they are published by the COMMIT itself)."""
         if not self._pending:
             return
         rows, self._pending = self._pending, []
-        if self._postgres:
-            await self._conn.execute(_LOCK_AND_NOTIFY)
-        await self._conn.execute(_INSERT, rows)
+        await self._conn.execute(_STAGE if self._postgres else _INSERT, rows)

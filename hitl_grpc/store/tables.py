@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -172,6 +174,25 @@ decisions = Table(
     Index("ix_decisions_decided_at", "decided_at"),
 )
 
+
+def _event_columns() -> list[Column[Any]]:
+    """What an event records; the log and the staging table share it."""
+    return [
+        Column("analysis_id", String(128), nullable=False),
+        # "added", "updated" or "removed" relative to the open set.
+        Column("kind", String(16), nullable=False),
+        Column("status", SmallInteger, nullable=False),
+        Column("priority", SmallInteger, nullable=False),
+        Column("version", BigInteger, nullable=False),
+        Column("time", TIME, nullable=False),
+        # The decision as it was after the change, so watchers need no second read.
+        Column("payload", JSON, nullable=False),
+        # About how many bytes the payload takes (store/events.py), written once with it:
+        # what a watcher's queue and a byte-bounded read count without decoding it.
+        Column("size", Integer, nullable=False),
+    ]
+
+
 # The transactional outbox: one row per decision change, written in the change's transaction.
 decision_events = Table(
     "decision_events",
@@ -179,21 +200,19 @@ decision_events = Table(
     # Handed out under the append lock (store/events.py), so positions become visible in
     # order: a reader resumes after the last position it saw.
     Column("position", BIGID, primary_key=True, autoincrement=True),
-    Column("analysis_id", String(128), nullable=False),
-    # "added", "updated" or "removed" relative to the open set.
-    Column("kind", String(16), nullable=False),
-    Column("status", SmallInteger, nullable=False),
-    Column("priority", SmallInteger, nullable=False),
-    Column("version", BigInteger, nullable=False),
-    Column("time", TIME, nullable=False),
-    # The decision as it was after the change, so watchers need no second read.
-    Column("payload", JSON, nullable=False),
-    # About how many bytes the payload takes (store/events.py), written once with it: what
-    # a watcher's queue and a byte-bounded read count without decoding the payload.
-    Column("size", Integer, nullable=False),
+    *_event_columns(),
     Index("ix_decision_events_time", "time"),
     Index("ix_decision_events_analysis_id", "analysis_id", "position"),
     sqlite_autoincrement=True,
+)
+
+# PostgreSQL only: a transaction's events wait here until its COMMIT, when a deferred
+# trigger takes the append lock and moves them into decision_events (store/events.py).
+decision_events_staged = Table(
+    "decision_events_staged",
+    metadata,
+    Column("id", BIGID, primary_key=True, autoincrement=True),
+    *_event_columns(),
 )
 
 # One row (id 1): the last position pruned from decision_events. A resume cursor below it

@@ -50,7 +50,7 @@ class UnitOfWork(Passage):
 
     async def commit(self) -> None:
         """Makes every change of this unit durable at once."""
-        # The events go last: on PostgreSQL they take the append lock, held until COMMIT.
+        # The events go last, in one statement; PostgreSQL publishes them in the COMMIT.
         await self.events.flush()
         await super().commit()
         if self.events.appended and self._after_commit is not None:

@@ -1,6 +1,7 @@
 """event positions in commit order, and each event's size
 
-Appends now take a transaction-scoped advisory lock before their position is drawn, so
+Events are staged in their transaction and published at COMMIT by a deferred trigger
+that takes a transaction-scoped advisory lock before their positions are drawn, so
 positions become visible in order and the (txid, position) read order is gone. Each
 event records how many bytes its payload takes, so reads and watchers' queues can be
 bounded in bytes without decoding payloads.
@@ -16,6 +17,21 @@ revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
+
+
+_PUBLISH_FUNCTION = """
+CREATE FUNCTION hitl_publish_staged_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(1751741548);
+    INSERT INTO decision_events (analysis_id, kind, status, priority, version, time, payload, size)
+    VALUES (NEW.analysis_id, NEW.kind, NEW.status, NEW.priority, NEW.version, NEW.time,
+            NEW.payload, NEW.size);
+    DELETE FROM decision_events_staged WHERE id = NEW.id;
+    PERFORM pg_notify('hitl_decision_events', '');
+    RETURN NULL;
+END
+$$
+"""
 
 
 def upgrade() -> None:
@@ -36,8 +52,40 @@ def upgrade() -> None:
     else:
         op.execute("UPDATE decision_events SET size = length(CAST(payload AS BLOB))")
 
+    op.create_table(
+        "decision_events_staged",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("analysis_id", sa.String(length=128), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("status", sa.SmallInteger(), nullable=False),
+        sa.Column("priority", sa.SmallInteger(), nullable=False),
+        sa.Column("version", sa.BigInteger(), nullable=False),
+        sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("size", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_decision_events_staged")),
+    )
+    if op.get_bind().dialect.name == "postgresql":
+        # At COMMIT (deferred), under the append lock: each staged event gets its position
+        # and moves to the log. The lock is held only inside the server's commit.
+        op.execute(_PUBLISH_FUNCTION)
+        op.execute(
+            "CREATE CONSTRAINT TRIGGER decision_events_publish_at_commit"
+            " AFTER INSERT ON decision_events_staged"
+            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW"
+            " EXECUTE FUNCTION hitl_publish_staged_event()"
+        )
+
 
 def downgrade() -> None:
+    op.drop_table("decision_events_staged")
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION hitl_publish_staged_event()")
     op.drop_column("decision_events", "size")
     op.add_column(
         "decision_event_horizon",
