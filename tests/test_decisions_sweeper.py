@@ -32,7 +32,7 @@ from tests.decisions_support import (
 )
 from tests.harness import Harness, ServerFactory
 
-SHORT = timedelta(seconds=2)
+SHORT = timedelta(seconds=3)
 SLA = {**Settings().sla, Priority.CRITICAL: SHORT}
 
 
@@ -63,10 +63,12 @@ async def test_overdue_items_are_escalated_once(server: Harness) -> None:
     service = await server.as_role(Role.SERVICE)
     critical = await submit(server, service, priority=decision_pb2.PRIORITY_CRITICAL)
     low = await submit(server, service, priority=decision_pb2.PRIORITY_LOW)
-    assert (await sweeper_of(server).sweep_once()).escalated == 0
-    assert await database_now(server) < when(critical.sla_deadline)
+    first = await sweeper_of(server).sweep_once()
+    # Not escalated before its deadline (unless the machine was slower than the SLA).
+    assert first.escalated == 0 or when(critical.sla_deadline) <= await database_now(server)
     await wait_for_database_time(server, when(critical.sla_deadline))
-    assert await sweeper_of(server).sweep_once() == SweepReport(escalated=1)
+    second = await sweeper_of(server).sweep_once()
+    assert first.escalated + second.escalated == 1
     assert await sweeper_of(server).sweep_once() == SweepReport()
     escalated = await _get(server, critical.analysis_id)
     assert escalated.status == decision_pb2.DECISION_STATUS_ESCALATED
@@ -125,9 +127,12 @@ async def test_lapsed_lease_returns_the_item_to_pending(server: Harness) -> None
         metadata=analyst,
         timeout=10,
     )
-    assert await sweeper_of(server).sweep_once() == SweepReport()
-    await wait_for_database_time(server, when(claimed.decision.claim_expires_at))
-    assert await sweeper_of(server).sweep_once() == SweepReport(released=1)
+    first = await sweeper_of(server).sweep_once()
+    lapsed_at = when(claimed.decision.claim_expires_at)
+    assert first.released == 0 or lapsed_at <= await database_now(server)
+    await wait_for_database_time(server, lapsed_at)
+    second = await sweeper_of(server).sweep_once()
+    assert first.released + second.released == 1
     stored = await _get(server, decision.analysis_id)
     assert stored.status == decision_pb2.DECISION_STATUS_PENDING
     assert not stored.claimed_by
@@ -178,7 +183,7 @@ async def test_two_replicas_sweep_each_item_exactly_once(make_server: ServerFact
     settings = {"sweep_interval_s": 3600, "sla": {**SLA, Priority.CRITICAL: timedelta(seconds=1)}}
     async with make_server(**settings) as one, make_server(**settings) as two:
         expiring = await _submit_many(
-            two, count, priority=decision_pb2.PRIORITY_LOW, expires_in=timedelta(seconds=2)
+            two, count, priority=decision_pb2.PRIORITY_LOW, expires_in=timedelta(seconds=3)
         )
         overdue = await _submit_many(one, count, priority=decision_pb2.PRIORITY_CRITICAL)
         await wait_for_database_time(
