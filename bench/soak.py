@@ -20,6 +20,7 @@ It prints the counts and exits 1 if any check failed. Usage:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import os
 import random
@@ -45,8 +46,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
 from bench.common import ADMIN_PASSWORD, BENCH_SECRET, fresh_postgres
-from bench.faultproxy import FaultProxy, Mode
 from hitl_grpc.events import cursor as cursors
+from tests.faultproxy import Fault, FaultProxy
 
 PASSWORD: Final = "soak-password-0001-long"
 DB_TIMEOUT_S: Final = 2.0
@@ -164,6 +165,42 @@ class Replica:
             if "Fatal Python error" in text or "Segmentation fault" in text:
                 found.append(f"{log.name}: {text[-2000:]}")
         return found
+
+
+class ThreadedProxy:
+    """A FaultProxy on an event loop of its own thread, switched from the soak's threads."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._proxy = FaultProxy("127.0.0.1", upstream_port)
+        self._loop = asyncio.new_event_loop()
+        self._stopped: asyncio.Event | None = None
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fault proxy did not start")
+
+    @property
+    def port(self) -> int:
+        return self._proxy.port
+
+    def _serve(self, ready: threading.Event) -> None:
+        async def run() -> None:
+            self._stopped = asyncio.Event()
+            async with self._proxy.running():
+                ready.set()
+                await self._stopped.wait()
+
+        self._loop.run_until_complete(run())
+
+    def set_fault(self, fault: Fault) -> None:
+        asyncio.run_coroutine_threadsafe(self._proxy.set_fault(fault), self._loop).result(10)
+
+    def close(self) -> None:
+        stopped = self._stopped
+        assert stopped is not None
+        self._loop.call_soon_threadsafe(stopped.set)
+        self._thread.join(10)
 
 
 @dataclass
@@ -404,7 +441,7 @@ def _setup_users(replica: Replica) -> None:
 
 
 def _chaos(
-    replicas: list[Replica], proxies: list[FaultProxy], stop: threading.Event
+    replicas: list[Replica], proxies: list[ThreadedProxy], stop: threading.Event
 ) -> Counter[str]:
     done: Counter[str] = Counter()
     actions = ["kill", "blackhole", "reset", "latency", "refuse", "kill", "blackhole", "latency"]
@@ -418,17 +455,19 @@ def _chaos(
         if action == "kill":
             replicas[which].kill_and_restart()
         else:
-            proxies[which].set_mode(Mode(action))
+            proxies[which].set_fault(Fault(action))
             stop.wait(FAULT_S)
-            proxies[which].set_mode(Mode.PASS)
+            proxies[which].set_fault(Fault.NONE)
         done[action] += 1
     return done
 
 
 @contextmanager
-def _replicas(url: str, workdir: Path) -> Iterator[tuple[list[Replica], list[FaultProxy]]]:
+def _replicas(url: str, workdir: Path) -> Iterator[tuple[list[Replica], list[ThreadedProxy]]]:
     with ExitStack() as stack:
-        proxies = [stack.enter_context(FaultProxy.in_thread("127.0.0.1", 5432)) for _ in "ab"]
+        proxies = [ThreadedProxy(5432) for _ in "ab"]
+        for proxy in proxies:
+            stack.callback(proxy.close)
         replicas = [
             Replica(name, url.replace(":5432/", f":{proxy.port}/"), workdir)
             for name, proxy in zip("ab", proxies, strict=True)
@@ -504,7 +543,7 @@ def run(seconds: float) -> int:
         for thread in threads:
             thread.join()
         for proxy in proxies:
-            proxy.set_mode(Mode.PASS)
+            proxy.set_fault(Fault.NONE)
         for replica in replicas:
             replica.check_alive()
         # Every watcher must reach the end of the stored log, then stops.
