@@ -578,6 +578,14 @@ def run(seconds: float) -> int:
     print(f"  call outcomes  {dict(sorted(tally.codes.items()))}")
     print(f"  past deadline  {tally.past_deadline}")
     print(f"  crashes        {len(crashes)}; unexpected exits {len(bad_exits)}")
+    checks = {
+        "no acknowledged submit lost": not lost,
+        "no decision created twice": not dup_created,
+        "watchers saw the stored history": not (gaps or duplicates or stuck),
+        "no call past its deadline": not tally.past_deadline,
+        "no replica crashed or hung": not (crashes or bad_exits),
+        "submits were acknowledged": bool(tally.acked),
+    }
     if lost:
         failures.append(f"{len(lost)} acknowledged submits lost, e.g. {sorted(lost)[:3]}")
     if dup_created:
@@ -591,7 +599,9 @@ def run(seconds: float) -> int:
         failures.append("no submit was acknowledged at all")
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
-    print("soak: " + ("FAILED" if failures else "passed"))
+    passed = sum(checks.values())
+    # The closing line CI reads: each check of the soak counts as one.
+    print(f"soak: {passed} passed, {len(checks) - passed} failed")
     return 1 if failures else 0
 
 
