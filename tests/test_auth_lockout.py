@@ -4,7 +4,8 @@ from datetime import timedelta
 
 import grpc
 
-from hitl_grpc.domain.values import Role
+from hitl_grpc.domain.values import AuditOutcome, Role
+from tests.audit_support import audit_rows
 from tests.harness import Harness, ServerFactory
 from tests.signin import retry_delay_s, rpc_error
 
@@ -97,3 +98,22 @@ async def test_failures_outside_the_window_are_forgotten(server: Harness) -> Non
     server.clock.advance(server.running.settings.login_window + timedelta(seconds=1))
     await _fail(server, user.username, limit - 1)
     assert (await server.login(user.username)).tokens.access_token
+
+
+async def test_refusals_by_one_lock_write_one_audit_row(server: Harness) -> None:
+    user = await server.create_user(Role.ANALYST)
+    await _fail(server, user.username, server.running.settings.login_max_failures)
+    for _ in range(30):
+        error = await rpc_error(server.login(user.username, WRONG))
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    rows = await audit_rows(server, "auth.login", user.username)
+    denied = [r for r in rows if r.outcome is AuditOutcome.DENIED]
+    # A caller hammering a locked account cannot make the service write without bound.
+    assert len(denied) == 1
+    assert denied[0].details.get("reason") == "locked"
+    # The next lock of the same account is audited again.
+    server.clock.advance(timedelta(seconds=retry_delay_s(error) + 1))
+    await _fail(server, user.username, server.running.settings.login_max_failures)
+    await rpc_error(server.login(user.username, WRONG))
+    rows = await audit_rows(server, "auth.login", user.username)
+    assert len([r for r in rows if r.outcome is AuditOutcome.DENIED]) == 2

@@ -23,6 +23,8 @@ SUBJECT_MAX = 380
 # How long an attempt waits for a slot of its account, and how often it looks again.
 ADMIT_WAIT_S = 10.0
 ADMIT_POLL_S = 0.5
+# Locks whose first refusal a process remembers having audited.
+REFUSALS_REMEMBERED = 10_000
 # An attempt counted in flight for longer than this was left by a process that died.
 BUSY_TTL = timedelta(minutes=1)
 T = TypeVar("T")
@@ -150,6 +152,9 @@ class LoginThrottle:
         # Waiters in this process, woken as a slot of their account frees; other replicas'
         # attempts free slots too, so waiters also look again every ADMIT_POLL_S.
         self._slots: dict[str, _Slot] = {}
+        # Locks whose refusals this process has audited: a caller hammering a locked
+        # account or address costs one audit row per lock, not one per call.
+        self._refusals_audited: dict[tuple[str, datetime], None] = {}
 
     @asynccontextmanager
     async def attempt(
@@ -193,10 +198,11 @@ class LoginThrottle:
                 # One admission per account at a time in this process: a burst queues here,
                 # holding no connection, not on the database row with a connection each.
                 async with slot.admitting, self._uow() as uow:
-                    wait = await self._locked_for(uow, account, username, peer)
-                    if wait > 0:
-                        await uow.audit.append(refused)
-                        await uow.commit()
+                    wait, lock = await self._locked_for(uow, account, username, peer)
+                    if lock is not None:
+                        if self._first_refusal(lock):
+                            await uow.audit.append(refused)
+                            await uow.commit()
                         raise RateLimited(LOCKED, retry_after_s=math.ceil(wait))
                     # Read first, lock only when a slot looks free: replicas looking again
                     # must not queue on the row they wait for.
@@ -221,13 +227,37 @@ class LoginThrottle:
             if not slot.users:
                 self._slots.pop(account, None)
 
-    async def _locked_for(self, uow: UnitOfWork, account: str, username: str, peer: str) -> float:
+    async def _locked_for(
+        self, uow: UnitOfWork, account: str, username: str, peer: str
+    ) -> tuple[float, tuple[str, datetime] | None]:
+        """The longest wait a lock on the account or the peer imposes now, and that lock."""
         now = self._clock.now()
-        waits = [_wait(s, now) for s in await uow.throttle.peek([account])]
-        for peer_state in await uow.throttle.peek([peer_subject(peer)]):
-            if _wait(peer_state, now) and not await self._trusted(uow, username, peer, now):
-                waits.append(_wait(peer_state, now))
-        return max(waits, default=0.0)
+        locks = [
+            (_wait(s, now), (account, s.locked_until))
+            for s in await uow.throttle.peek([account])
+            if s.locked_until is not None and _wait(s, now) > 0
+        ]
+        host = peer_subject(peer)
+        for state in await uow.throttle.peek([host]):
+            live = state.locked_until is not None and _wait(state, now) > 0
+            if live and not await self._trusted(uow, username, peer, now):
+                assert state.locked_until is not None
+                locks.append((_wait(state, now), (host, state.locked_until)))
+        if not locks:
+            return 0.0, None
+        return max(locks)
+
+    def _first_refusal(self, lock: tuple[str, datetime]) -> bool:
+        """Whether this process has not yet audited a refusal by this lock (and now has)."""
+        if lock in self._refusals_audited:
+            return False
+        now = self._clock.now()
+        if len(self._refusals_audited) >= REFUSALS_REMEMBERED:
+            # Forget locks that have ended; if every one is live, start over (more rows).
+            live = {k: None for k in self._refusals_audited if k[1] > now}
+            self._refusals_audited = live if len(live) < REFUSALS_REMEMBERED else {}
+        self._refusals_audited[lock] = None
+        return True
 
     async def _take_slot(self, uow: UnitOfWork, account: str, *, locking: bool) -> bool:
         """Whether a slot is free; with `locking`, under the in-flight row's lock, takes it."""
