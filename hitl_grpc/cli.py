@@ -39,7 +39,7 @@ async def _serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running_server(settings) as running:
+    async with running_server(settings, close_pool=False) as running:
         if running.generated_admin_password:
             print(
                 "created user 'admin' with password "
@@ -112,6 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             asyncio.run(_serve(settings))
+            # Drained: every call has ended and every transaction is over. The kernel
+            # closes the database sockets; interpreter teardown would finalize them on
+            # this thread, past the shutdown bound.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
     except StartupError as exc:

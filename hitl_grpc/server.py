@@ -152,13 +152,19 @@ def _bind(server: grpc.aio.Server, settings: Settings) -> int:
 
 @asynccontextmanager
 async def running_server(
-    settings: Settings, *, clock: Clock | None = None
+    settings: Settings, *, clock: Clock | None = None, close_pool: bool = True
 ) -> AsyncIterator[RunningServer]:
-    """A started server; leaving the context drains it and releases everything."""
+    """A started server; leaving the context drains it and releases everything.
+
+    `close_pool=False` leaves the database pool to the process's exit (`serve`, which
+    exits at once): closing PostgreSQL connections runs synchronously on the loop, and
+    was seen to stall an exiting process past its shutdown bound.
+    """
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
         engine = await open_store(settings)
-        stack.push_async_callback(_dispose, engine)
+        if close_pool:
+            stack.push_async_callback(_dispose, engine)
         door = Door(engine, timeout_s=settings.db_timeout_s)
         uow = UnitOfWorkFactory(door)
         # One reader of the event log per process, fanning out to every local watcher.
