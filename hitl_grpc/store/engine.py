@@ -11,15 +11,42 @@ from psycopg import generators, pq, waiting
 from psycopg.abc import PQGen
 from psycopg.pq.abc import PGcancelConn
 from sqlalchemy import event
+from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util.concurrency import in_greenlet
 
 READONLY: Final = "hitl_readonly"
 # How long after HITL_DB_TIMEOUT_S the server itself ends a transaction of ours that sits
 # idle, its client gone (a replica cut off mid-transaction).
 IDLE_IN_TRANSACTION_MARGIN_S: Final = 1.0
 RV = TypeVar("RV")
+SQLITE_DRIVER: Final = "sqlite+hitl_aiosqlite"
+
+
+class ClosedNotTerminated(SQLiteDialect_aiosqlite):
+    """aiosqlite, with a connection given up on closed behind its statement, not stopped.
+
+    SQLAlchemy terminates an invalidated connection by starting a shielded close and, if
+    its caller is cancelled meanwhile, stopping aiosqlite's thread under that close, which
+    then waits forever for a thread that is gone (aiosqlite 0.22: close() after stop()),
+    a task and an open file per call cancelled under a held write lock. A plain close
+    runs once the statement ahead of it ends, which busy_timeout bounds.
+    """
+
+    supports_statement_cache = True  # SQL is compiled exactly as by aiosqlite's dialect
+
+    def do_terminate(self, dbapi_connection: Any) -> None:
+        """Closes in the connection's turn; off the loop (garbage collection) stops it."""
+        if in_greenlet():
+            self.do_close(dbapi_connection)  # type: ignore[no-untyped-call]
+        else:
+            super().do_terminate(dbapi_connection)
+
+
+registry.register("sqlite.hitl_aiosqlite", __name__, ClosedNotTerminated.__name__)
 
 
 class DroppedOnCancel(psycopg.AsyncConnection[Any]):
@@ -105,7 +132,7 @@ def normalize_url(raw: str) -> URL:
     url = make_url(raw)
     backend = url.get_backend_name()
     if backend == "sqlite":
-        return url.set(drivername="sqlite+aiosqlite")
+        return url.set(drivername=SQLITE_DRIVER)
     if backend in ("postgresql", "postgres"):
         return url.set(drivername="postgresql+psycopg")
     raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
