@@ -12,11 +12,11 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from hitl.v1 import audit_pb2_grpc, auth_pb2, auth_pb2_grpc, decision_pb2_grpc
 
-from hitl_grpc.auth.accounts import NewUser
+from hitl_grpc.accounts.accounts import NewUser
 from hitl_grpc.config import Settings
 from hitl_grpc.domain.clock import ShiftedClock
 from hitl_grpc.domain.values import Role, User
-from hitl_grpc.server import RunningServer, running_server
+from hitl_grpc.runtime.server import RunningServer, running_server
 
 PASSWORD = "a-long-test-password-42"
 Metadata = tuple[tuple[str, str], ...]

@@ -12,7 +12,7 @@ from hitl_grpc.auth.interceptor import AuthInterceptor
 from hitl_grpc.auth.policy import load_policies, policy_for
 from hitl_grpc.auth.principal import Access
 from hitl_grpc.domain.values import Principal, Role, UserId
-from hitl_grpc.server import CONTRACT_FILES
+from hitl_grpc.runtime.server import CONTRACT_FILES
 from tests.harness import Harness, bearer
 
 

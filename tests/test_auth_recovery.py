@@ -7,7 +7,7 @@ from datetime import timedelta
 import grpc
 from hitl.v1 import audit_pb2, auth_pb2
 
-from hitl_grpc.auth.users import UserUpdate
+from hitl_grpc.accounts.users import UserUpdate
 from hitl_grpc.domain.values import Role
 from tests.harness import Harness, Metadata, ServerFactory
 from tests.signin import enrolled, retry_delay_s, rpc_error, whoami

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 from hitl.v1 import access_pb2, auth_pb2, decision_pb2
 
-from hitl_grpc.auth.users import UserUpdate
+from hitl_grpc.accounts.users import UserUpdate
 from hitl_grpc.config import ConfigError, Settings
 from hitl_grpc.domain.values import Role, User
 from tests.harness import Harness, ServerFactory, bearer

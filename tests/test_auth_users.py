@@ -7,7 +7,7 @@ import grpc
 from google.protobuf import field_mask_pb2
 from hitl.v1 import access_pb2, auth_pb2
 
-from hitl_grpc.auth.users import UserUpdate
+from hitl_grpc.accounts.users import UserUpdate
 from hitl_grpc.domain.values import Role
 from tests.harness import PASSWORD, Harness, Metadata, bearer
 from tests.signin import rpc_error

@@ -18,9 +18,9 @@ import pytest
 from grpc_health.v1 import health_pb2
 from hitl.v1 import auth_pb2, decision_pb2
 
-from hitl_grpc.db_monitor import DatabaseMonitor
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.values import Role
+from hitl_grpc.runtime.db_probe import DatabaseMonitor
 from tests.decisions_support import sample_request, submit
 from tests.faultproxy import Fault, FaultProxy, proxied
 from tests.harness import Harness, Metadata, server_factory

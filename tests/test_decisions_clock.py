@@ -10,8 +10,8 @@ from sqlalchemy import select
 from hitl_grpc.config import Settings
 from hitl_grpc.domain.clock import ShiftedClock
 from hitl_grpc.domain.values import Priority, Role
+from hitl_grpc.runtime.sweeper import Sweeper
 from hitl_grpc.store.tables import audit_events
-from hitl_grpc.sweeper import Sweeper
 from tests.decisions_support import (
     database_now,
     statuses,

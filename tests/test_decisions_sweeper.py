@@ -19,7 +19,7 @@ from sqlalchemy import text
 from hitl_grpc.config import Settings
 from hitl_grpc.domain.decisions import SWEEP_BATCH, SweepReport
 from hitl_grpc.domain.values import Priority, Role
-from hitl_grpc.sweeper import Sweeper
+from hitl_grpc.runtime.sweeper import Sweeper
 from tests.decisions_support import (
     database_now,
     scalar,

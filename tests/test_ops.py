@@ -15,7 +15,7 @@ from hitl.v1 import auth_pb2
 from hitl_grpc.api.errors import status_of
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.values import Role
-from hitl_grpc.server import SERVICE_NAMES
+from hitl_grpc.runtime.server import SERVICE_NAMES
 from tests.harness import Harness, ServerFactory, bearer
 
 

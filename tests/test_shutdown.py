@@ -20,12 +20,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
 from hitl_grpc.config import Settings
-from hitl_grpc.db_monitor import DatabaseMonitor
 from hitl_grpc.domain.clock import ShiftedClock
 from hitl_grpc.domain.values import Role
 from hitl_grpc.events.hub import EventHub
-from hitl_grpc.server import SHUTDOWN_MARGIN_S, RunningServer, running_server
-from hitl_grpc.sweeper import Sweeper
+from hitl_grpc.runtime.db_probe import DatabaseMonitor
+from hitl_grpc.runtime.server import SHUTDOWN_MARGIN_S, RunningServer, running_server
+from hitl_grpc.runtime.sweeper import Sweeper
 from tests.faultproxy import Fault, proxied
 from tests.harness import Harness, bearer, stubs_for
 

@@ -8,9 +8,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hitl.v1 import decision_pb2
 from rich.console import Console
 
-from hitl_grpc.cli import _parser
+from hitl_grpc.cli.main import _parser
+from hitl_grpc.cli.watch import QueueView
 from hitl_grpc.client import PendingChange
-from hitl_grpc.queue_view import QueueView
 
 
 def _decision(analysis_id: str, priority: decision_pb2.Priority.ValueType) -> decision_pb2.Decision:

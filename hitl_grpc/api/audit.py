@@ -7,8 +7,8 @@ from typing import Any
 import grpc
 from hitl.v1 import audit_pb2, audit_pb2_grpc
 
+from hitl_grpc.accounts.trail import AuditTrail
 from hitl_grpc.api import convert
-from hitl_grpc.auth.trail import AuditTrail
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -7,10 +7,10 @@ from typing import Any
 import grpc
 from hitl.v1 import auth_pb2, auth_pb2_grpc
 
+from hitl_grpc.accounts.accounts import Accounts
+from hitl_grpc.accounts.users import NewUser
 from hitl_grpc.api import convert
-from hitl_grpc.auth.accounts import Accounts
 from hitl_grpc.auth.principal import current_peer, current_principal
-from hitl_grpc.auth.users import NewUser
 from hitl_grpc.domain.values import UserId
 
 Context = grpc.aio.ServicerContext[Any, Any]

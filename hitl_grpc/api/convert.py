@@ -10,11 +10,11 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from hitl.v1 import access_pb2, audit_pb2, auth_pb2, decision_pb2
 
-from hitl_grpc.auth.accounts import IssuedTokens
-from hitl_grpc.auth.sessions import MfaChallengeIssued
-from hitl_grpc.auth.trail import PAGE_DEFAULT as AUDIT_PAGE_DEFAULT
-from hitl_grpc.auth.trail import PAGE_MAX as AUDIT_PAGE_MAX
-from hitl_grpc.auth.users import UserUpdate
+from hitl_grpc.accounts.accounts import IssuedTokens
+from hitl_grpc.accounts.sessions import MfaChallengeIssued
+from hitl_grpc.accounts.trail import PAGE_DEFAULT as AUDIT_PAGE_DEFAULT
+from hitl_grpc.accounts.trail import PAGE_MAX as AUDIT_PAGE_MAX
+from hitl_grpc.accounts.users import UserUpdate
 from hitl_grpc.domain.errors import FieldViolation, InvalidField
 from hitl_grpc.domain.ports import AuditQuery
 from hitl_grpc.domain.queue import QueueStats, WindowStats

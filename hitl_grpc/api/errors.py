@@ -14,7 +14,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hitl_grpc.domain import errors
-from hitl_grpc.handlers import Around, UnparseableRequest, WrappingInterceptor, abort
+from hitl_grpc.interceptors import Around, UnparseableRequest, WrappingInterceptor, abort
 
 log = logging.getLogger("hitl_grpc.api")
 

@@ -19,7 +19,7 @@ from hitl_grpc.auth import principal as principal_ctx
 from hitl_grpc.auth.policy import Policy, policy_for
 from hitl_grpc.auth.principal import Access
 from hitl_grpc.domain.errors import PermissionDenied, Unauthenticated
-from hitl_grpc.handlers import Around, Continuation, Handler, WrappingInterceptor, wrap_handler
+from hitl_grpc.interceptors import Around, Continuation, Handler, WrappingInterceptor, wrap_handler
 
 Authenticate = Callable[[str, str], Awaitable[Access]]
 

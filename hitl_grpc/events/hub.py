@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Final
 
-from hitl_grpc import background
+from hitl_grpc import tasks
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.values import AnalysisId, Priority
@@ -194,8 +194,8 @@ class EventHub:
     async def close(self) -> None:
         """Ends every watch and stops the reader, listener and pruner, each within a bound."""
         self.end_watches()
-        tasks, self._tasks = self._tasks, []
-        await asyncio.gather(*(background.stop(task) for task in tasks))
+        running, self._tasks = self._tasks, []
+        await asyncio.gather(*(tasks.stop(task) for task in running))
 
     def wake(self) -> None:
         """Something was committed: read the log soon."""

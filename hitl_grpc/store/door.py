@@ -17,6 +17,7 @@ from typing import Any, Final, Self
 
 import psycopg
 from psycopg import sql
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -195,6 +196,11 @@ class Door:
         if timeout_s is None:
             return self.timeout_s
         return timeout_s if self.timeout_s is None else min(timeout_s, self.timeout_s)
+
+    async def ping(self, *, timeout_s: float | None = None) -> None:
+        """Returns once the database answers a trivial query; raises Unavailable otherwise."""
+        async with self.passage(readonly=True, timeout_s=timeout_s) as passage:
+            await passage.connection.execute(text("SELECT 1"))
 
     @contextlib.asynccontextmanager
     async def listening(self, channel: str) -> AsyncIterator[Listener]:

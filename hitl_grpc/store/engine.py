@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar
 
 import psycopg
 from psycopg import generators, pq, waiting
@@ -23,6 +23,7 @@ READONLY: Final = "hitl_readonly"
 # idle, its client gone (a replica cut off mid-transaction).
 IDLE_IN_TRANSACTION_MARGIN_S: Final = 1.0
 RV = TypeVar("RV")
+Engine: TypeAlias = AsyncEngine  # what the layers above hold, without importing SQLAlchemy
 SQLITE_DRIVER: Final = "sqlite+hitl_aiosqlite"
 
 

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import secrets
 
-from hitl_grpc.auth.mfa import INVALID_CODE, MfaCodes, MfaEnrolment
-from hitl_grpc.auth.passwords import Passwords, check_new_password
-from hitl_grpc.auth.principal import Access
-from hitl_grpc.auth.sessions import IssuedTokens as IssuedTokens
-from hitl_grpc.auth.sessions import MfaChallengeIssued, Sessions
-from hitl_grpc.auth.sessions import TokenLifetimes as TokenLifetimes
-from hitl_grpc.auth.throttle import (
+from hitl_grpc.accounts.mfa import INVALID_CODE, MfaCodes, MfaEnrolment
+from hitl_grpc.accounts.sessions import IssuedTokens as IssuedTokens
+from hitl_grpc.accounts.sessions import MfaChallengeIssued, Sessions
+from hitl_grpc.accounts.sessions import TokenLifetimes as TokenLifetimes
+from hitl_grpc.accounts.throttle import (
     Attempt,
     LoginLimits,
     LoginThrottle,
     mfa_subject,
     user_subject,
 )
+from hitl_grpc.accounts.trail import AuditTrail
+from hitl_grpc.accounts.users import NewUser as NewUser
+from hitl_grpc.accounts.users import UserAdmin
+from hitl_grpc.auth.passwords import Passwords, check_new_password
+from hitl_grpc.auth.principal import Access
 from hitl_grpc.auth.tokens import ACCESS, MFA_CHALLENGE, TokenIssuer
-from hitl_grpc.auth.trail import AuditTrail
-from hitl_grpc.auth.users import NewUser as NewUser
-from hitl_grpc.auth.users import UserAdmin
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.ports import UnitOfWork, UnitOfWorkFactory, UserChanges

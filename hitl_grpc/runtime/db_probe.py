@@ -8,12 +8,11 @@ from collections.abc import Sequence
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from sqlalchemy import text
 
-from hitl_grpc import background
+from hitl_grpc import tasks
 from hitl_grpc.store.door import Door
 
-log = logging.getLogger("hitl_grpc.db_monitor")
+log = logging.getLogger("hitl_grpc.runtime.db_probe")
 
 
 class DatabaseMonitor:
@@ -45,8 +44,7 @@ class DatabaseMonitor:
     async def probe(self) -> bool:
         """Whether the database answers a trivial query within the probe's deadline."""
         try:
-            async with self._door.passage(readonly=True, timeout_s=self._timeout_s) as passage:
-                await passage.connection.execute(text("SELECT 1"))
+            await self._door.ping(timeout_s=self._timeout_s)
         except Exception as exc:  # any failure to answer is "down"; the reason is logged
             if self.healthy:
                 log.warning("database unreachable: %s", exc)
@@ -91,5 +89,5 @@ class DatabaseMonitor:
     async def stop(self) -> None:
         """Stops probing."""
         if self._task is not None:
-            await background.stop(self._task)
+            await tasks.stop(self._task)
             self._task = None

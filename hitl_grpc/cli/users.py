@@ -16,14 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
+from hitl_grpc.accounts.trail import AuditTrail
+from hitl_grpc.accounts.users import NewUser, UserAdmin, UserUpdate
 from hitl_grpc.auth.passwords import HashParams, Passwords
-from hitl_grpc.auth.trail import AuditTrail
-from hitl_grpc.auth.users import NewUser, UserAdmin, UserUpdate
 from hitl_grpc.config import Settings
 from hitl_grpc.domain.clock import SystemClock
 from hitl_grpc.domain.errors import DomainError
 from hitl_grpc.domain.values import Role, User
-from hitl_grpc.server import StartupError, open_store
+from hitl_grpc.runtime.server import StartupError, open_store
 from hitl_grpc.store.door import Door
 from hitl_grpc.store.uow import UnitOfWorkFactory
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NoReturn
 
+from hitl_grpc.accounts.trail import AuditTrail
 from hitl_grpc.auth.tokens import ACCESS, MFA_CHALLENGE, TokenIssuer, hash_opaque, new_opaque_token
-from hitl_grpc.auth.trail import AuditTrail
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.ports import UnitOfWork, UnitOfWorkFactory

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any, Final
 
-log = logging.getLogger("hitl_grpc.background")
+log = logging.getLogger("hitl_grpc.tasks")
 
 # Each background task gets this long to end once cancelled; shutdown adds them up.
 STOP_WITHIN_S: Final = 2.0

@@ -5,15 +5,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, replace
 
-from hitl_grpc.auth.passwords import Passwords, check_new_password
-from hitl_grpc.auth.throttle import (
+from hitl_grpc.accounts.throttle import (
     busy_subject,
     mfa_subject,
     peer_host,
     peer_subject,
     user_subject,
 )
-from hitl_grpc.auth.trail import AuditTrail
+from hitl_grpc.accounts.trail import AuditTrail
+from hitl_grpc.auth.passwords import Passwords, check_new_password
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.ports import UnitOfWork, UnitOfWorkFactory, UserChanges

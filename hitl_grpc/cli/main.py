@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hitl_grpc import queue_view, users_command
+from hitl_grpc.cli import users, watch
 from hitl_grpc.config import ConfigError, Settings
-from hitl_grpc.observability import configure_logging
-from hitl_grpc.server import SHUTDOWN_MARGIN_S, StartupError, running_server
+from hitl_grpc.runtime.observability import configure_logging
+from hitl_grpc.runtime.server import SHUTDOWN_MARGIN_S, StartupError, running_server
 from hitl_grpc.store import schema
 from hitl_grpc.store.engine import make_engine
 
@@ -93,8 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="ask a server's gRPC health service; exit 0 if SERVING")
     health.add_argument("--address", help="host:port (default: HITL_LISTEN or 127.0.0.1:50051)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
-    queue_view.add_parser(sub)
-    users_command.add_parser(sub)
+    watch.add_parser(sub)
+    users.add_parser(sub)
     return parser
 
 
@@ -104,11 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "health":
         return _run_health(args)
     if args.command == "watch":
-        return queue_view.run(args)
+        return watch.run(args)
     settings = _settings()
     configure_logging(settings.log_level)
     if args.command == "users":
-        return users_command.run(args, settings)
+        return users.run(args, settings)
     try:
         if args.command == "serve":
             asyncio.run(_serve(settings))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from hitl_grpc import background
+from hitl_grpc import tasks
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.decisions import DecisionOperations, SweepReport
 
-log = logging.getLogger("hitl_grpc.sweeper")
+log = logging.getLogger("hitl_grpc.runtime.sweeper")
 
 
 class Sweeper:
@@ -64,5 +64,5 @@ class Sweeper:
     async def stop(self) -> None:
         """Stops sweeping; a sweep in progress is rolled back."""
         if self._task is not None:
-            await background.stop(self._task)
+            await tasks.stop(self._task)
             self._task = None

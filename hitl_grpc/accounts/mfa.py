@@ -12,9 +12,9 @@ from typing import NoReturn
 
 import pyotp
 
+from hitl_grpc.accounts.throttle import Attempt, LoginThrottle, mfa_subject, user_subject
+from hitl_grpc.accounts.trail import AuditTrail
 from hitl_grpc.auth.passwords import Passwords
-from hitl_grpc.auth.throttle import Attempt, LoginThrottle, mfa_subject, user_subject
-from hitl_grpc.auth.trail import AuditTrail
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.ports import UnitOfWork, UnitOfWorkFactory

@@ -19,15 +19,15 @@ from typing import Any, Final
 
 import grpc
 
+from hitl_grpc.accounts.throttle import SUBJECT_MAX, peer_host
+from hitl_grpc.accounts.trail import AuditTrail
 from hitl_grpc.auth.policy import Policy, policy_for
-from hitl_grpc.auth.throttle import SUBJECT_MAX, peer_host
-from hitl_grpc.auth.trail import AuditTrail
 from hitl_grpc.config import Settings
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.ports import ThrottleState, UnitOfWorkFactory
 from hitl_grpc.domain.values import AuditOutcome
-from hitl_grpc.handlers import Continuation, Handler, WrappingInterceptor, wrap_handler
+from hitl_grpc.interceptors import Continuation, Handler, WrappingInterceptor, wrap_handler
 
 log = logging.getLogger("hitl_grpc.auth")
 

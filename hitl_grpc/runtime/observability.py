@@ -14,7 +14,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from hitl_grpc.auth.principal import _current as current_principal_var
-from hitl_grpc.handlers import Around, CallRecord, WrappingInterceptor, begin_call
+from hitl_grpc.interceptors import Around, CallRecord, WrappingInterceptor, begin_call
 
 log = logging.getLogger("hitl_grpc.rpc")
 

@@ -25,42 +25,41 @@ from hitl.v1 import (
     decision_pb2_grpc,
 )
 from prometheus_client import CollectorRegistry, start_http_server
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from hitl_grpc import background
+from hitl_grpc import tasks
+from hitl_grpc.accounts.accounts import Accounts, TokenLifetimes
+from hitl_grpc.accounts.throttle import LoginLimits
 from hitl_grpc.api.audit import AuditServicer
 from hitl_grpc.api.auth import AuthServicer
 from hitl_grpc.api.decisions import DecisionServicer
 from hitl_grpc.api.errors import ErrorInterceptor
 from hitl_grpc.api.watch import WatchServicer
-from hitl_grpc.auth.accounts import Accounts, TokenLifetimes
 from hitl_grpc.auth.interceptor import AuthInterceptor
 from hitl_grpc.auth.keys import load_signing_keys
 from hitl_grpc.auth.passwords import HashParams, Passwords
 from hitl_grpc.auth.policy import load_policies
-from hitl_grpc.auth.public_limits import public_limits
-from hitl_grpc.auth.throttle import LoginLimits
 from hitl_grpc.auth.tokens import TokenIssuer
 from hitl_grpc.config import Settings
-from hitl_grpc.db_monitor import DatabaseMonitor
 from hitl_grpc.domain.clock import Clock, SystemClock
 from hitl_grpc.domain.decisions import DecisionOperations
 from hitl_grpc.domain.errors import InvalidField
 from hitl_grpc.events.hub import EventHub
-from hitl_grpc.observability import AccessLogInterceptor, RpcMetrics
+from hitl_grpc.runtime.db_probe import DatabaseMonitor
+from hitl_grpc.runtime.observability import AccessLogInterceptor, RpcMetrics
+from hitl_grpc.runtime.public_limits import public_limits
+from hitl_grpc.runtime.sweeper import Sweeper
 from hitl_grpc.store import schema
 from hitl_grpc.store.door import Door
-from hitl_grpc.store.engine import make_engine
+from hitl_grpc.store.engine import Engine, make_engine
 from hitl_grpc.store.uow import UnitOfWorkFactory
-from hitl_grpc.sweeper import Sweeper
 
-log = logging.getLogger("hitl_grpc.server")
+log = logging.getLogger("hitl_grpc.runtime.server")
 
 # After the grace period: grpc cancels what is left, then the background tasks stop
-# (each bounded by background.STOP_WITHIN_S, all at once), then the pool closes.
+# (each bounded by tasks.STOP_WITHIN_S, all at once), then the pool closes.
 CANCEL_WITHIN_S: Final = 1.0
 DISPOSE_WITHIN_S: Final = 1.0
-SHUTDOWN_MARGIN_S: Final = CANCEL_WITHIN_S + background.STOP_WITHIN_S + DISPOSE_WITHIN_S
+SHUTDOWN_MARGIN_S: Final = CANCEL_WITHIN_S + tasks.STOP_WITHIN_S + DISPOSE_WITHIN_S
 
 SERVICE_NAMES = (
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
@@ -86,7 +85,7 @@ class RunningServer:
     settings: Settings
     address: str
     port: int
-    engine: AsyncEngine
+    engine: Engine
     door: Door
     uow: UnitOfWorkFactory
     accounts: Accounts
@@ -98,7 +97,7 @@ class RunningServer:
     hub: EventHub | None = None
 
 
-async def open_store(settings: Settings, *, create: bool = True) -> AsyncEngine:
+async def open_store(settings: Settings, *, create: bool = True) -> Engine:
     """An engine on a schema that is current; an empty database is migrated when `create`."""
     engine = make_engine(settings.database_url, timeout_s=settings.db_timeout_s)
     try:
@@ -313,7 +312,7 @@ async def _drain(
         log.error("grpc calls still running %.1f s after the grace period", CANCEL_WITHIN_S)
 
 
-async def _dispose(engine: AsyncEngine) -> None:
+async def _dispose(engine: Engine) -> None:
     try:
         async with asyncio.timeout(DISPOSE_WITHIN_S):
             await engine.dispose()

@@ -1,0 +1,1 @@
+"""The `hitl-grpc` command: serve, migrate, health, users, watch."""
