@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,7 +12,6 @@ from hitl_grpc.domain.ports import EventKind, UnitOfWork, UnitOfWorkFactory
 from hitl_grpc.domain.queue import READ_ROWS_MAX, PageRequest, QueueKey, QueueStats
 from hitl_grpc.domain.validation import AnalysisDraft, VerdictDraft
 from hitl_grpc.domain.values import (
-    Action,
     Analysis,
     AnalysisId,
     AuditOutcome,
@@ -22,12 +19,10 @@ from hitl_grpc.domain.values import (
     Decision,
     Principal,
     Priority,
-    Resolution,
     Role,
     Status,
 )
 
-log = logging.getLogger("hitl_grpc.decisions")
 T = TypeVar("T")
 
 # A transition that lost a race is decided again on what is stored now; a decision
@@ -36,11 +31,9 @@ _RETRIES: Final = 8
 # Rows per sweep transaction (three statements each): a batch ends well inside the
 # database deadline, and replicas sweeping at once interleave their batches.
 SWEEP_BATCH: Final = 50
-SLA_REASON: Final = "SLA deadline passed without a verdict"
 
-# A plan turns the decision as stored into the decision to store, or raises why not;
-# the flag says whether the change records an SLA breach.
-Plan = Callable[[Decision, datetime], tuple[Decision, bool]]
+# One lifecycle step on the decision as stored and the database's time (lifecycle.py).
+Step = Callable[[Decision, datetime], lifecycle.Transition]
 
 
 @dataclass(frozen=True)
@@ -50,6 +43,11 @@ class SweepReport:
     expired: int = 0
     escalated: int = 0
     released: int = 0
+
+
+def visible_to(principal: Principal, decision: Decision) -> bool:
+    """Whether the caller may see the decision: a machine account sees only what it submitted."""
+    return principal.role is not Role.SERVICE or decision.submitted_by == principal.username
 
 
 def _event_kind(before: Status | None, after: Status) -> EventKind:
@@ -77,7 +75,7 @@ class DecisionOperations:
     async def _record(
         self,
         uow: UnitOfWork,
-        kind: str,
+        kind: lifecycle.AuditKind,
         *,
         actor: str,
         peer: str,
@@ -90,7 +88,7 @@ class DecisionOperations:
             AuditRecord(
                 time=now,
                 actor=actor,
-                kind=kind,
+                kind=kind.value,
                 target=after.analysis_id,
                 peer=peer,
                 outcome=AuditOutcome.SUCCESS,
@@ -122,7 +120,7 @@ class DecisionOperations:
                     raise errors.InvalidField([late])  # leaving rolls the INSERT back
                 await self._record(
                     uow,
-                    "decision.submit",
+                    lifecycle.AuditKind.SUBMIT,
                     actor=by.username,
                     peer=by.peer,
                     before=None,
@@ -135,8 +133,8 @@ class DecisionOperations:
         if found is None:  # pragma: no cover - a decision is never deleted
             raise errors.Unavailable("decision vanished while submitting, retry")
         existing, existing_digest = found
-        foreign = by.role is Role.SERVICE and existing.submitted_by != by.username
-        if existing_digest != digest or foreign:
+        # To a machine account another's decision does not exist, so it is not "the same".
+        if existing_digest != digest or not visible_to(by, existing):
             raise errors.AlreadyExists(
                 f"analysis_id {analysis.analysis_id} was already submitted with another payload"
             )
@@ -161,7 +159,7 @@ class DecisionOperations:
         """One decision; a SERVICE account sees only the ones it submitted."""
         async with self._uow(readonly=True) as uow:
             decision = await uow.decisions.get(analysis_id)
-        if decision is None or (by.role is Role.SERVICE and decision.submitted_by != by.username):
+        if decision is None or not visible_to(by, decision):
             raise errors.NotFound(f"no decision {analysis_id}")
         return decision
 
@@ -206,13 +204,31 @@ class DecisionOperations:
         async with self._uow(readonly=True) as uow:
             return await uow.decisions.stats()
 
-    # -- transitions --------------------------------------------------------------------
+    # -- transitions: load, apply, compare-and-set, record --------------------------------
 
-    async def _transition(
+    async def _store(
+        self,
+        uow: UnitOfWork,
+        current: Decision,
+        transition: lifecycle.Transition,
+        now: datetime,
+        actor: str,
+        peer: str,
+    ) -> Decision | None:
+        """The transition as one compare-and-set, recorded; None if another writer won."""
+        stored = await uow.decisions.replace(
+            current, transition.decision, sla_breached=transition.sla_breached
+        )
+        if stored is not None:
+            await self._record(
+                uow, transition.kind, actor=actor, peer=peer, before=current, after=stored, now=now
+            )
+        return stored
+
+    async def _apply(
         self,
         analysis_id: AnalysisId,
-        kind: str,
-        plan: Plan,
+        step: Step,
         *,
         by: Principal,
         expected_version: int | None,
@@ -224,70 +240,37 @@ class DecisionOperations:
                     raise errors.NotFound(f"no decision {analysis_id}")
                 current, now = found
                 lifecycle.check_version(current, expected_version)
-                after, breached = plan(current, now)
-                stored = await uow.decisions.replace(current, after, sla_breached=breached)
+                stored = await self._store(
+                    uow, current, step(current, now), now, by.username, by.peer
+                )
                 if stored is None:
                     # Changed between our read and our compare-and-set: judge it again.
                     continue
-                await self._record(
-                    uow,
-                    kind,
-                    actor=by.username,
-                    peer=by.peer,
-                    before=current,
-                    after=stored,
-                    now=now,
-                )
                 await uow.commit()
                 return stored
         raise errors.VersionConflict(f"decision {analysis_id} kept changing, retry")
-
-    def _next(self, current: Decision, now: datetime, **changes: object) -> Decision:
-        return dataclasses.replace(
-            current,
-            version=current.version + 1,
-            updated_at=now,
-            **changes,  # type: ignore[arg-type]
-        )
 
     async def claim(
         self, analysis_id: AnalysisId, *, by: Principal, expected_version: int | None = None
     ) -> Decision:
         """Puts the decision under review by the caller, or renews the caller's lease."""
-
-        def plan(current: Decision, now: datetime) -> tuple[Decision, bool]:
-            lifecycle.check_claim(current, by, now)
-            return (
-                self._next(
-                    current,
-                    now,
-                    status=Status.IN_REVIEW,
-                    claimed_by=by.username,
-                    claim_expires_at=now + self._claim_lease,
-                ),
-                False,
-            )
-
-        return await self._transition(
-            analysis_id, "decision.claim", plan, by=by, expected_version=expected_version
+        lease = self._claim_lease
+        return await self._apply(
+            analysis_id,
+            lambda current, now: lifecycle.claim(current, by, now, lease),
+            by=by,
+            expected_version=expected_version,
         )
 
     async def release(
         self, analysis_id: AnalysisId, *, by: Principal, expected_version: int | None = None
     ) -> Decision:
         """Gives a claimed decision back to the queue."""
-
-        def plan(current: Decision, now: datetime) -> tuple[Decision, bool]:
-            lifecycle.check_release(current, by, now)
-            return (
-                self._next(
-                    current, now, status=Status.PENDING, claimed_by="", claim_expires_at=None
-                ),
-                False,
-            )
-
-        return await self._transition(
-            analysis_id, "decision.release", plan, by=by, expected_version=expected_version
+        return await self._apply(
+            analysis_id,
+            lambda current, now: lifecycle.release(current, by, now),
+            by=by,
+            expected_version=expected_version,
         )
 
     async def make(
@@ -300,32 +283,11 @@ class DecisionOperations:
     ) -> Decision:
         """Approves, rejects or escalates, as one compare-and-set."""
         verdict = validation.validate_verdict(draft)
-        if verdict.status is Status.ESCALATED:
-            return await self.escalate(
-                analysis_id,
-                verdict.escalation_reason,
-                by=by,
-                expected_version=expected_version,
-                notes=verdict.notes,
-            )
-
-        def plan(current: Decision, now: datetime) -> tuple[Decision, bool]:
-            lifecycle.check_resolve(current, verdict.status, by, now)
-            validation.check_drawn_from(
-                verdict.approved_actions, current.analysis.recommended_actions
-            )
-            return self._closed(
-                current,
-                now,
-                status=verdict.status,
-                decided_by=by.username,
-                approved_actions=verdict.approved_actions,
-                notes=verdict.notes,
-            )
-
-        kind = f"decision.{verdict.status.name.lower()}"
-        return await self._transition(
-            analysis_id, kind, plan, by=by, expected_version=expected_version
+        return await self._apply(
+            analysis_id,
+            lambda current, now: lifecycle.decide(current, verdict, by, now),
+            by=by,
+            expected_version=expected_version,
         )
 
     async def escalate(
@@ -335,35 +297,14 @@ class DecisionOperations:
         *,
         by: Principal,
         expected_version: int | None = None,
-        notes: str = "",
     ) -> Decision:
         """Hands the decision to an admin, with a reason."""
         validation.validate_reason(reason, "reason")
-
-        def plan(current: Decision, now: datetime) -> tuple[Decision, bool]:
-            lifecycle.check_resolve(current, Status.ESCALATED, by, now)
-            return self._escalated(current, now, reason, by.username, notes), False
-
-        return await self._transition(
-            analysis_id, "decision.escalate", plan, by=by, expected_version=expected_version
-        )
-
-    def _escalated(
-        self, current: Decision, now: datetime, reason: str, actor: str, notes: str = ""
-    ) -> Decision:
-        return self._next(
-            current,
-            now,
-            status=Status.ESCALATED,
-            claimed_by="",
-            claim_expires_at=None,
-            resolution=Resolution(
-                status=Status.ESCALATED,
-                notes=notes,
-                escalation_reason=reason,
-                decided_by=actor,
-                decided_at=now,
-            ),
+        return await self._apply(
+            analysis_id,
+            lambda current, now: lifecycle.escalate(current, reason, by, now),
+            by=by,
+            expected_version=expected_version,
         )
 
     # -- the sweeper's work -------------------------------------------------------------
@@ -371,68 +312,20 @@ class DecisionOperations:
     async def sweep(self) -> SweepReport:
         """Expires, escalates overdue and frees lapsed leases; safe with many replicas."""
         expired = await self._sweep_kind(
-            "decision.expire", lambda uow: uow.decisions.expired(SWEEP_BATCH), self._expire
+            lambda uow: uow.decisions.expired(SWEEP_BATCH), lifecycle.expire
         )
         escalated = await self._sweep_kind(
-            "decision.sla_escalate",
-            lambda uow: uow.decisions.overdue(SWEEP_BATCH),
-            self._sla_escalate,
+            lambda uow: uow.decisions.overdue(SWEEP_BATCH), lifecycle.sla_escalate
         )
         released = await self._sweep_kind(
-            "decision.lease_expired",
-            lambda uow: uow.decisions.lapsed_leases(SWEEP_BATCH),
-            self._lease_lapsed,
+            lambda uow: uow.decisions.lapsed_leases(SWEEP_BATCH), lifecycle.lease_lapsed
         )
         return SweepReport(expired, escalated, released)
 
-    def _expire(self, current: Decision, now: datetime) -> tuple[Decision, bool]:
-        return self._closed(current, now, status=Status.EXPIRED, decided_by=lifecycle.SYSTEM_ACTOR)
-
-    def _closed(
-        self,
-        current: Decision,
-        now: datetime,
-        *,
-        status: Status,
-        decided_by: str,
-        approved_actions: tuple[Action, ...] = (),
-        notes: str = "",
-    ) -> tuple[Decision, bool]:
-        """The decision in a terminal state, its claim gone, and whether its SLA was missed."""
-        earlier = current.resolution
-        resolution = Resolution(
-            status=status,
-            approved_actions=approved_actions,
-            notes=notes,
-            # A verdict on an escalated item keeps why it was escalated.
-            escalation_reason=earlier.escalation_reason if earlier else "",
-            decided_by=decided_by,
-            decided_at=now,
-        )
-        after = self._next(
-            current,
-            now,
-            status=status,
-            claimed_by="",
-            claim_expires_at=None,
-            resolution=resolution,
-        )
-        return after, now > current.sla_deadline
-
-    def _sla_escalate(self, current: Decision, now: datetime) -> tuple[Decision, bool]:
-        return self._escalated(current, now, SLA_REASON, lifecycle.SYSTEM_ACTOR), True
-
-    def _lease_lapsed(self, current: Decision, now: datetime) -> tuple[Decision, bool]:
-        after = self._next(
-            current, now, status=Status.PENDING, claimed_by="", claim_expires_at=None
-        )
-        return after, False
-
     async def _sweep_kind(
         self,
-        kind: str,
         candidates: Callable[[UnitOfWork], Awaitable[list[tuple[Decision, datetime]]]],
-        plan: Plan,
+        step: Step,
     ) -> int:
         changed = 0
         while True:
@@ -442,20 +335,10 @@ class DecisionOperations:
                 due = await candidates(uow)
                 won = 0
                 for current, now in due:
-                    after, breached = plan(current, now)
-                    stored = await uow.decisions.replace(current, after, sla_breached=breached)
-                    if stored is None:
-                        continue  # a caller got there first
-                    won += 1
-                    await self._record(
-                        uow,
-                        kind,
-                        actor=lifecycle.SYSTEM_ACTOR,
-                        peer="",
-                        before=current,
-                        after=stored,
-                        now=now,
-                    )
+                    transition = step(current, now)
+                    if await self._store(uow, current, transition, now, lifecycle.SYSTEM_ACTOR, ""):
+                        won += 1
+                    # else a caller got there first
                 await uow.commit()
             changed += won
             if len(due) < SWEEP_BATCH or won == 0:
