@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from hitl_grpc.domain import errors
+from hitl_grpc.domain.lifecycle import TERMINAL
 from hitl_grpc.domain.ports import EventKind
 from hitl_grpc.domain.queue import QueueKey
-from hitl_grpc.domain.values import AnalysisId, Decision, Priority, Status
+from hitl_grpc.domain.values import AnalysisId, Decision, Priority
 from hitl_grpc.events.cursor import SNAPSHOT_CURSOR, decode, encode
 from hitl_grpc.events.hub import BATCH, EventHub
 from hitl_grpc.store.outbox import StoredEvent
 
-TERMINAL: Final = frozenset({Status.APPROVED, Status.REJECTED, Status.EXPIRED})
 AHEAD: Final = "cursor is ahead of the event log; start again without a cursor"
 PRUNED: Final = "cursor is older than the retained event log; start again without a cursor"
 

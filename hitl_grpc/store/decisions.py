@@ -354,7 +354,7 @@ class DecisionRepository:
         ).one()
 
         duration = _duration_s(self._conn)
-        verdict = c.status.in_([int(Status.APPROVED), int(Status.REJECTED)])
+        verdict = c.status.in_(sorted(int(s) for s in lifecycle.VERDICTS))
         ranked = select(
             duration.label("d"),
             func.row_number().over(order_by=duration).label("rn"),
