@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -15,6 +14,7 @@ from hitl_grpc.accounts.sessions import MfaChallengeIssued
 from hitl_grpc.accounts.trail import PAGE_DEFAULT as AUDIT_PAGE_DEFAULT
 from hitl_grpc.accounts.trail import PAGE_MAX as AUDIT_PAGE_MAX
 from hitl_grpc.accounts.users import UserUpdate
+from hitl_grpc.domain import opaque
 from hitl_grpc.domain.errors import FieldViolation, InvalidField
 from hitl_grpc.domain.ports import AuditQuery
 from hitl_grpc.domain.queue import QueueStats, WindowStats
@@ -249,17 +249,14 @@ def page_token(kind: str, value: str) -> str:
     """An opaque cursor for the next page ('' when there is none)."""
     if not value:
         return ""
-    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode().rstrip("=")
+    return opaque.encode(f"{kind}:{value}".encode())
 
 
 def from_page_token(token: str, kind: str) -> str | None:
     """The cursor inside a page token from page_token(kind, ...); None for the first page."""
     if not token:
         return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        raw = ""
+    raw = opaque.decode_text(token) or ""
     prefix, sep, value = raw.partition(":")
     # U+0000 would reach PostgreSQL, whose text cannot hold it, as an error.
     if prefix != kind or not sep or not value or "\x00" in value:

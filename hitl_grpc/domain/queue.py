@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Mapping
@@ -10,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from hitl_grpc.domain import lifecycle, validation
+from hitl_grpc.domain import lifecycle, opaque, validation
 from hitl_grpc.domain.errors import FieldViolation, InvalidField
 from hitl_grpc.domain.values import AnalysisId, Decision, Priority, Status
 
@@ -114,8 +113,7 @@ def encode_cursor(key: QueueKey, queue_filter: QueueFilter) -> str:
         "i": key.analysis_id,
         "f": queue_filter.fingerprint(),
     }
-    raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return opaque.encode(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def decode_cursor(token: str, queue_filter: QueueFilter) -> QueueKey:
@@ -123,8 +121,10 @@ def decode_cursor(token: str, queue_filter: QueueFilter) -> QueueKey:
     # Every token this service issues is far shorter; longer ones are not even decoded.
     if len(token) > TOKEN_MAX:
         raise _not_ours()
+    raw = opaque.decode(token)
+    if raw is None:
+        raise _not_ours()
     try:
-        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
         # A deeply nested forgery ends json's recursion: still just a bad token.
         body = json.loads(raw)
     except (ValueError, RecursionError):

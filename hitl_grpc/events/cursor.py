@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from typing import Final
 
+from hitl_grpc.domain import opaque
 from hitl_grpc.domain.errors import InvalidField, OutOfRange
 
 _PREFIX: Final = "v2:"
@@ -23,7 +22,7 @@ RESYNC: Final = "cursor predates this server's event order; start again without 
 
 def encode(position: int) -> str:
     """The opaque wire form of 'every event up to `position` has been seen'."""
-    return _PREFIX + base64.urlsafe_b64encode(str(position).encode()).decode().rstrip("=")
+    return _PREFIX + opaque.encode(str(position).encode())
 
 
 def decode(raw: str, field: str = "resume_cursor") -> int | None:
@@ -37,11 +36,9 @@ def decode(raw: str, field: str = "resume_cursor") -> int | None:
     bad = InvalidField.one(field, "not a cursor issued by this service")
     if len(raw) > _MAX_LEN or not raw.startswith((_PREFIX, _LEGACY_PREFIX)):
         raise bad
-    body = raw[3:]
-    try:
-        text = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("ascii")
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise bad from None
+    text = opaque.decode_text(raw[3:], "ascii")
+    if text is None:
+        raise bad
     fields = text.split(".")
     if raw.startswith(_LEGACY_PREFIX):
         if len(fields) not in (2, 4) or not all(_DIGITS.fullmatch(f) for f in fields[:2]):
