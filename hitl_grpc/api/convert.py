@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -19,13 +20,32 @@ from hitl_grpc.domain.errors import FieldViolation, InvalidField
 from hitl_grpc.domain.ports import AuditQuery
 from hitl_grpc.domain.queue import QueueStats, WindowStats
 from hitl_grpc.domain.validation import ActionDraft, AnalysisDraft, VerdictDraft
-from hitl_grpc.domain.values import Action, AuditRecord, Decision, Resolution, Role, User
+from hitl_grpc.domain.values import (
+    Action,
+    AuditRecord,
+    Decision,
+    Priority,
+    Resolution,
+    Role,
+    User,
+)
+from hitl_grpc.events.streams import ItemKind, PendingItem
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 # The largest id a 64-bit signed integer column holds.
 _ID_MAX: Final = 2**63 - 1
 _ID_DIGITS_MAX: Final = len(str(_ID_MAX))
+
+# The responses that carry one decision and nothing else.
+DecisionReply = TypeVar(
+    "DecisionReply",
+    decision_pb2.GetDecisionResponse,
+    decision_pb2.ClaimDecisionResponse,
+    decision_pb2.ReleaseDecisionResponse,
+    decision_pb2.MakeDecisionResponse,
+    decision_pb2.EscalateDecisionResponse,
+)
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
@@ -130,6 +150,62 @@ def decision_to_proto(decision: Decision) -> decision_pb2.Decision:
         resolution=resolution_to_proto(decision.resolution) if decision.resolution else None,
         submitted_by=decision.submitted_by,
     )
+
+
+def decision_reply(reply: type[DecisionReply], decision: Decision) -> DecisionReply:
+    """A response of the kind that carries just the decision."""
+    return reply(decision=decision_to_proto(decision))
+
+
+def submit_reply(decision: Decision, created: bool) -> decision_pb2.SubmitDecisionResponse:
+    """The decision a submit queued or found, and which of the two."""
+    return decision_pb2.SubmitDecisionResponse(
+        decision=decision_to_proto(decision), created=created
+    )
+
+
+def pending_page_reply(
+    decisions: list[decision_pb2.Decision], next_page_token: str
+) -> decision_pb2.ListPendingDecisionsResponse:
+    """One page of the open queue, its decisions already converted (and measured)."""
+    return decision_pb2.ListPendingDecisionsResponse(
+        decisions=decisions, next_page_token=next_page_token
+    )
+
+
+def priority_from_proto(value: int, field: str = "priorities") -> Priority:
+    """A priority, or InvalidField for UNSPECIFIED and unknown numbers."""
+    try:
+        return Priority(value)
+    except ValueError:
+        raise InvalidField.one(field, "must be PRIORITY_CRITICAL, _HIGH, _MEDIUM or _LOW") from None
+
+
+def pending_item_reply(
+    item: PendingItem, decision_proto: Callable[[PendingItem], decision_pb2.Decision]
+) -> decision_pb2.WatchPendingResponse:
+    """One WatchPending message; `decision_proto` converts (or recalls) an item's decision."""
+    reply = decision_pb2.WatchPendingResponse(cursor=item.cursor)
+    if item.kind is ItemKind.ADDED:
+        reply.added.CopyFrom(decision_proto(item))
+    elif item.kind is ItemKind.UPDATED:
+        reply.updated.CopyFrom(decision_proto(item))
+    elif item.kind is ItemKind.REMOVED:
+        assert item.decision is not None
+        reply.removed.analysis_id = item.decision.analysis_id
+        reply.removed.final_status = decision_pb2.DecisionStatus.ValueType(
+            int(item.decision.status)
+        )
+    elif item.kind is ItemKind.SNAPSHOT_COMPLETE:
+        reply.snapshot_complete.SetInParent()
+    else:
+        reply.heartbeat.sent_at.GetCurrentTime()
+    return reply
+
+
+def watch_decision_reply(decision: Decision, cursor: str) -> decision_pb2.WatchDecisionResponse:
+    """One WatchDecision message: the decision as it is at `cursor`."""
+    return decision_pb2.WatchDecisionResponse(cursor=cursor, decision=decision_to_proto(decision))
 
 
 # -- decision requests and stats ---------------------------------------------------------

@@ -74,9 +74,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         decision, created = await self._bounded(
             context, self._decisions.submit(draft, by=current_principal())
         )
-        return decision_pb2.SubmitDecisionResponse(
-            decision=convert.decision_to_proto(decision), created=created
-        )
+        return convert.submit_reply(decision, created)
 
     async def GetDecision(
         self, request: decision_pb2.GetDecisionRequest, context: Context
@@ -85,7 +83,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         decision = await self._bounded(
             context, self._decisions.get(analysis_id, by=current_principal())
         )
-        return decision_pb2.GetDecisionResponse(decision=convert.decision_to_proto(decision))
+        return convert.decision_reply(decision_pb2.GetDecisionResponse, decision)
 
     async def ListPendingDecisions(
         self, request: decision_pb2.ListPendingDecisionsRequest, context: Context
@@ -105,7 +103,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 max_bytes=self._max_message_bytes - PAGE_MARGIN_BYTES,
             ),
         )
-        return decision_pb2.ListPendingDecisionsResponse(decisions=items, next_page_token=token)
+        return convert.pending_page_reply(items, token)
 
     def WatchPending(
         self, request: decision_pb2.WatchPendingRequest, context: Context
@@ -127,7 +125,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 analysis_id, by=current_principal(), expected_version=_version(request)
             ),
         )
-        return decision_pb2.ClaimDecisionResponse(decision=convert.decision_to_proto(decision))
+        return convert.decision_reply(decision_pb2.ClaimDecisionResponse, decision)
 
     async def ReleaseDecision(
         self, request: decision_pb2.ReleaseDecisionRequest, context: Context
@@ -139,7 +137,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 analysis_id, by=current_principal(), expected_version=_version(request)
             ),
         )
-        return decision_pb2.ReleaseDecisionResponse(decision=convert.decision_to_proto(decision))
+        return convert.decision_reply(decision_pb2.ReleaseDecisionResponse, decision)
 
     async def MakeDecision(
         self, request: decision_pb2.MakeDecisionRequest, context: Context
@@ -154,7 +152,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 expected_version=_version(request),
             ),
         )
-        return decision_pb2.MakeDecisionResponse(decision=convert.decision_to_proto(decision))
+        return convert.decision_reply(decision_pb2.MakeDecisionResponse, decision)
 
     async def EscalateDecision(
         self, request: decision_pb2.EscalateDecisionRequest, context: Context
@@ -169,7 +167,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 expected_version=_version(request),
             ),
         )
-        return decision_pb2.EscalateDecisionResponse(decision=convert.decision_to_proto(decision))
+        return convert.decision_reply(decision_pb2.EscalateDecisionResponse, decision)
 
     async def GetDecisionStats(
         self, request: decision_pb2.GetDecisionStatsRequest, context: Context

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, Final
@@ -11,12 +12,11 @@ from hitl.v1 import decision_pb2
 
 from hitl_grpc.api import convert
 from hitl_grpc.auth.principal import current_principal
-from hitl_grpc.domain.errors import InvalidField
+from hitl_grpc.domain.decisions import visible_to
 from hitl_grpc.domain.validation import parse_analysis_id
-from hitl_grpc.domain.values import Decision, Priority, Role
 from hitl_grpc.events import cursor as cursors
 from hitl_grpc.events.hub import EventHub
-from hitl_grpc.events.streams import ItemKind, PendingItem, watch_decision, watch_pending
+from hitl_grpc.events.streams import PendingItem, watch_decision, watch_pending
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -45,54 +45,18 @@ class WatchServicer:
                 self._protos.popitem(last=False)
         return proto
 
-    def _message(self, item: PendingItem) -> decision_pb2.WatchPendingResponse:
-        reply = decision_pb2.WatchPendingResponse(cursor=item.cursor)
-        if item.kind is ItemKind.ADDED:
-            reply.added.CopyFrom(self._proto(item))
-        elif item.kind is ItemKind.UPDATED:
-            reply.updated.CopyFrom(self._proto(item))
-        elif item.kind is ItemKind.REMOVED:
-            assert item.decision is not None
-            reply.removed.analysis_id = item.decision.analysis_id
-            reply.removed.final_status = decision_pb2.DecisionStatus.ValueType(
-                int(item.decision.status)
-            )
-        elif item.kind is ItemKind.SNAPSHOT_COMPLETE:
-            reply.snapshot_complete.SetInParent()
-        else:
-            reply.heartbeat.sent_at.GetCurrentTime()
-        return reply
-
     async def WatchPending(
         self, request: decision_pb2.WatchPendingRequest, context: Context
     ) -> AsyncIterator[decision_pb2.WatchPendingResponse]:
-        priorities = frozenset(_priority(p) for p in request.priorities)
+        priorities = frozenset(convert.priority_from_proto(p) for p in request.priorities)
         after = cursors.decode(request.resume_cursor) if request.resume_cursor else None
         async for item in watch_pending(self._hub, priorities, after, self._heartbeat_s):
-            yield self._message(item)
+            yield convert.pending_item_reply(item, self._proto)
 
     async def WatchDecision(
         self, request: decision_pb2.WatchDecisionRequest, context: Context
     ) -> AsyncIterator[decision_pb2.WatchDecisionResponse]:
-        principal = current_principal()
+        visible = functools.partial(visible_to, current_principal())
         analysis_id = parse_analysis_id(request.analysis_id)
-
-        def visible(decision: Decision) -> bool:
-            # A machine account sees only what it submitted; to it the rest does not exist.
-            return principal.role is not Role.SERVICE or decision.submitted_by == (
-                principal.username
-            )
-
         async for decision, cursor in watch_decision(self._hub, analysis_id, visible):
-            yield decision_pb2.WatchDecisionResponse(
-                cursor=cursor, decision=convert.decision_to_proto(decision)
-            )
-
-
-def _priority(value: int) -> Priority:
-    try:
-        return Priority(value)
-    except ValueError:
-        raise InvalidField.one(
-            "priorities", "must be PRIORITY_CRITICAL, _HIGH, _MEDIUM or _LOW"
-        ) from None
+            yield convert.watch_decision_reply(decision, cursor)
