@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -46,6 +47,50 @@ async def test_reflection_lists_the_three_services(server: Harness) -> None:
         names |= {s.name for s in reply.list_services_response.service}
     assert {"hitl.v1.AuthService", "hitl.v1.DecisionService", "hitl.v1.AuditService"} <= names
     assert "grpc.health.v1.Health" in names
+
+
+async def _reflect(
+    server: Harness, path: str, request: reflection_pb2.ServerReflectionRequest
+) -> reflection_pb2.ServerReflectionResponse:
+    call = server.channel.stream_stream(
+        path,
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+
+    async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        yield request
+
+    replies = [reply async for reply in call(requests(), timeout=5)]
+    assert len(replies) == 1
+    return replies[0]
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+async def test_reflection_answers_under_v1_and_v1alpha(server: Harness, version: str) -> None:
+    path = f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
+    listed = await _reflect(server, path, reflection_pb2.ServerReflectionRequest(list_services=""))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {
+        "hitl.v1.DecisionService",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+    found = await _reflect(
+        server,
+        path,
+        reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="grpc.reflection.v1.ServerReflection"
+        ),
+    )
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in found.file_descriptor_response.file_descriptor_proto
+    ]
+    v1 = next(f for f in files if f.name == "grpc/reflection/v1/reflection.proto")
+    assert v1.package == "grpc.reflection.v1"
+    method = v1.service[0].method[0]
+    assert method.input_type == ".grpc.reflection.v1.ServerReflectionRequest"
 
 
 async def test_each_rpc_logs_one_structured_line(

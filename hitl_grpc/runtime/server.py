@@ -14,7 +14,6 @@ from typing import Any, Final
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 from hitl.v1 import (
     access_pb2,
     audit_pb2,
@@ -44,6 +43,7 @@ from hitl_grpc.domain.clock import Clock, SystemClock
 from hitl_grpc.domain.decisions import DecisionOperations
 from hitl_grpc.domain.errors import InvalidField
 from hitl_grpc.events.hub import EventHub
+from hitl_grpc.runtime import reflection
 from hitl_grpc.runtime.db_probe import DatabaseMonitor
 from hitl_grpc.runtime.observability import AccessLogInterceptor, RpcMetrics
 from hitl_grpc.runtime.public_limits import public_limits
@@ -243,9 +243,7 @@ async def running_server(
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(accounts.trail), server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
-        )
+        reflection.enable((*SERVICE_NAMES, "grpc.health.v1.Health"), server)
         port = _bind(server, settings)
         metrics_port = None
         if settings.metrics_listen:

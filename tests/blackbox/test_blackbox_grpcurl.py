@@ -21,7 +21,15 @@ def test_grpcurl_lists_every_service_through_reflection(served: Served) -> None:
         "hitl.v1.AuditService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
     }
+
+
+def test_grpcurl_describes_reflection_v1_itself(served: Served) -> None:
+    done = served.grpcurl("describe", "grpc.reflection.v1.ServerReflection")
+    assert done.returncode == 0, done.stderr
+    assert "service ServerReflection {" in done.stdout
+    assert ".grpc.reflection.v1.ServerReflectionRequest" in done.stdout
 
 
 def test_grpcurl_describe_shows_each_methods_access_policy(served: Served) -> None:
