@@ -24,26 +24,23 @@ RUN python3 -m venv /opt/hitl \
       --constraint /src/constraints.txt /wheels/deps/*.whl \
  && rm -rf /wheels /src
 
+# Everything but the service's wheel comes first: with vfs storage each step is a full
+# copy, so a source change rebuilds only the last three.
 FROM deps
 ARG BASE
 ARG VERSION=0.1.0
+RUN groupadd --gid 10001 hitl \
+ && useradd --uid 10001 --gid 10001 --home-dir /var/lib/hitl --no-create-home \
+      --shell /usr/sbin/nologin hitl \
+ && install -d -m 0700 -o 10001 -g 10001 /var/lib/hitl
 LABEL org.opencontainers.image.title="hitl-grpc" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.base.name="${BASE}"
-# The service itself: the wheel `make image` built from this tree (build/image-wheels/app).
-COPY build/image-wheels/app /wheels
-RUN /opt/hitl/bin/pip install --no-cache-dir --no-deps --no-index /wheels/*.whl \
- && rm -rf /wheels \
- && groupadd --system --gid 10001 hitl \
- && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/hitl --no-create-home \
-      --shell /usr/sbin/nologin hitl \
- && install -d -m 0700 -o 10001 -g 10001 /var/lib/hitl
 ENV PATH=/opt/hitl/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HITL_LISTEN=0.0.0.0:50051 \
     HITL_DATABASE_URL=sqlite:////var/lib/hitl/hitl.db
-USER 10001:10001
 WORKDIR /var/lib/hitl
 VOLUME /var/lib/hitl
 EXPOSE 50051
@@ -53,3 +50,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
 # umask 077: the database, its WAL and the generated signing key are the owner's alone.
 ENTRYPOINT ["/bin/sh", "-c", "umask 077 && exec hitl-grpc \"$@\"", "hitl-grpc"]
 CMD ["serve"]
+# The service itself: the wheel `make image` built from this tree (build/image-wheels/app).
+COPY build/image-wheels/app /wheels
+RUN /opt/hitl/bin/pip install --no-cache-dir --no-deps --no-index /wheels/*.whl \
+ && rm -rf /wheels
+USER 10001:10001

@@ -44,6 +44,7 @@ base_exists() {
 make_base_tarball() {
   local tarball=$1 release
   need debootstrap debootstrap
+  need curl curl
   release=$(curl -fsS "$DEBIAN_MIRROR/dists/$DEBIAN_SUITE/Release") \
     || fail "cannot read $DEBIAN_MIRROR/dists/$DEBIAN_SUITE/Release"
   local at
@@ -108,7 +109,9 @@ rm -rf "$WHEELS" && mkdir -p "$WHEELS/deps" "$WHEELS/app"
 .venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > "$WHEELS/requirements.txt"
 .venv/bin/pip download --quiet --only-binary=:all: --python-version 3.11 --implementation cp \
   --constraint constraints.txt --requirement "$WHEELS/requirements.txt" --dest "$WHEELS/deps"
-.venv/bin/pip wheel --quiet --no-deps --wheel-dir "$WHEELS/app" .
+# Dated by the last commit, so the same source gives the same wheel (and a cached layer).
+SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2> /dev/null || echo 315532800) \
+  .venv/bin/pip wheel --quiet --no-deps --wheel-dir "$WHEELS/app" .
 
 echo "building $IMAGE with $BUILDER on $BASE_IMAGE"
 args=(--build-arg "BASE=$BASE_IMAGE" --build-arg "VERSION=$VERSION" -t "$IMAGE" .)
