@@ -92,3 +92,21 @@ soak: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .coverage* .mypy_cache .ruff_cache
+
+# --- The container image and the deployment shape (deploy/) ---
+.PHONY: image image-check deploy-check
+
+# Docker where a daemon answers, buildah otherwise; the base from debootstrap (deploy/image.sh).
+image: $(STAMP)
+	deploy/image.sh
+
+# Builds and runs the image, checks health and a login from outside. Minutes: not in `make test`.
+image-check: $(STAMP)
+	@if [ "$${CI:-}" != true ] && ! command -v docker > /dev/null && ! command -v buildah > /dev/null; then \
+	  echo "image-check skipped: neither docker nor buildah is installed (CI=true requires it)"; \
+	else $(MAKE) image && $(BIN)/python -m bench.image_check; fi
+
+# Two replicas on a fresh PostgreSQL database behind Debian's nginx (grpc_pass), no containers.
+deploy-check: $(STAMP)
+	deploy/need.sh nginx nginx
+	$(BIN)/python -m bench.deploy_check

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
 from typing import Any, Final, TypeAlias, TypeVar
 
 import psycopg
@@ -165,7 +167,20 @@ def make_engine(raw_url: str, *, timeout_s: float, pool_size: int = 10) -> Async
     )
 
 
+def _create_private(database: str | None) -> None:
+    """Creates a new SQLite file readable by its owner only: it holds TOTP seeds.
+
+    SQLite gives its -wal and -shm files the database file's mode. An existing file
+    keeps its mode; any other failure is left for SQLite to report as it opens the file.
+    """
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    with contextlib.suppress(OSError):
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _sqlite_engine(url: URL, timeout_s: float) -> AsyncEngine:
+    _create_private(url.database)
     engine = create_async_engine(
         url,
         pool_size=5,
