@@ -19,6 +19,8 @@ channel per thread), the grpcurl binary and Node.js @grpc/grpc-js. Everything is
 - `served.node(script, *args)`: starts tests/blackbox/node/<script> with Node.js (HITL_ADDRESS
   and HITL_PROTOS set); `run.wait_for_line(prefix)` waits for a line it prints,
   `run.finish()` gives its exit code and stderr.
+- `served.metrics()`: its Prometheus text; `served.wait_for_metrics(*samples)` waits (up to
+  CALL_S) until every sample line is there, since a call is counted after its status is sent.
 - `served.assert_alive()`: fails the test, with the server's stderr (faulthandler output
   included), if the server has exited. `served.stop()`: SIGTERM, then asserts a clean exit.
 """
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import IO, Any, Final, Self
@@ -194,6 +197,22 @@ class Served:
             pytest.fail(f"serve did not exit within {STOP_S} s of SIGTERM\n{self.stderr_tail()}")
         if code != 0:
             pytest.fail(f"serve exited with {code} after SIGTERM:\n{self.stderr_tail()}")
+
+    def metrics(self) -> str:
+        """The Prometheus text the server exposes now."""
+        url = f"http://{self.metrics_address}/metrics"
+        with urllib.request.urlopen(url, timeout=CALL_S) as reply:
+            return str(reply.read().decode())
+
+    def wait_for_metrics(self, *samples: str) -> str:
+        """The metrics once they hold every sample line, or as they are after CALL_S."""
+        # The client has its status before the server's access log has counted the call.
+        deadline = time.monotonic() + CALL_S
+        while True:
+            body = self.metrics()
+            if all(s in body for s in samples) or time.monotonic() > deadline:
+                return body
+            time.sleep(0.05)
 
     def channel(self) -> grpc.Channel:
         """A new sync channel to the server (one per thread)."""
