@@ -317,12 +317,13 @@ class HitlClient:
         """
         assert self._tokens is not None
         request = auth_pb2.RefreshTokenRequest(refresh_token=self._tokens.refresh_token)
+        timeout = deadline.left()  # a deadline already passed sends nothing: the pair stays
         try:
-            reply = await self._unary(self._auth.RefreshToken, request, deadline)
-        except HitlClientError as exc:
+            reply = await self._auth.RefreshToken(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
             self._tokens = None
-            if exc.code is not grpc.StatusCode.UNAUTHENTICATED:  # not a plain expiry
-                log.warning("refresh failed with %s; signing in again", exc.code.name)
+            if exc.code() is not grpc.StatusCode.UNAUTHENTICATED:  # not a plain expiry
+                log.warning("refresh failed with %s; signing in again", exc.code().name)
             await self._login(deadline)
             return
         self._tokens = reply.tokens
