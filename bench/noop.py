@@ -30,7 +30,7 @@ def noop_call(
     channel: grpc.aio.Channel, payload: bytes = b"x" * 64
 ) -> Callable[[], Awaitable[object]]:
     """A coroutine factory making one no-op unary call."""
-    method = channel.unary_unary(NOOP_UNARY)
+    method: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(NOOP_UNARY)
 
     async def call() -> object:
         return await method(payload, timeout=30)

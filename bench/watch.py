@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -118,7 +118,7 @@ IDLE_STREAMS = 1000
 
 
 async def _idle_rss_per_stream(
-    port: int, open_stream: Callable[[int], AsyncIterator[Any]], is_ready: Callable[[Any], bool]
+    port: int, open_stream: Callable[[int], AsyncIterable[Any]], is_ready: Callable[[Any], bool]
 ) -> float:
     """Server RSS growth per stream while IDLE_STREAMS streams sit open with nothing to send."""
     ready = 0
@@ -288,14 +288,19 @@ async def _measure_service(address: str) -> dict[str, float]:
     return results
 
 
+def _bare_watch(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
+    return channel.unary_stream(BARE_WATCH)
+
+
 async def _measure_bare(address: str) -> dict[str, float]:
     results: dict[str, float] = {}
     channels = [grpc.aio.insecure_channel(address) for _ in range(CHANNELS)]
+    publish: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
     publish = channels[0].unary_unary(BARE_PUBLISH)
     port = int(address.rsplit(":", 1)[1])
     results["idle_rss_kib"] = await _idle_rss_per_stream(
         port,
-        lambda i: channels[i % CHANNELS].unary_stream(BARE_WATCH)(b""),
+        lambda i: _bare_watch(channels[i % CHANNELS])(b""),
         lambda message: message == b"ready",
     )
     # A message the size of a WatchPendingResponse carrying a decision.
@@ -314,7 +319,7 @@ async def _measure_bare(address: str) -> dict[str, float]:
             i: int, watchers: Watchers = watchers, n: int = n, ready: asyncio.Event = ready
         ) -> None:
             nonlocal live
-            call = channels[i % CHANNELS].unary_stream(BARE_WATCH)(b"")
+            call = _bare_watch(channels[i % CHANNELS])(b"")
             async for message in call:
                 if message == b"ready":
                     live += 1

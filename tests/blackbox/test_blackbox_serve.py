@@ -55,10 +55,10 @@ def test_the_access_log_counts_each_call_by_the_status_it_really_ended_with(
         health = health_pb2_grpc.HealthStub(channel)
         with pytest.raises(grpc.RpcError) as unknown:
             health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=CALL_S)
+        login: grpc.UnaryUnaryMultiCallable[bytes, bytes]
+        login = channel.unary_unary("/hitl.v1.AuthService/Login", None, None)
         with pytest.raises(grpc.RpcError) as garbage:
-            channel.unary_unary("/hitl.v1.AuthService/Login", None, None)(
-                b"\x0a\xff", timeout=CALL_S
-            )
+            login(b"\x0a\xff", timeout=CALL_S)
     assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
     assert garbage.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     expected = (
