@@ -71,7 +71,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy hitl_grpc tests
+	$(BIN)/mypy hitl_grpc tests bench
 
 # The floor is checked by coverage itself, after the serve/CLI subprocess data is combined.
 pytest: $(STAMP) $(NODE_DEPS)

@@ -6,7 +6,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import auth_pb2, auth_pb2_grpc
 
-from bench.common import ADMIN_PASSWORD, drive, noop_call, noop_server, report, serve_subprocess
+from bench.load import drive, report
+from bench.noop import noop_call, noop_server
+from bench.processes import ADMIN_PASSWORD, serve_subprocess
 
 CONCURRENCY = 64
 CALLS = 6000

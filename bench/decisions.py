@@ -11,20 +11,12 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import psycopg
-from google.protobuf.timestamp_pb2 import Timestamp
 from hitl.v1 import auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
-from bench.common import (
-    ADMIN_PASSWORD,
-    BENCH_SECRET,
-    Measured,
-    drive,
-    fresh_postgres,
-    noop_call,
-    noop_server,
-    report,
-    serve_subprocess,
-)
+from bench.load import Measured, drive, report
+from bench.noop import noop_call, noop_server
+from bench.processes import ADMIN_PASSWORD, BENCH_SECRET, fresh_postgres, serve_subprocess
+from tests.samples import sample_request, ts
 
 CONCURRENCY = 64
 SUBMITS = 3000
@@ -88,32 +80,17 @@ def _submitter(
 ) -> Callable[[], Awaitable[object]]:
     counter = itertools.count()
     run = f"{time.time_ns():x}"
-    detected = Timestamp()
-    detected.FromDatetime(datetime.now(UTC) - timedelta(minutes=1))
+    detected = ts(datetime.now(UTC) - timedelta(minutes=1))
 
     async def call() -> object:
-        return await stub.SubmitDecision(
-            decision_pb2.SubmitDecisionRequest(
-                analysis_id=f"bench-{run}-{next(counter)}",
-                incident_id="inc-1",
-                threat_level="high",
-                source_ip="203.0.113.7",
-                attributed_actor="APT-Bench",
-                confidence=80.0,
-                iocs=["evil.example"],
-                ttps=["T1059"],
-                recommended_actions=[
-                    decision_pb2.Action(
-                        type=decision_pb2.ACTION_TYPE_BLOCK_IP, target="203.0.113.7"
-                    )
-                ],
-                forensic_summary="bench",
-                priority=decision_pb2.PRIORITY_MEDIUM,
-                detected_at=detected,
-            ),
-            metadata=meta,
-            timeout=30,
+        request = sample_request(
+            f"bench-{run}-{next(counter)}",
+            attributed_actor="APT-Bench",
+            forensic_summary="bench",
+            priority=decision_pb2.PRIORITY_MEDIUM,
+            detected_at=detected,
         )
+        return await stub.SubmitDecision(request, metadata=meta, timeout=30)
 
     return call
 

@@ -18,7 +18,8 @@ from argon2 import PasswordHasher, Type
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc
 
-from bench.common import ADMIN_PASSWORD, Measured, drive, report, serve_subprocess
+from bench.load import Measured, drive, report
+from bench.processes import ADMIN_PASSWORD, serve_subprocess
 from hitl_grpc.auth.passwords import HashParams
 
 LOGINS = 100

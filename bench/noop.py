@@ -1,13 +1,41 @@
-"""The no-op ceiling server: same grpc.aio runtime, no work behind the methods."""
+"""The no-op ceiling: a server on the same grpc.aio runtime with no work behind its methods.
+
+`python -m bench.noop` serves it; `noop_server()` runs that in its own process for a bench.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final
 
 import grpc
+
+from bench.processes import SERVING, bench_server
+
+NOOP_UNARY: Final = "/bench.Noop/Call"
+NOOP_STREAM: Final = "/bench.Noop/Stream"
+
+
+@contextmanager
+def noop_server() -> Iterator[str]:
+    """The ceiling's server in its own process; yields its address."""
+    with bench_server("noop") as address:
+        yield address
+
+
+def noop_call(
+    channel: grpc.aio.Channel, payload: bytes = b"x" * 64
+) -> Callable[[], Awaitable[object]]:
+    """A coroutine factory making one no-op unary call."""
+    method: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(NOOP_UNARY)
+
+    async def call() -> object:
+        return await method(payload, timeout=30)
+
+    return call
 
 
 async def _call(request: bytes, context: Any) -> bytes:
@@ -33,7 +61,7 @@ async def main() -> None:
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    print(f"serving on 127.0.0.1:{port}", flush=True)
+    print(f"{SERVING}127.0.0.1:{port}", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()

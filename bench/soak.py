@@ -42,12 +42,13 @@ from typing import Final
 
 import grpc
 import psycopg
-from google.protobuf.timestamp_pb2 import Timestamp
 from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
-from bench.common import ADMIN_PASSWORD, BENCH_SECRET, fresh_postgres
+from bench.processes import ADMIN_PASSWORD, BENCH_SECRET, HITL_SERVING, STARTUP_S, fresh_postgres
 from hitl_grpc.events import cursor as cursors
+from tests.children import SERVE, Lines
 from tests.faultproxy import Fault, FaultProxy
+from tests.samples import sample_request, ts
 
 PASSWORD: Final = "soak-password-0001-long"
 DB_TIMEOUT_S: Final = 2.0
@@ -74,7 +75,7 @@ class Replica:
     database_url: str
     workdir: Path
     port: int = field(default_factory=_free_port)
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[str] | None = None
     starts: int = 0
     kills: int = 0
     bad_exits: list[str] = field(default_factory=list)
@@ -99,31 +100,18 @@ class Replica:
             "HITL_HEARTBEAT_S": "2",
             "HITL_LOG_LEVEL": "WARNING",
         }
-        stderr = (self.workdir / f"{self.name}-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hitl_grpc.cli", "serve"],
-            env=env,
-            cwd=self.workdir,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-        )
-        stderr.close()
+        with (self.workdir / f"{self.name}-{self.starts}.log").open("wb") as stderr:
+            self.proc = subprocess.Popen(
+                SERVE, env=env, cwd=self.workdir, stdout=subprocess.PIPE, stderr=stderr, text=True
+            )
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"{self.name} exited at start: {self.log_tail()}")
-            if b"serving on" in line:
-                threading.Thread(target=self._drain_stdout, daemon=True).start()
-                return
-        raise RuntimeError(f"{self.name} did not start within 60 s")
-
-    def _drain_stdout(self) -> None:
-        proc = self.proc
-        assert proc is not None and proc.stdout is not None
-        for _ in proc.stdout:
-            pass
+        # Lines keeps reading stdout after the address, so the pipe never fills up.
+        try:
+            serving = Lines(self.proc.stdout).after(HITL_SERVING, STARTUP_S)
+        except TimeoutError:
+            raise RuntimeError(f"{self.name} did not start within {STARTUP_S} s") from None
+        if serving is None:
+            raise RuntimeError(f"{self.name} exited at start: {self.log_tail()}")
 
     def log_tail(self) -> str:
         return (self.workdir / f"{self.name}-{self.starts}.log").read_text(errors="replace")[-3000:]
@@ -235,28 +223,14 @@ def _position(cursor: str) -> int:
     return decoded
 
 
-def _timestamp(value: datetime) -> Timestamp:
-    out = Timestamp()
-    out.FromDatetime(value)
-    return out
-
-
 def _submission(analysis_id: str) -> decision_pb2.SubmitDecisionRequest:
-    return decision_pb2.SubmitDecisionRequest(
-        analysis_id=analysis_id,
+    return sample_request(
+        analysis_id,
         incident_id="inc-soak",
-        threat_level="high",
-        source_ip="203.0.113.7",
         attributed_actor="APT-Soak",
-        confidence=80,
-        iocs=["evil.example"],
-        ttps=["T1059"],
-        recommended_actions=[
-            decision_pb2.Action(type=decision_pb2.ACTION_TYPE_BLOCK_IP, target="203.0.113.7")
-        ],
         forensic_summary="soak traffic",
         priority=random.choice([decision_pb2.PRIORITY_HIGH, decision_pb2.PRIORITY_MEDIUM]),
-        detected_at=_timestamp(datetime.now(UTC) - timedelta(minutes=1)),
+        detected_at=ts(datetime.now(UTC) - timedelta(minutes=1)),
     )
 
 

@@ -13,26 +13,26 @@ import contextlib
 import os
 import signal
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from hitl.v1 import auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
-from bench.common import (
+from bench.load import report
+from bench.processes import (
     ADMIN_PASSWORD,
     BENCH_SECRET,
-    _process,
+    SERVING,
+    bench_server,
     fresh_postgres,
-    report,
     serve_subprocess,
 )
+from tests.samples import sample_request, ts
 
 WATCHER_COUNTS: Final = (1, 100, 1000)
 EVENTS_PER_COUNT: Final = 40
@@ -77,7 +77,7 @@ async def _bare_main() -> None:
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    print(f"serving on 127.0.0.1:{port}", flush=True)
+    print(f"{SERVING}127.0.0.1:{port}", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
@@ -87,11 +87,8 @@ async def _bare_main() -> None:
 @contextmanager
 def bare_server() -> Iterator[str]:
     """The ceiling's server in its own process."""
-    with tempfile.TemporaryDirectory(prefix="hitl-fanout-") as tmp:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = {**os.environ, "PYTHONPATH": root}
-        with _process([sys.executable, "-m", "bench.watch", "--bare"], env, "serving on", tmp) as a:
-            yield a
+    with bench_server("watch", "--bare") as address:
+        yield address
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -121,7 +118,7 @@ IDLE_STREAMS = 1000
 
 
 async def _idle_rss_per_stream(
-    port: int, open_stream: Callable[[int], AsyncIterator[Any]], is_ready: Callable[[Any], bool]
+    port: int, open_stream: Callable[[int], AsyncIterable[Any]], is_ready: Callable[[Any], bool]
 ) -> float:
     """Server RSS growth per stream while IDLE_STREAMS streams sit open with nothing to send."""
     ready = 0
@@ -218,22 +215,7 @@ async def _burst(watchers: Watchers, n: int, cause: Callable[[str], Awaitable[ob
 
 
 def _request(key: str) -> decision_pb2.SubmitDecisionRequest:
-    detected = Timestamp()
-    detected.FromDatetime(datetime.now(UTC))
-    return decision_pb2.SubmitDecisionRequest(
-        analysis_id=key,
-        incident_id="inc-bench",
-        threat_level="high",
-        source_ip="203.0.113.9",
-        attributed_actor="APT-Bench",
-        confidence=80,
-        iocs=["evil.example"],
-        ttps=["T1021"],
-        recommended_actions=[decision_pb2.Action(type=decision_pb2.ACTION_TYPE_BLOCK_IP)],
-        forensic_summary="s" * 300,
-        priority=decision_pb2.PRIORITY_HIGH,
-        detected_at=detected,
-    )
+    return sample_request(key, forensic_summary="s" * 300, detected_at=ts(datetime.now(UTC)))
 
 
 async def _measure_service(address: str) -> dict[str, float]:
@@ -306,14 +288,19 @@ async def _measure_service(address: str) -> dict[str, float]:
     return results
 
 
+def _bare_watch(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
+    return channel.unary_stream(BARE_WATCH)
+
+
 async def _measure_bare(address: str) -> dict[str, float]:
     results: dict[str, float] = {}
     channels = [grpc.aio.insecure_channel(address) for _ in range(CHANNELS)]
+    publish: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
     publish = channels[0].unary_unary(BARE_PUBLISH)
     port = int(address.rsplit(":", 1)[1])
     results["idle_rss_kib"] = await _idle_rss_per_stream(
         port,
-        lambda i: channels[i % CHANNELS].unary_stream(BARE_WATCH)(b""),
+        lambda i: _bare_watch(channels[i % CHANNELS])(b""),
         lambda message: message == b"ready",
     )
     # A message the size of a WatchPendingResponse carrying a decision.
@@ -332,7 +319,7 @@ async def _measure_bare(address: str) -> dict[str, float]:
             i: int, watchers: Watchers = watchers, n: int = n, ready: asyncio.Event = ready
         ) -> None:
             nonlocal live
-            call = channels[i % CHANNELS].unary_stream(BARE_WATCH)(b"")
+            call = _bare_watch(channels[i % CHANNELS])(b"")
             async for message in call:
                 if message == b"ready":
                     live += 1

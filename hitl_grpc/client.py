@@ -1,4 +1,4 @@
-"""A typed async client for CANDI and dashboards: sign-in, refresh, resumable watches.
+"""A typed async client for CANDI and dashboards: sign-in, refresh, calls, resumable watches.
 
 Only the generated contract, grpc and grpcio-status are imported, so the module can be vendored.
 
@@ -6,13 +6,19 @@ Only the generated contract, grpc and grpcio-status are imported, so the module 
         await hitl.submit_decision(request)
         verdict = await hitl.wait_for_verdict(request.analysis_id)
 
-    async for change in hitl.watch_pending():
-        ...  # change.kind: "added" | "updated" | "removed" | "snapshot_complete" | "resync"
+    async with HitlClient("hitl:50051", username="ana", password=secret) as hitl:
+        async for decision in hitl.list_pending([decision_pb2.PRIORITY_CRITICAL]):
+            ...
+        claimed = await hitl.claim_decision(analysis_id)
+        await hitl.approve(analysis_id, actions, expected_version=claimed.version)
+        async for change in hitl.watch_pending():
+            ...  # change.kind: "added" | "updated" | "removed" | "snapshot_complete" | "resync"
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -22,28 +28,48 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Self, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
-from google.rpc.error_details_pb2 import BadRequest
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from google.rpc.error_details_pb2 import BadRequest, RetryInfo
 from grpc_status import rpc_status
 from hitl.v1 import auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
 log = logging.getLogger("hitl_grpc.client")
 
 T = TypeVar("T")
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+M = TypeVar("M", bound=Message)
 Metadata = tuple[tuple[str, str], ...]
 # Asks the user (or a secret store) for a TOTP or backup code when login needs one.
 MfaCode = Callable[[], Awaitable[str]]
 ChangeKind = Literal["added", "updated", "removed", "snapshot_complete", "resync"]
 
-# Worth another attempt: the server (or the path to it) is briefly unable to answer.
-RETRYABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE})
-# A watch also resumes after these: a replica drained (its calls end CANCELLED or
+# The calls grpc itself repeats on UNAVAILABLE (the server, or the path to it, briefly
+# unable to answer): repeating them changes nothing. Never RefreshToken (a repeat of a
+# rotated token looks like a stolen one and revokes the session), nor VerifyMfa (a backup
+# code is single use), nor a transition (claim, release, make, escalate): after a lost
+# reply the repeat would fail as already done and hide the success.
+RETRIED_METHODS: Final = (
+    ("hitl.v1.AuthService", "Login"),
+    ("hitl.v1.DecisionService", "SubmitDecision"),
+    ("hitl.v1.DecisionService", "GetDecision"),
+    ("hitl.v1.DecisionService", "ListPendingDecisions"),
+    ("hitl.v1.DecisionService", "GetDecisionStats"),
+)
+# grpc caps a retry policy at five attempts.
+MAX_ATTEMPTS: Final = 5
+# A watch resumes after these: a replica drained (its calls end CANCELLED or
 # UNAVAILABLE), this consumer fell behind, or a long stream hit its deadline.
-WATCH_RETRYABLE: Final = RETRYABLE | {
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-}
+WATCH_RETRYABLE: Final = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
 TERMINAL: Final = frozenset(
     {
         decision_pb2.DECISION_STATUS_APPROVED,
@@ -53,26 +79,60 @@ TERMINAL: Final = frozenset(
 )
 # Refresh this long before the access token expires.
 REFRESH_MARGIN_S: Final = 30.0
+# The google.rpc detail types a status may carry, by their full name.
+DETAIL_TYPES: Final[dict[str, type[Message]]] = {
+    kind.DESCRIPTOR.full_name: kind
+    for kind in (
+        error_details_pb2.ErrorInfo,
+        error_details_pb2.RetryInfo,
+        error_details_pb2.DebugInfo,
+        error_details_pb2.QuotaFailure,
+        error_details_pb2.PreconditionFailure,
+        error_details_pb2.BadRequest,
+        error_details_pb2.RequestInfo,
+        error_details_pb2.ResourceInfo,
+        error_details_pb2.Help,
+        error_details_pb2.LocalizedMessage,
+    )
+}
 
 
 class HitlClientError(Exception):
-    """A call failed for good: the gRPC status with the server's google.rpc details."""
+    """A call failed for good: its gRPC status code, message and google.rpc details."""
 
     def __init__(
         self,
         code: grpc.StatusCode,
         message: str,
         *,
-        field_violations: Sequence[BadRequest.FieldViolation] = (),
-        retry_delay_s: float | None = None,
+        details: Sequence[Message] = (),
+        status: status_pb2.Status | None = None,
     ) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
-        # google.rpc.BadRequest of an INVALID_ARGUMENT: every bad field, by name.
-        self.field_violations = tuple(field_violations)
-        # google.rpc.RetryInfo of a lockout: how long to wait before trying again.
-        self.retry_delay_s = retry_delay_s
+        # Each detail unpacked to its google.rpc type (BadRequest, RetryInfo, ...); a type
+        # this module does not know stays a google.protobuf.Any.
+        self.details = tuple(details)
+        # The google.rpc.Status as the server sent it, when it sent one.
+        self.status = status
+
+    def detail(self, kind: type[M]) -> M | None:
+        """The first detail of that type, if the status carries one."""
+        return next((d for d in self.details if isinstance(d, kind)), None)
+
+    @property
+    def field_violations(self) -> tuple[BadRequest.FieldViolation, ...]:
+        """google.rpc.BadRequest of an INVALID_ARGUMENT: every bad field, by name."""
+        return tuple(
+            v for d in self.details if isinstance(d, BadRequest) for v in d.field_violations
+        )
+
+    @property
+    def retry_delay_s(self) -> float | None:
+        """google.rpc.RetryInfo of a lockout: how long to wait before trying again."""
+        retry = self.detail(RetryInfo)
+        return None if retry is None else retry.retry_delay.ToMilliseconds() / 1000
 
 
 @dataclass(frozen=True)
@@ -91,18 +151,69 @@ class PendingChange:
 
 @dataclass(frozen=True)
 class Backoff:
-    """Exponential backoff with full jitter, and how long to keep at it."""
+    """Exponential backoff with jitter, and how long to keep at it."""
 
     first_s: float = 0.1
     max_s: float = 5.0
-    # Tries of one unary call.
-    attempts: int = 6
+    # Tries of one retried unary call (grpc's retry policy), all within the call's deadline.
+    attempts: int = MAX_ATTEMPTS
     # How long a watch keeps resuming without receiving a message before it gives up.
     budget_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.first_s <= self.max_s:
+            raise ValueError(f"need 0 < first_s <= max_s, got {self.first_s}, {self.max_s}")
+        if not 1 <= self.attempts <= MAX_ATTEMPTS:
+            raise ValueError(f"attempts must be 1-{MAX_ATTEMPTS} (grpc's cap), got {self.attempts}")
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (from 0)."""
         return random.uniform(0, min(self.max_s, self.first_s * 2 ** min(attempt, 64)))
+
+    def service_config(self) -> str:
+        """grpc's service config (JSON): RETRIED_METHODS retried on UNAVAILABLE."""
+        if self.attempts == 1:
+            return json.dumps({})
+        policy = {
+            "maxAttempts": self.attempts,
+            "initialBackoff": f"{self.first_s:.3f}s",
+            "maxBackoff": f"{self.max_s:.3f}s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+        names = [{"service": service, "method": method} for service, method in RETRIED_METHODS]
+        return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
+
+
+class _Deadline:
+    """One call's deadline, shared by its attempts and the sign-in or refresh it needs."""
+
+    def __init__(self, seconds: float) -> None:
+        self._at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        """Seconds left; raises DEADLINE_EXCEEDED once there are none."""
+        left = self._at - time.monotonic()
+        if left <= 0:
+            raise HitlClientError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+        return left
+
+    async def pausing(self, wait: Awaitable[T]) -> T:
+        """Awaits something outside the call's control (a person typing a code), uncounted."""
+        started = time.monotonic()
+        try:
+            return await wait
+        finally:
+            self._at += time.monotonic() - started
+
+
+def _unpacked(detail: any_pb2.Any) -> Message:
+    kind = DETAIL_TYPES.get(detail.TypeName())
+    if kind is None:
+        return detail
+    message = kind()
+    detail.Unpack(message)
+    return message
 
 
 def _error(exc: grpc.aio.AioRpcError) -> HitlClientError:
@@ -111,19 +222,16 @@ def _error(exc: grpc.aio.AioRpcError) -> HitlClientError:
         status = rpc_status.from_call(exc)  # type: ignore[arg-type]
     except ValueError:
         status = None  # details that contradict the status line are not trusted
-    violations: list[BadRequest.FieldViolation] = []
-    retry_delay_s = None
-    for detail in status.details if status is not None else ():
-        bad, retry = BadRequest(), error_details_pb2.RetryInfo()
-        if detail.Unpack(bad):
-            violations.extend(bad.field_violations)
-        elif detail.Unpack(retry):
-            retry_delay_s = retry.retry_delay.ToMilliseconds() / 1000
-    return HitlClientError(code, message, field_violations=violations, retry_delay_s=retry_delay_s)
+    details = [_unpacked(d) for d in status.details] if status is not None else []
+    return HitlClientError(code, message, details=details, status=status)
+
+
+def _expected(version: int | None) -> dict[str, int]:
+    return {} if version is None else {"expected_version": version}
 
 
 class HitlClient:
-    """One channel, one signed-in identity, a deadline on every call."""
+    """One channel, one signed-in identity, one deadline on every call."""
 
     def __init__(
         self,
@@ -137,13 +245,18 @@ class HitlClient:
         backoff: Backoff | None = None,
         stream_deadline_s: float = 3600.0,
     ) -> None:
-        options = [
+        self._backoff = backoff or Backoff()
+        options: list[tuple[str, Any]] = [
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             # Reconnect quickly after a server restart or failover.
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2_000),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", self._backoff.service_config()),
+            # The retry policy is the client's: a resolver's (DNS TXT) config does not replace it.
+            ("grpc.service_config_disable_resolution", 1),
         ]
         self._channel = (
             grpc.aio.secure_channel(address, credentials, options=options)
@@ -156,7 +269,6 @@ class HitlClient:
         self._password = password
         self._mfa_code = mfa_code
         self._timeout_s = timeout_s
-        self._backoff = backoff or Backoff()
         self._stream_deadline_s = stream_deadline_s
         self._tokens: auth_pb2.TokenPair | None = None
         self._signing_in = asyncio.Lock()
@@ -176,32 +288,26 @@ class HitlClient:
     # -- signing in ---------------------------------------------------------------------
 
     async def login(self) -> None:
-        """Signs in (answering an MFA challenge through `mfa_code`)."""
-        reply = await self._retrying(
-            lambda: self._auth.Login(
-                auth_pb2.LoginRequest(username=self._username, password=self._password),
-                timeout=self._timeout_s,
-            )
-        )
+        """Signs in (answering an MFA challenge through `mfa_code`) within one deadline."""
+        await self._login(_Deadline(self._timeout_s))
+
+    async def _login(self, deadline: _Deadline) -> None:
+        request = auth_pb2.LoginRequest(username=self._username, password=self._password)
+        reply = await self._unary(self._auth.Login, request, deadline)
         if reply.HasField("mfa_challenge"):
             if self._mfa_code is None:
                 raise HitlClientError(
                     grpc.StatusCode.UNAUTHENTICATED, "account requires MFA: pass mfa_code"
                 )
-            code = await self._mfa_code()
-            verified = await self._retrying(
-                lambda: self._auth.VerifyMfa(
-                    auth_pb2.VerifyMfaRequest(
-                        challenge_token=reply.mfa_challenge.challenge_token, code=code
-                    ),
-                    timeout=self._timeout_s,
-                )
+            code = await deadline.pausing(self._mfa_code())
+            verify = auth_pb2.VerifyMfaRequest(
+                challenge_token=reply.mfa_challenge.challenge_token, code=code
             )
-            self._tokens = verified.tokens
+            self._tokens = (await self._unary(self._auth.VerifyMfa, verify, deadline)).tokens
         else:
             self._tokens = reply.tokens
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, deadline: _Deadline) -> None:
         """Rotates the refresh token, once: a rotation is never retried.
 
         If the reply is lost the server has already rotated; sending the same token again
@@ -211,13 +317,14 @@ class HitlClient:
         """
         assert self._tokens is not None
         request = auth_pb2.RefreshTokenRequest(refresh_token=self._tokens.refresh_token)
+        timeout = deadline.left()  # a deadline already passed sends nothing: the pair stays
         try:
-            reply = await self._auth.RefreshToken(request, timeout=self._timeout_s)
+            reply = await self._auth.RefreshToken(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             self._tokens = None
             if exc.code() is not grpc.StatusCode.UNAUTHENTICATED:  # not a plain expiry
                 log.warning("refresh failed with %s; signing in again", exc.code().name)
-            await self.login()
+            await self._login(deadline)
             return
         self._tokens = reply.tokens
 
@@ -225,18 +332,18 @@ class HitlClient:
         assert self._tokens is not None
         return (("authorization", f"Bearer {self._tokens.access_token}"),)
 
-    async def _metadata(self, *, rejected: Metadata | None = None) -> Metadata:
+    async def _metadata(self, deadline: _Deadline, *, rejected: Metadata | None = None) -> Metadata:
         """Credentials for a call; `rejected` is what the server just refused as expired."""
         async with self._signing_in:
             if self._tokens is None:
-                await self.login()
+                await self._login(deadline)
             elif rejected is not None and rejected == self._bearer():
                 # Only the first of several calls refused together renews the token.
-                await self._refresh()
+                await self._refresh(deadline)
             else:
                 expires = self._tokens.access_expires_at.seconds
                 if expires and expires - time.time() < REFRESH_MARGIN_S:
-                    await self._refresh()
+                    await self._refresh(deadline)
             return self._bearer()
 
     @property
@@ -246,45 +353,159 @@ class HitlClient:
 
     # -- calls --------------------------------------------------------------------------
 
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        for attempt in range(self._backoff.attempts):
-            try:
-                return await call()
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE or attempt == self._backoff.attempts - 1:
-                    raise _error(exc) from None
-                await asyncio.sleep(self._backoff.delay(attempt))
-        raise AssertionError("unreachable")
-
-    async def _call(self, invoke: Callable[[Metadata], Awaitable[T]]) -> T:
-        """A unary call, signed in, refreshed once on UNAUTHENTICATED."""
-        metadata = await self._metadata()
+    async def _unary(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        deadline: _Deadline,
+        metadata: Metadata | None = None,
+    ) -> Resp:
+        """One call in what is left of `deadline`; grpc retries it if in RETRIED_METHODS."""
         try:
-            return await self._retrying(lambda: invoke(metadata))
+            return await method(request, metadata=metadata, timeout=deadline.left())
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc) from None
+
+    async def _call(
+        self, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req
+    ) -> Resp:
+        """A unary call, signed in, renewed once on UNAUTHENTICATED, all in one deadline."""
+        deadline = _Deadline(self._timeout_s)
+        metadata = await self._metadata(deadline)
+        try:
+            return await self._unary(method, request, deadline, metadata)
         except HitlClientError as exc:
             if exc.code is not grpc.StatusCode.UNAUTHENTICATED:
                 raise
-        metadata = await self._metadata(rejected=metadata)
-        return await self._retrying(lambda: invoke(metadata))
+        metadata = await self._metadata(deadline, rejected=metadata)
+        return await self._unary(method, request, deadline, metadata)
 
     async def submit_decision(
         self, request: decision_pb2.SubmitDecisionRequest
     ) -> decision_pb2.SubmitDecisionResponse:
         """Queues an analysis for a human; safe to repeat (idempotent on analysis_id)."""
-        return await self._call(
-            lambda md: self._decisions.SubmitDecision(request, metadata=md, timeout=self._timeout_s)
-        )
+        return await self._call(self._decisions.SubmitDecision, request)
 
     async def get_decision(self, analysis_id: str) -> decision_pb2.Decision:
         """A decision's current state."""
-        reply = await self._call(
-            lambda md: self._decisions.GetDecision(
-                decision_pb2.GetDecisionRequest(analysis_id=analysis_id),
-                metadata=md,
-                timeout=self._timeout_s,
-            )
+        request = decision_pb2.GetDecisionRequest(analysis_id=analysis_id)
+        return (await self._call(self._decisions.GetDecision, request)).decision
+
+    async def list_pending_page(
+        self,
+        priorities: Iterable[decision_pb2.Priority.ValueType] = (),
+        *,
+        statuses: Iterable[decision_pb2.DecisionStatus.ValueType] = (),
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> decision_pb2.ListPendingDecisionsResponse:
+        """One page of the open queue, most urgent first; its next_page_token, if any, follows."""
+        request = decision_pb2.ListPendingDecisionsRequest(
+            priorities=priorities, statuses=statuses, page_size=page_size, page_token=page_token
         )
-        return reply.decision
+        return await self._call(self._decisions.ListPendingDecisions, request)
+
+    async def list_pending(
+        self,
+        priorities: Iterable[decision_pb2.Priority.ValueType] = (),
+        *,
+        statuses: Iterable[decision_pb2.DecisionStatus.ValueType] = (),
+        page_size: int = 0,
+    ) -> AsyncIterator[decision_pb2.Decision]:
+        """The whole open queue, page after page (each page one call with its own deadline)."""
+        wanted, open_statuses = list(priorities), list(statuses)
+        token = ""
+        while True:
+            page = await self.list_pending_page(
+                wanted, statuses=open_statuses, page_size=page_size, page_token=token
+            )
+            for decision in page.decisions:
+                yield decision
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def claim_decision(
+        self, analysis_id: str, *, expected_version: int | None = None
+    ) -> decision_pb2.Decision:
+        """Puts a pending decision under review by this user, for the claim lease."""
+        request = decision_pb2.ClaimDecisionRequest(
+            analysis_id=analysis_id, **_expected(expected_version)
+        )
+        return (await self._call(self._decisions.ClaimDecision, request)).decision
+
+    async def release_decision(
+        self, analysis_id: str, *, expected_version: int | None = None
+    ) -> decision_pb2.Decision:
+        """Gives a claimed decision back to the queue."""
+        request = decision_pb2.ReleaseDecisionRequest(
+            analysis_id=analysis_id, **_expected(expected_version)
+        )
+        return (await self._call(self._decisions.ReleaseDecision, request)).decision
+
+    async def make_decision(
+        self,
+        analysis_id: str,
+        status: decision_pb2.DecisionStatus.ValueType,
+        *,
+        approved_actions: Iterable[decision_pb2.Action] = (),
+        notes: str = "",
+        escalation_reason: str = "",
+        expected_version: int | None = None,
+    ) -> decision_pb2.Decision:
+        """Resolves a decision: APPROVED, REJECTED, or ESCALATED (with a reason)."""
+        request = decision_pb2.MakeDecisionRequest(
+            analysis_id=analysis_id,
+            status=status,
+            approved_actions=approved_actions,
+            notes=notes,
+            escalation_reason=escalation_reason,
+            **_expected(expected_version),
+        )
+        return (await self._call(self._decisions.MakeDecision, request)).decision
+
+    async def approve(
+        self,
+        analysis_id: str,
+        actions: Iterable[decision_pb2.Action] = (),
+        *,
+        notes: str = "",
+        expected_version: int | None = None,
+    ) -> decision_pb2.Decision:
+        """Approves a decision with the actions to carry out."""
+        return await self.make_decision(
+            analysis_id,
+            decision_pb2.DECISION_STATUS_APPROVED,
+            approved_actions=actions,
+            notes=notes,
+            expected_version=expected_version,
+        )
+
+    async def reject(
+        self, analysis_id: str, *, notes: str = "", expected_version: int | None = None
+    ) -> decision_pb2.Decision:
+        """Rejects a decision: nothing is carried out."""
+        return await self.make_decision(
+            analysis_id,
+            decision_pb2.DECISION_STATUS_REJECTED,
+            notes=notes,
+            expected_version=expected_version,
+        )
+
+    async def escalate_decision(
+        self, analysis_id: str, reason: str, *, expected_version: int | None = None
+    ) -> decision_pb2.Decision:
+        """Hands a decision up to an admin, saying why."""
+        request = decision_pb2.EscalateDecisionRequest(
+            analysis_id=analysis_id, reason=reason, **_expected(expected_version)
+        )
+        return (await self._call(self._decisions.EscalateDecision, request)).decision
+
+    async def decision_stats(self) -> decision_pb2.GetDecisionStatsResponse:
+        """The queue's figures: open by priority and state, outcomes, times to decision."""
+        return await self._call(
+            self._decisions.GetDecisionStats, decision_pb2.GetDecisionStatsRequest()
+        )
 
     # -- watching -----------------------------------------------------------------------
 
@@ -305,7 +526,7 @@ class HitlClient:
             metadata: Metadata | None = None
             failure: HitlClientError | None = None
             try:
-                metadata = await self._metadata()
+                metadata = await self._metadata(_Deadline(self._timeout_s))
                 call = open_call(metadata)
                 try:
                     async for message in call:
@@ -322,7 +543,7 @@ class HitlClient:
                     raise failure
                 renewed = True
                 try:
-                    await self._metadata(rejected=metadata)
+                    await self._metadata(_Deadline(self._timeout_s), rejected=metadata)
                     continue
                 except HitlClientError as exc:
                     failure = exc  # renewing failed too; resume or raise by its code

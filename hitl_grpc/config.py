@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -136,119 +136,19 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Settings from the environment; the first bad value raises ConfigError."""
-        reader = _Reader(env)
         defaults = cls()
-        sla = {
-            p: reader.seconds(f"HITL_SLA_{p.name}_S", defaults.sla[p], minimum=1) for p in Priority
-        }
-        settings = cls(
-            database_url=reader.get("HITL_DATABASE_URL", defaults.database_url, _database_url),
-            listen=reader.get("HITL_LISTEN", defaults.listen, _listen),
-            jwt_secret=reader.get("HITL_JWT_SECRET", None, _secret),
-            jwt_secret_file=reader.get("HITL_JWT_SECRET_FILE", None, _existing_file),
-            jwt_previous_secrets=reader.get("HITL_JWT_PREVIOUS_SECRETS", (), _secret_list),
-            jwt_issuer=reader.get("HITL_JWT_ISSUER", defaults.jwt_issuer, _non_empty),
-            jwt_audience=reader.get("HITL_JWT_AUDIENCE", defaults.jwt_audience, _non_empty),
-            tls_cert_file=reader.get("HITL_TLS_CERT_FILE", None, _existing_file),
-            tls_key_file=reader.get("HITL_TLS_KEY_FILE", None, _existing_file),
-            access_token_ttl=reader.seconds(
-                "HITL_ACCESS_TOKEN_TTL_S", defaults.access_token_ttl, minimum=30
-            ),
-            refresh_token_ttl=reader.seconds(
-                "HITL_REFRESH_TOKEN_TTL_S", defaults.refresh_token_ttl, minimum=60
-            ),
-            mfa_challenge_ttl=reader.seconds(
-                "HITL_MFA_CHALLENGE_TTL_S", defaults.mfa_challenge_ttl, minimum=30
-            ),
-            claim_lease=reader.seconds("HITL_CLAIM_LEASE_S", defaults.claim_lease, minimum=1),
-            sla=sla,
-            bootstrap_admin_password=env.get("HITL_BOOTSTRAP_ADMIN_PASSWORD") or None,
-            metrics_listen=reader.get("HITL_METRICS_LISTEN", defaults.metrics_listen, _metrics),
-            db_timeout_s=reader.number("HITL_DB_TIMEOUT_S", defaults.db_timeout_s, 0.1, 300),
-            shutdown_grace_s=reader.number(
-                "HITL_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s, 0, 3600
-            ),
-            max_message_bytes=int(
-                reader.number(
-                    "HITL_MAX_MESSAGE_BYTES", defaults.max_message_bytes, MIN_MESSAGE_BYTES, 2**30
-                )
-            ),
-            max_concurrent_streams=int(
-                reader.number(
-                    "HITL_MAX_CONCURRENT_STREAMS", defaults.max_concurrent_streams, 1, 2**20
-                )
-            ),
-            heartbeat_s=reader.number("HITL_HEARTBEAT_S", defaults.heartbeat_s, 0.05, 3600),
-            event_retention=reader.seconds(
-                "HITL_EVENT_RETENTION_S", defaults.event_retention, minimum=60
-            ),
-            sweep_interval_s=reader.number(
-                "HITL_SWEEP_INTERVAL_S", defaults.sweep_interval_s, 0.05, 3600
-            ),
-            db_check_interval_s=reader.number(
-                "HITL_DB_CHECK_INTERVAL_S", defaults.db_check_interval_s, 0.05, 3600
-            ),
-            login_max_failures=int(
-                reader.number("HITL_LOGIN_MAX_FAILURES", defaults.login_max_failures, 1, 1000)
-            ),
-            login_window=reader.seconds("HITL_LOGIN_WINDOW_S", defaults.login_window, minimum=1),
-            login_max_failures_per_peer=int(
-                reader.number(
-                    "HITL_LOGIN_MAX_FAILURES_PER_PEER",
-                    defaults.login_max_failures_per_peer,
-                    1,
-                    100_000,
-                )
-            ),
-            login_lockout=reader.seconds("HITL_LOGIN_LOCKOUT_S", defaults.login_lockout, minimum=1),
-            login_peer_trust=reader.seconds(
-                "HITL_LOGIN_PEER_TRUST_S", defaults.login_peer_trust, minimum=0
-            ),
-            stream_reauth_s=reader.number(
-                "HITL_STREAM_REAUTH_S", defaults.stream_reauth_s, 0.05, 3600
-            ),
-            public_streams_per_peer=int(
-                reader.number(
-                    "HITL_PUBLIC_STREAMS_PER_PEER", defaults.public_streams_per_peer, 1, 2**20
-                )
-            ),
-            public_streams_max=int(
-                reader.number("HITL_PUBLIC_STREAMS_MAX", defaults.public_streams_max, 1, 2**20)
-            ),
-            refresh_max_failures_per_peer=int(
-                reader.number(
-                    "HITL_REFRESH_MAX_FAILURES_PER_PEER",
-                    defaults.refresh_max_failures_per_peer,
-                    1,
-                    100_000,
-                )
-            ),
-            refresh_lockout=reader.seconds(
-                "HITL_REFRESH_LOCKOUT_S", defaults.refresh_lockout, minimum=1
-            ),
-            password_memory_kib=int(
-                reader.number("HITL_PASSWORD_MEMORY_KIB", defaults.password_memory_kib, 8, 2**22)
-            ),
-            password_time_cost=int(
-                reader.number("HITL_PASSWORD_TIME_COST", defaults.password_time_cost, 1, 100)
-            ),
-            password_parallelism=int(
-                reader.number("HITL_PASSWORD_PARALLELISM", defaults.password_parallelism, 1, 64)
-            ),
-            watch_queue_size=int(
-                reader.number("HITL_WATCH_QUEUE_SIZE", defaults.watch_queue_size, 8, 1_000_000)
-            ),
-            watch_queue_bytes=int(
-                reader.number("HITL_WATCH_QUEUE_BYTES", defaults.watch_queue_bytes, 65536, 2**34)
-            ),
-            watch_page_bytes=int(
-                reader.number("HITL_WATCH_PAGE_BYTES", defaults.watch_page_bytes, 1024, 2**30)
-            ),
-            watch_catchup_s=reader.number(
-                "HITL_WATCH_CATCHUP_S", defaults.watch_catchup_s, 0.05, 3600
-            ),
-            log_level=reader.get("HITL_LOG_LEVEL", defaults.log_level, _log_level),
-        )
+        values: dict[str, Any] = {}
+        for variable in VARIABLES:
+            raw = env.get(variable.name)
+            if raw:
+                values[variable.field] = _parsed(variable.name, raw, variable.parse)
+        sla = dict(defaults.sla)
+        for priority in Priority:
+            name = f"HITL_SLA_{priority.name}_S"
+            raw = env.get(name)
+            if raw:
+                sla[priority] = _parsed(name, raw, _seconds(minimum=1))
+        settings = cls(**values, sla=sla)
         if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
             raise ConfigError(
                 "HITL_TLS_CERT_FILE",
@@ -265,39 +165,59 @@ class Settings:
             )
         return settings
 
-    def replace(self, **changes: Any) -> Settings:
-        """A copy with some settings changed."""
-        return dataclasses.replace(self, **changes)
+
+@dataclass(frozen=True)
+class Variable:
+    """One HITL_* variable: the setting it fills and how its text is parsed and checked."""
+
+    name: str
+    field: str
+    parse: Callable[[str], Any]
 
 
-class _Reader:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
+def _parsed(name: str, raw: str, parse: Callable[[str], T]) -> T:
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ConfigError(name, str(exc)) from None
 
-    def get(self, name: str, default: T, parse: Callable[[str], T]) -> T:
-        raw = self._env.get(name)
-        if raw is None or raw == "":
-            return default
-        try:
-            return parse(raw)
-        except ValueError as exc:
-            raise ConfigError(name, str(exc)) from None
 
-    def number(self, name: str, default: float, low: float, high: float) -> float:
-        def parse(raw: str) -> float:
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ValueError(f"not a number: {raw!r}") from None
-            if not low <= value <= high:
-                raise ValueError(f"must be between {low:g} and {high:g}, got {raw}")
-            return value
+# Only ASCII: int() and float() also take other scripts' digits and "1_000".
+_INTEGER: Final = re.compile(r"[+-]?[0-9]+")
+_NUMBER: Final = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
-        return self.get(name, default, parse)
 
-    def seconds(self, name: str, default: timedelta, *, minimum: float) -> timedelta:
-        value = self.number(name, default.total_seconds(), minimum, 10 * 365 * 86400)
-        return timedelta(seconds=value)
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        if not _INTEGER.fullmatch(raw.strip()):
+            raise ValueError(f"not a whole number: {raw!r}")
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {raw}")
+        return value
+
+    return parse
+
+
+def _number(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        if not _NUMBER.fullmatch(raw.strip()):
+            raise ValueError(f"not a number: {raw!r}")
+        value = float(raw)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}, got {raw}")
+        return value
+
+    return parse
+
+
+def _seconds(*, minimum: float) -> Callable[[str], timedelta]:
+    number = _number(minimum, 10 * 365 * 86400)
+
+    def parse(raw: str) -> timedelta:
+        return timedelta(seconds=number(raw))
+
+    return parse
 
 
 def _database_url(raw: str) -> str:
@@ -357,3 +277,58 @@ def _log_level(raw: str) -> str:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError(f"must be DEBUG, INFO, WARNING or ERROR, got {raw!r}")
     return level
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+# Every setting but the SLA per priority (HITL_SLA_<PRIORITY>_S, read beside it); one row
+# each, in the README's order.
+VARIABLES: Final = (
+    Variable("HITL_DATABASE_URL", "database_url", _database_url),
+    Variable("HITL_LISTEN", "listen", _listen),
+    Variable("HITL_JWT_SECRET", "jwt_secret", _secret),
+    Variable("HITL_JWT_SECRET_FILE", "jwt_secret_file", _existing_file),
+    Variable("HITL_JWT_PREVIOUS_SECRETS", "jwt_previous_secrets", _secret_list),
+    Variable("HITL_JWT_ISSUER", "jwt_issuer", _non_empty),
+    Variable("HITL_JWT_AUDIENCE", "jwt_audience", _non_empty),
+    Variable("HITL_TLS_CERT_FILE", "tls_cert_file", _existing_file),
+    Variable("HITL_TLS_KEY_FILE", "tls_key_file", _existing_file),
+    Variable("HITL_ACCESS_TOKEN_TTL_S", "access_token_ttl", _seconds(minimum=30)),
+    Variable("HITL_REFRESH_TOKEN_TTL_S", "refresh_token_ttl", _seconds(minimum=60)),
+    Variable("HITL_MFA_CHALLENGE_TTL_S", "mfa_challenge_ttl", _seconds(minimum=30)),
+    Variable("HITL_CLAIM_LEASE_S", "claim_lease", _seconds(minimum=1)),
+    Variable("HITL_BOOTSTRAP_ADMIN_PASSWORD", "bootstrap_admin_password", _text),
+    Variable("HITL_METRICS_LISTEN", "metrics_listen", _metrics),
+    Variable("HITL_DB_TIMEOUT_S", "db_timeout_s", _number(0.1, 300)),
+    Variable("HITL_SHUTDOWN_GRACE_S", "shutdown_grace_s", _number(0, 3600)),
+    Variable("HITL_MAX_MESSAGE_BYTES", "max_message_bytes", _integer(MIN_MESSAGE_BYTES, 2**30)),
+    Variable("HITL_MAX_CONCURRENT_STREAMS", "max_concurrent_streams", _integer(1, 2**20)),
+    Variable("HITL_HEARTBEAT_S", "heartbeat_s", _number(0.05, 3600)),
+    Variable("HITL_EVENT_RETENTION_S", "event_retention", _seconds(minimum=60)),
+    Variable("HITL_SWEEP_INTERVAL_S", "sweep_interval_s", _number(0.05, 3600)),
+    Variable("HITL_WATCH_QUEUE_SIZE", "watch_queue_size", _integer(8, 1_000_000)),
+    Variable("HITL_WATCH_QUEUE_BYTES", "watch_queue_bytes", _integer(65536, 2**34)),
+    Variable("HITL_WATCH_PAGE_BYTES", "watch_page_bytes", _integer(1024, 2**30)),
+    Variable("HITL_WATCH_CATCHUP_S", "watch_catchup_s", _number(0.05, 3600)),
+    Variable("HITL_DB_CHECK_INTERVAL_S", "db_check_interval_s", _number(0.05, 3600)),
+    Variable("HITL_LOGIN_MAX_FAILURES", "login_max_failures", _integer(1, 1000)),
+    Variable("HITL_LOGIN_WINDOW_S", "login_window", _seconds(minimum=1)),
+    Variable(
+        "HITL_LOGIN_MAX_FAILURES_PER_PEER", "login_max_failures_per_peer", _integer(1, 100_000)
+    ),
+    Variable("HITL_LOGIN_LOCKOUT_S", "login_lockout", _seconds(minimum=1)),
+    Variable("HITL_LOGIN_PEER_TRUST_S", "login_peer_trust", _seconds(minimum=0)),
+    Variable("HITL_STREAM_REAUTH_S", "stream_reauth_s", _number(0.05, 3600)),
+    Variable("HITL_PUBLIC_STREAMS_PER_PEER", "public_streams_per_peer", _integer(1, 2**20)),
+    Variable("HITL_PUBLIC_STREAMS_MAX", "public_streams_max", _integer(1, 2**20)),
+    Variable(
+        "HITL_REFRESH_MAX_FAILURES_PER_PEER", "refresh_max_failures_per_peer", _integer(1, 100_000)
+    ),
+    Variable("HITL_REFRESH_LOCKOUT_S", "refresh_lockout", _seconds(minimum=1)),
+    Variable("HITL_PASSWORD_MEMORY_KIB", "password_memory_kib", _integer(8, 2**22)),
+    Variable("HITL_PASSWORD_TIME_COST", "password_time_cost", _integer(1, 100)),
+    Variable("HITL_PASSWORD_PARALLELISM", "password_parallelism", _integer(1, 64)),
+    Variable("HITL_LOG_LEVEL", "log_level", _log_level),
+)

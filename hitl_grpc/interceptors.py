@@ -23,14 +23,14 @@ import grpc
 from google.protobuf import descriptor_pool
 
 if TYPE_CHECKING:
-    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
     Handler = grpc.RpcMethodHandler[Any, Any]
 else:
-    ServerInterceptor = grpc.aio.ServerInterceptor
     Handler = grpc.RpcMethodHandler
+ServerInterceptor = grpc.aio.ServerInterceptor
 
 Context = grpc.aio.ServicerContext[Any, Any]
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
+# None for a method no servicer implements: grpc answers UNIMPLEMENTED.
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 Around = Callable[[Context], AbstractAsyncContextManager[None]]
 Deserializer = Callable[[bytes], Any]
 
@@ -220,10 +220,9 @@ class WrappingInterceptor(ServerInterceptor):
         self,
         continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        # None for a method no servicer implements: grpc answers UNIMPLEMENTED.
-        handler: Handler | None = await continuation(handler_call_details)
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
         if handler is None:
-            return None  # type: ignore[return-value]  # grpc accepts None here
+            return None
         method = handler_call_details.method
         return wrap_handler(handler, self.around_for(method), method)

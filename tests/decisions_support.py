@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -17,41 +16,9 @@ from sqlalchemy import text
 
 from tests.harness import Harness, Metadata
 
-
-def ts(value: datetime) -> Timestamp:
-    """A Timestamp for a datetime."""
-    out = Timestamp()
-    out.FromDatetime(value.astimezone(UTC))
-    return out
-
-
-def sample_request(
-    analysis_id: str | None = None, **fields: Any
-) -> decision_pb2.SubmitDecisionRequest:
-    """A valid submission; keyword arguments override fields."""
-    base: dict[str, Any] = {
-        "analysis_id": analysis_id or f"an-{uuid.uuid4().hex}",
-        "incident_id": "inc-1",
-        "threat_level": "high",
-        "source_ip": "203.0.113.7",
-        "attributed_actor": "APT-Example",
-        "confidence": 87.5,
-        "iocs": ["evil.example", "198.51.100.9"],
-        "ttps": ["T1059", "T1566.001"],
-        "recommended_actions": [
-            decision_pb2.Action(
-                type=decision_pb2.ACTION_TYPE_BLOCK_IP, target="203.0.113.7", description="block"
-            ),
-            decision_pb2.Action(
-                type=decision_pb2.ACTION_TYPE_QUARANTINE_SYSTEM, target="host-7", description=""
-            ),
-        ],
-        "forensic_summary": "lateral movement observed",
-        "priority": decision_pb2.PRIORITY_HIGH,
-        "detected_at": ts(datetime.now(UTC) - timedelta(minutes=5)),
-    }
-    base.update(fields)
-    return decision_pb2.SubmitDecisionRequest(**base)
+# Re-exported: the lifecycle tests build their samples from here.
+from tests.samples import sample_request as sample_request
+from tests.samples import ts as ts
 
 
 async def submit(

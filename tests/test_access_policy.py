@@ -83,6 +83,7 @@ async def policy_less_server() -> AsyncIterator[str]:
 
 async def test_method_without_policy_is_denied_even_for_an_admin(policy_less_server: str) -> None:
     async with grpc.aio.insecure_channel(policy_less_server) as channel:
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
         call = channel.unary_unary("/hitl.v1.Shadow/Call", None, None)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(b"hi", metadata=bearer("anything"), timeout=5)
@@ -115,6 +116,7 @@ async def test_signed_in_caller_gets_its_own_profile(server: Harness) -> None:
 
 
 async def test_unknown_method_is_unimplemented(server: Harness) -> None:
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
     call = server.channel.unary_unary("/hitl.v1.AuthService/NoSuchMethod", None, None)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call(b"", timeout=5)

@@ -1,8 +1,9 @@
-"""The typed client: sign-in, refresh, retries, resumable watches and wait_for_verdict."""
+"""The typed client: sign-in, refresh, retries, deadlines, errors, dashboard calls, watches."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -11,6 +12,7 @@ from datetime import timedelta
 import grpc
 import pyotp
 import pytest
+from google.rpc.error_details_pb2 import BadRequest, RetryInfo
 from hitl.v1 import auth_pb2, decision_pb2
 
 from hitl_grpc.client import Backoff, HitlClient, HitlClientError, PendingChange
@@ -146,6 +148,16 @@ async def test_watch_pending_resyncs_when_its_cursor_is_gone(server: Harness) ->
         assert seen.kind == "added"
 
 
+def _client_of_a_down_server(backoff: Backoff, timeout_s: float = 10.0) -> HitlClient:
+    """A client of a port nothing listens on: every attempt fails fast with UNAVAILABLE."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    return HitlClient(
+        address, username="nobody", password=PASSWORD, timeout_s=timeout_s, backoff=backoff
+    )
+
+
 def _position(cursor: str) -> int:
     decoded = cursors.decode(cursor)
     assert decoded is not None
@@ -255,17 +267,147 @@ async def test_watch_pending_resumes_across_a_replica_drain_without_gap_or_dupli
 
 
 async def test_a_watch_gives_up_once_its_retry_budget_is_spent() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # Nothing listens on the port: every attempt fails fast with UNAVAILABLE.
-    client = HitlClient(
-        f"127.0.0.1:{port}",
-        username="nobody",
-        password=PASSWORD,
-        backoff=Backoff(first_s=0.01, max_s=0.05, budget_s=0.5),
-    )
+    client = _client_of_a_down_server(Backoff(first_s=0.01, max_s=0.05, budget_s=0.5))
     async with client:
         with pytest.raises(HitlClientError) as gave_up:
             await next_of(aiter(client.watch_pending()), 20)
     assert gave_up.value.code is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_list_pending_pages_through_the_open_queue_most_urgent_first(
+    server: Harness,
+) -> None:
+    async with await _client(server, Role.SERVICE) as candi:
+        low = await candi.submit_decision(submit_request(priority=decision_pb2.PRIORITY_LOW))
+        critical = [
+            await candi.submit_decision(submit_request(priority=decision_pb2.PRIORITY_CRITICAL))
+            for _ in range(2)
+        ]
+    async with await _client(server, Role.ANALYST) as analyst:
+        first = await analyst.list_pending_page(page_size=2)
+        assert len(first.decisions) == 2
+        assert first.next_page_token
+        rest = await analyst.list_pending_page(page_size=2, page_token=first.next_page_token)
+        every = [d.analysis_id async for d in analyst.list_pending(page_size=1)]
+        only_critical = [
+            d.analysis_id async for d in analyst.list_pending([decision_pb2.PRIORITY_CRITICAL])
+        ]
+    ids = [d.analysis_id for d in (*first.decisions, *rest.decisions)]
+    assert ids[-1] == low.decision.analysis_id
+    assert set(ids[:2]) == {c.decision.analysis_id for c in critical}
+    assert every == ids
+    assert sorted(only_critical) == sorted(c.decision.analysis_id for c in critical)
+
+
+async def test_an_analyst_claims_releases_and_approves_through_the_client(
+    server: Harness,
+) -> None:
+    async with await _client(server, Role.SERVICE) as candi:
+        submitted = (await candi.submit_decision(submit_request())).decision
+    action = decision_pb2.Action(type=decision_pb2.ACTION_TYPE_BLOCK_IP, target="203.0.113.7")
+    async with await _client(server, Role.ANALYST) as analyst:
+        claimed = await analyst.claim_decision(
+            submitted.analysis_id, expected_version=submitted.version
+        )
+        assert claimed.status == decision_pb2.DECISION_STATUS_IN_REVIEW
+        assert claimed.claimed_by
+        released = await analyst.release_decision(submitted.analysis_id)
+        assert released.status == decision_pb2.DECISION_STATUS_PENDING
+        with pytest.raises(HitlClientError) as stale:
+            await analyst.claim_decision(submitted.analysis_id, expected_version=claimed.version)
+        assert stale.value.code is grpc.StatusCode.ABORTED
+        approved = await analyst.approve(
+            submitted.analysis_id, [action], notes="blocked at the edge"
+        )
+    assert approved.status == decision_pb2.DECISION_STATUS_APPROVED
+    assert list(approved.resolution.approved_actions) == [action]
+    assert approved.resolution.notes == "blocked at the edge"
+    assert approved.version > released.version > claimed.version
+
+
+async def test_rejecting_escalating_and_stats_through_the_client(server: Harness) -> None:
+    async with await _client(server, Role.SERVICE) as candi:
+        first, second, third = [
+            (await candi.submit_decision(submit_request())).decision for _ in range(3)
+        ]
+    async with await _client(server, Role.ANALYST) as analyst:
+        rejected = await analyst.reject(first.analysis_id, notes="benign scanner")
+        escalated = await analyst.escalate_decision(second.analysis_id, "needs attribution")
+        with pytest.raises(HitlClientError) as no_reason:
+            await analyst.make_decision(third.analysis_id, decision_pb2.DECISION_STATUS_ESCALATED)
+        made = await analyst.make_decision(
+            third.analysis_id,
+            decision_pb2.DECISION_STATUS_ESCALATED,
+            escalation_reason="second opinion",
+        )
+        stats = await analyst.decision_stats()
+    assert rejected.status == decision_pb2.DECISION_STATUS_REJECTED
+    assert rejected.resolution.notes == "benign scanner"
+    assert escalated.status == decision_pb2.DECISION_STATUS_ESCALATED
+    assert escalated.resolution.escalation_reason == "needs attribution"
+    assert no_reason.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert no_reason.value.field_violations
+    assert made.resolution.escalation_reason == "second opinion"
+    assert stats.escalated == 2
+    assert stats.last_24h.submitted == 3
+    assert stats.last_24h.rejected == 1
+
+
+async def test_client_errors_keep_the_status_and_every_detail_unpacked(server: Harness) -> None:
+    async with await _client(server, Role.SERVICE) as candi:
+        bad = submit_request()
+        bad.confidence = 250.0
+        with pytest.raises(HitlClientError) as invalid:
+            await candi.submit_decision(bad)
+    error = invalid.value
+    assert error.status is not None
+    assert error.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert error.status.message == error.message
+    bad_request = error.detail(BadRequest)
+    assert bad_request is not None
+    assert bad_request in error.details
+    assert [v.field for v in bad_request.field_violations] == ["confidence"]
+    assert error.detail(RetryInfo) is None
+
+
+async def test_one_deadline_bounds_all_the_attempts_of_a_call() -> None:
+    # Backoff far longer than the deadline: the retries must stop at the deadline, not
+    # after each attempt's own timeout and pause.
+    client = _client_of_a_down_server(Backoff(first_s=30, max_s=60, attempts=5), timeout_s=0.5)
+    async with client, asyncio.timeout(10):
+        with pytest.raises(HitlClientError) as late:
+            await client.get_decision("an-1")
+    assert late.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_a_server_that_is_down_is_unavailable_once_the_attempts_are_spent() -> None:
+    client = _client_of_a_down_server(Backoff(first_s=0.01, max_s=0.02, attempts=3), timeout_s=20)
+    async with client, asyncio.timeout(10):
+        with pytest.raises(HitlClientError) as down:
+            await client.login()
+    assert down.value.code is grpc.StatusCode.UNAVAILABLE
+    assert down.value.status is None
+
+
+def test_the_retry_policy_never_covers_refresh_or_transitions() -> None:
+    config = json.loads(Backoff(first_s=0.2, max_s=2, attempts=4).service_config())
+    [method_config] = config["methodConfig"]
+    retried = {entry["method"] for entry in method_config["name"]}
+    assert retried == {
+        "Login",
+        "SubmitDecision",
+        "GetDecision",
+        "ListPendingDecisions",
+        "GetDecisionStats",
+    }
+    assert method_config["retryPolicy"]["maxAttempts"] == 4
+    assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert json.loads(Backoff(attempts=1).service_config()) == {}
+
+
+@pytest.mark.parametrize(
+    "fields", [{"attempts": 0}, {"attempts": 6}, {"first_s": 0}, {"first_s": 2, "max_s": 1}]
+)
+def test_a_backoff_grpc_cannot_apply_is_refused(fields: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=r"attempts|first_s"):
+        Backoff(**fields)  # type: ignore[arg-type]

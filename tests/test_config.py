@@ -1,11 +1,12 @@
 """Settings are read once from HITL_* variables; a bad one names itself."""
 
+import dataclasses
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from hitl_grpc.config import ConfigError, Settings
+from hitl_grpc.config import VARIABLES, ConfigError, Settings
 from hitl_grpc.domain.values import Priority
 
 
@@ -86,3 +87,66 @@ def test_secret_and_secret_file_are_exclusive(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         Settings.from_env({"HITL_JWT_SECRET": "s" * 40, "HITL_JWT_SECRET_FILE": str(key)})
     assert Settings.from_env({"HITL_JWT_SECRET_FILE": str(key)}).jwt_secret_file == key
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("HITL_LOGIN_MAX_FAILURES", "5.9"),
+        ("HITL_MAX_CONCURRENT_STREAMS", "1e3"),
+        ("HITL_WATCH_QUEUE_SIZE", "\u0665\u0660"),  # Arabic-Indic digits: int() takes them
+        ("HITL_PASSWORD_TIME_COST", "2_0"),
+        ("HITL_PUBLIC_STREAMS_MAX", "ten"),
+        ("HITL_DB_TIMEOUT_S", "\u0665"),
+        ("HITL_HEARTBEAT_S", "nan"),
+        ("HITL_CLAIM_LEASE_S", "inf"),
+    ],
+)
+def test_a_number_that_is_not_plainly_one_of_its_type_names_the_variable(
+    variable: str, raw: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: raw})
+    assert caught.value.variable == variable
+    assert repr(raw) in str(caught.value)
+
+
+def test_integers_stay_integers_and_fractions_stay_fractions() -> None:
+    settings = Settings.from_env(
+        {
+            "HITL_LOGIN_MAX_FAILURES": " 7 ",
+            "HITL_MAX_MESSAGE_BYTES": "+2097152",
+            "HITL_DB_TIMEOUT_S": "2.5",
+            "HITL_HEARTBEAT_S": "1e1",
+            "HITL_CLAIM_LEASE_S": "0.5e1",
+        }
+    )
+    assert settings.login_max_failures == 7
+    assert type(settings.login_max_failures) is int
+    assert type(settings.max_message_bytes) is int
+    assert settings.db_timeout_s == 2.5
+    assert settings.heartbeat_s == 10.0
+    assert settings.claim_lease == timedelta(seconds=5)
+
+
+def test_an_integer_out_of_range_says_its_bounds() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"HITL_PASSWORD_PARALLELISM": "65"})
+    assert str(caught.value) == "HITL_PASSWORD_PARALLELISM: must be between 1 and 64, got 65"
+
+
+def test_every_setting_has_exactly_one_variable_of_its_type() -> None:
+    defaults = Settings()
+    fields = {f.name for f in dataclasses.fields(Settings)} - {"sla"}
+    assert sorted(v.field for v in VARIABLES) == sorted(fields)
+    assert len({v.name for v in VARIABLES}) == len(VARIABLES)
+    for variable in VARIABLES:
+        default = getattr(defaults, variable.field)
+        if type(default) is int:
+            # An integer setting must refuse a fraction rather than truncate it.
+            with pytest.raises(ConfigError):
+                Settings.from_env({variable.name: f"{default}.5"})
+
+
+def test_empty_variables_keep_the_defaults() -> None:
+    assert Settings.from_env({v.name: "" for v in VARIABLES}) == Settings()

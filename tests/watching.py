@@ -9,13 +9,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from hitl.v1 import decision_pb2
 
 from hitl_grpc.domain.ports import EventKind
 from hitl_grpc.domain.values import Analysis, AnalysisId, Decision, Priority, Status
 from hitl_grpc.events.hub import EventHub
 from tests.harness import Harness, Metadata
+from tests.samples import sample_request, ts
 
 T = TypeVar("T")
 STEP_S = 5.0
@@ -44,15 +44,8 @@ def submit_request(
     summary: str = "lateral movement from a build host",
 ) -> decision_pb2.SubmitDecisionRequest:
     """A valid analysis to submit."""
-    detected = Timestamp()
-    detected.FromDatetime(datetime.now(UTC) - timedelta(minutes=1))
-    return decision_pb2.SubmitDecisionRequest(
-        analysis_id=analysis_id or f"an-{uuid.uuid4().hex[:12]}",
-        incident_id="inc-1",
-        threat_level="high",
-        source_ip="203.0.113.7",
-        attributed_actor="APT-Example",
-        confidence=87.5,
+    return sample_request(
+        analysis_id or f"an-{uuid.uuid4().hex[:12]}",
         iocs=["evil.example"],
         ttps=["T1021"],
         recommended_actions=[
@@ -60,7 +53,7 @@ def submit_request(
         ],
         forensic_summary=summary,
         priority=priority,
-        detected_at=detected,
+        detected_at=ts(datetime.now(UTC) - timedelta(minutes=1)),
     )
 
 

@@ -138,10 +138,10 @@ class AuthInterceptor(WrappingInterceptor):
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler:
-        handler: Handler | None = await continuation(handler_call_details)
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
         if handler is None:
-            return None  # type: ignore[return-value]  # grpc answers UNIMPLEMENTED
+            return None  # grpc answers UNIMPLEMENTED
         method = handler_call_details.method
         policy = policy_for(method, self._policies)
         streams = handler.unary_stream is not None or handler.stream_stream is not None

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             mfa_code=mfa_code,
             credentials=credentials,
             # A terminal view keeps trying through restarts and failovers.
-            backoff=Backoff(max_s=5.0, attempts=sys.maxsize, budget_s=math.inf),
+            backoff=Backoff(max_s=5.0, budget_s=math.inf),
         ) as client:
             await _watch(client, priorities, Console())
 

@@ -124,13 +124,13 @@ class PublicLimitsInterceptor(WrappingInterceptor):
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler:
+    ) -> Handler | None:
         """Wraps public streams and throttled methods; every other call passes untouched."""
-        handler: Handler | None = await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         method = handler_call_details.method
         policy = policy_for(method, self._policies)
         if handler is None or policy is None or not policy.public:
-            return handler  # type: ignore[return-value]  # grpc accepts None here
+            return handler
         if method in THROTTLED:
             return wrap_handler(handler, self._throttled, method)
         if handler.unary_stream is not None or handler.stream_stream is not None:

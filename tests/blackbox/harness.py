@@ -19,6 +19,8 @@ channel per thread), the grpcurl binary and Node.js @grpc/grpc-js. Everything is
 - `served.node(script, *args)`: starts tests/blackbox/node/<script> with Node.js (HITL_ADDRESS
   and HITL_PROTOS set); `run.wait_for_line(prefix)` waits for a line it prints,
   `run.finish()` gives its exit code and stderr.
+- `served.metrics()`: its Prometheus text; `served.wait_for_metrics(*samples)` waits (up to
+  CALL_S) until every sample line is there, since a call is counted after its status is sent.
 - `served.assert_alive()`: fails the test, with the server's stderr (faulthandler output
   included), if the server has exited. `served.stop()`: SIGTERM, then asserts a clean exit.
 """
@@ -26,23 +28,22 @@ channel per thread), the grpcurl binary and Node.js @grpc/grpc-js. Everything is
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
-from typing import IO, Any, Final, Self
+from typing import Any, Final, Self
 
 import grpc
 import pytest
 from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
-from tests.decisions_support import sample_request
+from tests.children import SERVE, Lines
 from tests.harness import Metadata, bearer
+from tests.samples import sample_request
 
 ADMIN_PASSWORD: Final = "blackbox-bootstrap-secret-42"
 PASSWORD: Final = "a-long-blackbox-password-42"
@@ -82,37 +83,6 @@ def _env(database_url: str, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-class Lines:
-    """A child's stdout line by line, read by a thread so that every wait has a deadline."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._stream = stream
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self._stream:
-            self._queue.put(line.strip())
-        self._queue.put(None)
-
-    def after(self, prefix: str, timeout_s: float) -> str | None:
-        """The rest of the next line starting with `prefix`; None once the stream has ended.
-
-        Raises TimeoutError when no such line comes within `timeout_s`.
-        """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                line = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
-            except queue.Empty:
-                raise TimeoutError(f"no {prefix!r} line within {timeout_s} s") from None
-            if line is None:
-                self._queue.put(None)
-                return None
-            if line.startswith(prefix):
-                return line.removeprefix(prefix).strip()
-
-
 class Served:
     """A running `hitl-grpc serve` child process."""
 
@@ -132,7 +102,7 @@ class Served:
         stderr_path = workdir / f"serve-{uuid.uuid4().hex[:6]}.stderr"
         with stderr_path.open("w") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "hitl_grpc.cli", "serve"],
+                SERVE,
                 cwd=workdir,
                 env=_env(database_url, env),
                 stdin=subprocess.DEVNULL,
@@ -194,6 +164,22 @@ class Served:
             pytest.fail(f"serve did not exit within {STOP_S} s of SIGTERM\n{self.stderr_tail()}")
         if code != 0:
             pytest.fail(f"serve exited with {code} after SIGTERM:\n{self.stderr_tail()}")
+
+    def metrics(self) -> str:
+        """The Prometheus text the server exposes now."""
+        url = f"http://{self.metrics_address}/metrics"
+        with urllib.request.urlopen(url, timeout=CALL_S) as reply:
+            return str(reply.read().decode())
+
+    def wait_for_metrics(self, *samples: str) -> str:
+        """The metrics once they hold every sample line, or as they are after CALL_S."""
+        # The client has its status before the server's access log has counted the call.
+        deadline = time.monotonic() + CALL_S
+        while True:
+            body = self.metrics()
+            if all(s in body for s in samples) or time.monotonic() > deadline:
+                return body
+            time.sleep(0.05)
 
     def channel(self) -> grpc.Channel:
         """A new sync channel to the server (one per thread)."""

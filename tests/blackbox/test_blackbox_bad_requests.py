@@ -23,6 +23,7 @@ UNARY = {
 
 
 def _unary_error(channel: grpc.Channel, method: str, metadata: Metadata) -> grpc.RpcError:
+    call: grpc.UnaryUnaryMultiCallable[bytes, bytes]
     call = channel.unary_unary(method, None, None)  # raw bytes both ways
     with pytest.raises(grpc.RpcError) as caught:
         call(GARBAGE, metadata=metadata, timeout=CALL_S)
@@ -44,9 +45,9 @@ def test_unparseable_bytes_are_invalid_argument_naming_the_message(served: Serve
 def test_unparseable_bytes_opening_a_server_stream_are_invalid_argument(served: Served) -> None:
     method = "/hitl.v1.DecisionService/WatchDecision"
     with served.channel() as channel:
-        replies = channel.unary_stream(method, None, None)(
-            GARBAGE, metadata=served.admin(), timeout=CALL_S
-        )
+        open_stream: grpc.UnaryStreamMultiCallable[bytes, bytes]
+        open_stream = channel.unary_stream(method, None, None)
+        replies = open_stream(GARBAGE, metadata=served.admin(), timeout=CALL_S)
         with pytest.raises(grpc.RpcError) as caught:
             list(replies)
     err = caught.value
@@ -57,7 +58,9 @@ def test_unparseable_bytes_opening_a_server_stream_are_invalid_argument(served: 
 def test_unparseable_bytes_in_a_client_stream_are_invalid_argument(served: Served) -> None:
     method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
     with served.channel() as channel:
-        replies = channel.stream_stream(method, None, None)(iter([GARBAGE]), timeout=CALL_S)
+        open_stream: grpc.StreamStreamMultiCallable[bytes, bytes]
+        open_stream = channel.stream_stream(method, None, None)
+        replies = open_stream(iter([GARBAGE]), timeout=CALL_S)
         with pytest.raises(grpc.RpcError) as caught:
             list(replies)
     err = caught.value

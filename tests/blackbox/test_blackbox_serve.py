@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
-import urllib.request
 
 import grpc
 import pytest
@@ -37,7 +35,7 @@ def test_a_sync_client_logs_in_as_a_new_user_and_health_is_serving(served: Serve
 def test_metrics_on_port_zero_are_served_on_the_announced_port(served: Served) -> None:
     served.admin_token()
     sample = 'hitl_rpc_total{code="OK",method="/hitl.v1.AuthService/Login"} 1.0'
-    assert sample in _wait_for_samples(served, sample)
+    assert sample in served.wait_for_metrics(sample)
 
 
 @SQLITE_ONLY
@@ -49,21 +47,6 @@ def test_a_node_grpc_js_client_loads_the_protos_and_signs_in(served: Served) -> 
     assert (user["username"], user["role"]) == (username, "ROLE_VIEWER")
 
 
-def _metrics(served: Served) -> str:
-    with urllib.request.urlopen(f"http://{served.metrics_address}/metrics", timeout=CALL_S) as r:
-        return str(r.read().decode())
-
-
-def _wait_for_samples(served: Served, *samples: str) -> str:
-    # The client has its status before the server's access log has counted the call.
-    deadline = time.monotonic() + CALL_S
-    while True:
-        body = _metrics(served)
-        if all(s in body for s in samples) or time.monotonic() > deadline:
-            return body
-        time.sleep(0.05)
-
-
 @SQLITE_ONLY
 def test_the_access_log_counts_each_call_by_the_status_it_really_ended_with(
     served: Served,
@@ -72,15 +55,15 @@ def test_the_access_log_counts_each_call_by_the_status_it_really_ended_with(
         health = health_pb2_grpc.HealthStub(channel)
         with pytest.raises(grpc.RpcError) as unknown:
             health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=CALL_S)
+        login: grpc.UnaryUnaryMultiCallable[bytes, bytes]
+        login = channel.unary_unary("/hitl.v1.AuthService/Login", None, None)
         with pytest.raises(grpc.RpcError) as garbage:
-            channel.unary_unary("/hitl.v1.AuthService/Login", None, None)(
-                b"\x0a\xff", timeout=CALL_S
-            )
+            login(b"\x0a\xff", timeout=CALL_S)
     assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
     assert garbage.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     expected = (
         'hitl_rpc_total{code="NOT_FOUND",method="/grpc.health.v1.Health/Check"} 1.0',
         'hitl_rpc_total{code="INVALID_ARGUMENT",method="/hitl.v1.AuthService/Login"} 1.0',
     )
-    body = _wait_for_samples(served, *expected)
+    body = served.wait_for_metrics(*expected)
     assert all(sample in body for sample in expected), body
