@@ -35,7 +35,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
-from bench.common import ADMIN_PASSWORD, fresh_postgres, serve_subprocess
+from bench.processes import ADMIN_PASSWORD, fresh_postgres, serve_subprocess
 from tests.decisions_support import sample_request
 
 TEMPLATE: Final = Path(__file__).resolve().parent.parent / "deploy/nginx/hitl-grpc.conf.template"

@@ -35,7 +35,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import auth_pb2, auth_pb2_grpc
 
-from bench.common import ADMIN_PASSWORD
+from bench.processes import ADMIN_PASSWORD
 
 BUILDAH: Final = ["buildah", "--storage-driver", "vfs"]
 STARTUP_S: Final = 60.0

@@ -56,7 +56,7 @@ def enable(service_names: Iterable[str], server: grpc.aio.Server) -> None:
     """Serves reflection for `service_names` (and for reflection itself) under v1 and v1alpha."""
     _register_v1_file(descriptor_pool.Default())
     names = (*service_names, *SERVICE_NAMES)
-    servicer = reflection.aio.ReflectionServicer(names)  # type: ignore[attr-defined]
+    servicer = reflection.aio.ReflectionServicer(names)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     v1 = grpc.method_handlers_generic_handler(
         V1_SERVICE_NAME,
