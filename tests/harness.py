@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from hitl.v1 import audit_pb2_grpc, auth_pb2, auth_pb2_grpc, decision_pb2_grpc
 
-from hitl_grpc.accounts.accounts import NewUser
+from hitl_grpc.accounts.users import NewUser
 from hitl_grpc.config import Settings
 from hitl_grpc.domain.clock import ShiftedClock
 from hitl_grpc.domain.values import Role, User
@@ -44,7 +44,7 @@ class Harness:
     ) -> User:
         """A new active account, created directly through the account operations."""
         name = username or f"{role.name.lower()}-{uuid.uuid4().hex[:8]}"
-        return await self.running.accounts.create_user(
+        return await self.running.accounts.users.create(
             NewUser(username=name, password=password, role=role), actor="test", peer="test"
         )
 

@@ -26,19 +26,15 @@ from hitl.v1 import (
 )
 from prometheus_client import CollectorRegistry, start_http_server
 
-from hitl_grpc import tasks
-from hitl_grpc.accounts.accounts import Accounts, TokenLifetimes
-from hitl_grpc.accounts.throttle import LoginLimits
+from hitl_grpc import accounts, tasks
+from hitl_grpc.accounts import AccountServices
 from hitl_grpc.api.audit import AuditServicer
 from hitl_grpc.api.auth import AuthServicer
 from hitl_grpc.api.decisions import DecisionServicer
 from hitl_grpc.api.errors import ErrorInterceptor
 from hitl_grpc.api.watch import WatchServicer
 from hitl_grpc.auth.interceptor import AuthInterceptor
-from hitl_grpc.auth.keys import load_signing_keys
-from hitl_grpc.auth.passwords import HashParams, Passwords
 from hitl_grpc.auth.policy import load_policies
-from hitl_grpc.auth.tokens import TokenIssuer
 from hitl_grpc.config import Settings
 from hitl_grpc.domain.clock import Clock, SystemClock
 from hitl_grpc.domain.decisions import DecisionOperations
@@ -88,7 +84,7 @@ class RunningServer:
     engine: Engine
     door: Door
     uow: UnitOfWorkFactory
-    accounts: Accounts
+    accounts: AccountServices
     clock: Clock
     health: HealthServicer
     generated_admin_password: str | None = None
@@ -97,8 +93,11 @@ class RunningServer:
     hub: EventHub | None = None
 
 
-async def open_store(settings: Settings, *, create: bool = True) -> Engine:
-    """An engine on a schema that is current; an empty database is migrated when `create`."""
+async def open_store(settings: Settings, *, create: bool = True) -> Door:
+    """The door to a schema that is current, under the settings' database deadline.
+
+    An empty database is migrated when `create`.
+    """
     engine = make_engine(settings.database_url, timeout_s=settings.db_timeout_s)
     try:
         async with asyncio.timeout(settings.db_timeout_s):
@@ -119,7 +118,12 @@ async def open_store(settings: Settings, *, create: bool = True) -> Engine:
         raise StartupError(
             f"cannot open database: {type(exc).__name__}: {exc}".splitlines()[0]
         ) from exc
-    return engine
+    return Door(engine, timeout_s=settings.db_timeout_s)
+
+
+def hashing_pool() -> ThreadPoolExecutor:
+    """The threads password hashing runs on, off the event loop: one per core."""
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="hash")
 
 
 def _server_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -161,10 +165,10 @@ async def running_server(
     """
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
-        engine = await open_store(settings)
+        door = await open_store(settings)
+        engine = door.engine
         if close_pool:
             stack.push_async_callback(_dispose, engine)
-        door = Door(engine, timeout_s=settings.db_timeout_s)
         uow = UnitOfWorkFactory(door)
         # One reader of the event log per process, fanning out to every local watcher.
         hub = EventHub(
@@ -182,35 +186,11 @@ async def running_server(
         stack.push_async_callback(hub.close)
         uow.after_commit = hub.wake
 
-        cpu_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="hash")
+        cpu_pool = hashing_pool()
         stack.callback(cpu_pool.shutdown, wait=False, cancel_futures=True)
-        passwords = Passwords(
-            HashParams(
-                settings.password_memory_kib,
-                settings.password_time_cost,
-                settings.password_parallelism,
-            ),
-            cpu_pool,
-        )
-        tokens = TokenIssuer(
-            load_signing_keys(settings),
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            clock=clock,
-        )
-        lifetimes = TokenLifetimes(
-            settings.access_token_ttl, settings.refresh_token_ttl, settings.mfa_challenge_ttl
-        )
-        limits = LoginLimits(
-            max_failures=settings.login_max_failures,
-            max_failures_per_peer=settings.login_max_failures_per_peer,
-            window=settings.login_window,
-            lockout=settings.login_lockout,
-            peer_trust=settings.login_peer_trust,
-        )
-        accounts = Accounts(uow, passwords, tokens, clock, lifetimes, limits)
+        services = accounts.build(settings, uow, clock, cpu_pool)
         try:
-            generated = await accounts.bootstrap_admin(settings.bootstrap_admin_password)
+            generated = await services.users.bootstrap_admin(settings.bootstrap_admin_password)
         except InvalidField as exc:
             raise StartupError(f"HITL_BOOTSTRAP_ADMIN_PASSWORD: {exc.message}") from None
 
@@ -219,16 +199,21 @@ async def running_server(
             interceptors=[
                 AccessLogInterceptor(RpcMetrics(registry)),
                 ErrorInterceptor(),
-                public_limits(settings, load_policies(CONTRACT_FILES), uow, accounts.trail, clock),
+                public_limits(settings, load_policies(CONTRACT_FILES), uow, services.trail, clock),
                 AuthInterceptor(
                     load_policies(CONTRACT_FILES),
-                    accounts.authenticate,
+                    services.sessions.authenticate,
                     reauth_s=settings.stream_reauth_interval_s,
                 ),
             ],
             options=_server_options(settings),
         )
-        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts), server)
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(
+            AuthServicer(
+                services.sign_in, services.sessions, services.profile, services.mfa, services.users
+            ),
+            server,
+        )
         decisions = DecisionOperations(uow, claim_lease=settings.claim_lease, sla=settings.sla)
         watch = WatchServicer(hub, heartbeat_s=settings.heartbeat_s)
         decision_pb2_grpc.add_DecisionServiceServicer_to_server(
@@ -240,7 +225,7 @@ async def running_server(
             ),
             server,
         )
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(accounts.trail), server)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(services.trail), server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(
@@ -278,7 +263,7 @@ async def running_server(
             engine=engine,
             door=door,
             uow=uow,
-            accounts=accounts,
+            accounts=services,
             clock=clock,
             health=health,
             generated_admin_password=generated,
