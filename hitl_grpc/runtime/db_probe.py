@@ -7,7 +7,9 @@ import logging
 from collections.abc import Sequence
 
 from grpc_health.v1 import health_pb2
-from grpc_health.v1._async import HealthServicer
+
+# The aio servicer is public as health.aio; the stubs leave that module out.
+from grpc_health.v1.health import aio  # type: ignore[attr-defined]
 
 from hitl_grpc import tasks
 from hitl_grpc.store.door import Door
@@ -26,7 +28,7 @@ class DatabaseMonitor:
     def __init__(
         self,
         door: Door,
-        health: HealthServicer,
+        health: aio.HealthServicer,
         services: Sequence[str],
         *,
         interval_s: float,

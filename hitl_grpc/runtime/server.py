@@ -13,7 +13,9 @@ from typing import Any, Final
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+
+# The aio servicer is public as health.aio; the stubs leave that module out.
+from grpc_health.v1.health import aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 from hitl.v1 import (
     access_pb2,
@@ -86,7 +88,7 @@ class RunningServer:
     uow: UnitOfWorkFactory
     accounts: AccountServices
     clock: Clock
-    health: HealthServicer
+    health: aio.HealthServicer
     generated_admin_password: str | None = None
     metrics_port: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
@@ -226,7 +228,7 @@ async def running_server(
             server,
         )
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(services.trail), server)
-        health = HealthServicer()
+        health = aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
@@ -279,7 +281,7 @@ async def running_server(
 
 
 async def _drain(
-    server: grpc.aio.Server, health: HealthServicer, hub: EventHub, grace_s: float
+    server: grpc.aio.Server, health: aio.HealthServicer, hub: EventHub, grace_s: float
 ) -> None:
     """Stops serving within the grace period plus CANCEL_WITHIN_S, whatever the database does."""
     await health.enter_graceful_shutdown()
