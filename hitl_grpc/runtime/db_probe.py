@@ -17,7 +17,7 @@ from hitl_grpc.store.door import Door
 log = logging.getLogger("hitl_grpc.runtime.db_probe")
 
 
-class DatabaseMonitor:
+class DatabaseMonitor(tasks.Periodic):
     """Probes the database every interval and sets every service's health from it.
 
     Probes start at a fixed rate and each is bounded by the door, for at most one
@@ -33,15 +33,14 @@ class DatabaseMonitor:
         *,
         interval_s: float,
     ) -> None:
+        super().__init__(name="hitl-db-monitor", interval_s=interval_s)
         self._door = door
         self._health = health
         self._services = tuple(services)
-        self._interval_s = interval_s
         self._timeout_s = min(interval_s, door.timeout_s or interval_s)
-        self._task: asyncio.Task[None] | None = None
-        self._probed = asyncio.Condition()
         self.healthy = True
         self.probes = 0
+        self._probed = asyncio.Condition()
 
     async def probe(self) -> bool:
         """Whether the database answers a trivial query within the probe's deadline."""
@@ -53,7 +52,7 @@ class DatabaseMonitor:
             return False
         return True
 
-    async def check_once(self) -> bool:
+    async def step(self) -> None:
         """Probes once and publishes a change of state."""
         healthy = await self.probe()
         if healthy != self.healthy:
@@ -69,27 +68,8 @@ class DatabaseMonitor:
         async with self._probed:
             self.probes += 1
             self._probed.notify_all()
-        return healthy
 
     async def wait_for_probes(self, count: int) -> None:
         """Returns once `count` probes have finished since the start."""
         async with self._probed:
             await self._probed.wait_for(lambda: self.probes >= count)
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-        while True:
-            await self.check_once()
-            due = max(due + self._interval_s, loop.time())
-            await asyncio.sleep(due - loop.time())
-
-    def start(self) -> None:
-        """Starts probing in the background."""
-        self._task = asyncio.create_task(self._run(), name="hitl-db-monitor")
-
-    async def stop(self) -> None:
-        """Stops probing."""
-        if self._task is not None:
-            await tasks.stop(self._task)
-            self._task = None
