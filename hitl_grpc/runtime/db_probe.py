@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -39,8 +38,6 @@ class DatabaseMonitor(tasks.Periodic):
         self._services = tuple(services)
         self._timeout_s = min(interval_s, door.timeout_s or interval_s)
         self.healthy = True
-        self.probes = 0
-        self._probed = asyncio.Condition()
 
     async def probe(self) -> bool:
         """Whether the database answers a trivial query within the probe's deadline."""
@@ -65,11 +62,3 @@ class DatabaseMonitor(tasks.Periodic):
             for name in self._services:
                 await self._health.set(name, status)
             log.warning("database %s", "reachable again" if healthy else "down: NOT_SERVING")
-        async with self._probed:
-            self.probes += 1
-            self._probed.notify_all()
-
-    async def wait_for_probes(self, count: int) -> None:
-        """Returns once `count` probes have finished since the start."""
-        async with self._probed:
-            await self._probed.wait_for(lambda: self.probes >= count)

@@ -8,7 +8,7 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
@@ -78,7 +78,7 @@ class StartupError(Exception):
 
 @dataclass
 class RunningServer:
-    """A started server and the parts tests and the CLI reach into."""
+    """A started server and its parts: the CLI reports from it, tests drive the parts."""
 
     settings: Settings
     address: str
@@ -89,10 +89,11 @@ class RunningServer:
     accounts: AccountServices
     clock: Clock
     health: aio.HealthServicer
+    hub: EventHub
+    sweeper: Sweeper
+    db_monitor: DatabaseMonitor
     generated_admin_password: str | None = None
     metrics_port: int | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-    hub: EventHub | None = None
 
 
 async def open_store(settings: Settings, *, create: bool = True) -> Door:
@@ -157,13 +158,20 @@ def _bind(server: grpc.aio.Server, settings: Settings) -> int:
 
 @asynccontextmanager
 async def running_server(
-    settings: Settings, *, clock: Clock | None = None, close_pool: bool = True
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    close_pool: bool = True,
+    hub_class: type[EventHub] = EventHub,
+    monitor_class: type[DatabaseMonitor] = DatabaseMonitor,
 ) -> AsyncIterator[RunningServer]:
     """A started server; leaving the context drains it and releases everything.
 
     `close_pool=False` leaves the database pool to the process's exit (`serve`, which
     exits at once): closing PostgreSQL connections runs synchronously on the loop, and
-    was seen to stall an exiting process past its shutdown bound.
+    was seen to stall an exiting process past its shutdown bound. `hub_class` and
+    `monitor_class` build the event reader and the database probe, so that a caller can
+    observe them through subclasses.
     """
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
@@ -171,9 +179,8 @@ async def running_server(
         engine = door.engine
         if close_pool:
             stack.push_async_callback(_dispose, engine)
-        uow = UnitOfWorkFactory(door)
         # One reader of the event log per process, fanning out to every local watcher.
-        hub = EventHub(
+        hub = hub_class(
             door,
             clock,
             queue_size=settings.watch_queue_size,
@@ -184,9 +191,9 @@ async def running_server(
             prune_interval_s=settings.sweep_interval_s,
             listen_check_s=settings.db_check_interval_s,
         )
+        uow = UnitOfWorkFactory(door, after_commit=hub.wake)
         await hub.start()
         stack.push_async_callback(hub.close)
-        uow.after_commit = hub.wake
 
         cpu_pool = hashing_pool()
         stack.callback(cpu_pool.shutdown, wait=False, cancel_futures=True)
@@ -252,7 +259,7 @@ async def running_server(
         sweeper = Sweeper(decisions, interval_s=settings.sweep_interval_s)
         sweeper.start()
         stack.push_async_callback(sweeper.stop)
-        db_monitor = DatabaseMonitor(
+        db_monitor = monitor_class(
             door, health, ("", *SERVICE_NAMES), interval_s=settings.db_check_interval_s
         )
         db_monitor.start()
@@ -268,11 +275,12 @@ async def running_server(
             accounts=services,
             clock=clock,
             health=health,
+            hub=hub,
+            sweeper=sweeper,
+            db_monitor=db_monitor,
             generated_admin_password=generated,
             metrics_port=metrics_port,
-            hub=hub,
         )
-        running.extras.update(decisions=decisions, sweeper=sweeper, db_monitor=db_monitor)
         try:
             yield running
         finally:
