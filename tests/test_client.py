@@ -16,12 +16,11 @@ from google.rpc.error_details_pb2 import BadRequest, RetryInfo
 from hitl.v1 import auth_pb2, decision_pb2
 
 from hitl_grpc.client import Backoff, HitlClient, HitlClientError, PendingChange
-from hitl_grpc.domain.clock import ShiftedClock
 from hitl_grpc.domain.values import Role
 from hitl_grpc.events import cursor as cursors
 from tests.audit_support import audit_rows
 from tests.decisions_support import scalar, wait_until
-from tests.harness import PASSWORD, Harness, ServerFactory, bearer
+from tests.harness import PASSWORD, Harness, ServerFactory, ShiftedClock, bearer
 from tests.tcp_proxy import ReplyEater
 from tests.watching import append_events, hand_decision, hub_of, next_of, submit_request
 

@@ -20,7 +20,6 @@ from hitl.v1 import auth_pb2, decision_pb2
 
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.values import Role
-from hitl_grpc.runtime.db_probe import DatabaseMonitor
 from tests.decisions_support import sample_request, submit
 from tests.faultproxy import Fault, FaultProxy, proxied
 from tests.harness import Harness, Metadata, server_factory
@@ -154,8 +153,7 @@ async def test_open_watchers_get_events_again_once_a_blackhole_ends(database_url
         first = await asyncio.wait_for(anext(messages), 10)
         assert first.HasField("snapshot_complete")
         await proxy.set_fault(Fault.BLACKHOLE)
-        hub = server.running.hub
-        assert hub is not None
+        hub = server.hub
         reads = hub.reads
         # The reader keeps trying (and failing) instead of hanging on one read.
         async with asyncio.timeout(3 * ALLOWED_S):
@@ -197,8 +195,7 @@ async def test_health_follows_a_fault_within_two_probe_intervals(
         _proxied_server(database_url, db_timeout_s=5.0) as (proxy, server),
         _health_changes(server) as changes,
     ):
-        monitor = server.running.extras["db_monitor"]
-        assert isinstance(monitor, DatabaseMonitor)
+        monitor = server.db_monitor
         assert (await asyncio.wait_for(changes.get(), 10))[1] == SERVING
         for _ in range(2):
             await proxy.set_fault(fault)

@@ -8,7 +8,6 @@ from hitl.v1 import decision_pb2
 from sqlalchemy import select
 
 from hitl_grpc.config import Settings
-from hitl_grpc.domain.clock import ShiftedClock
 from hitl_grpc.domain.values import Priority, Role
 from hitl_grpc.runtime.sweeper import Sweeper
 from hitl_grpc.store.tables import audit_events
@@ -20,7 +19,7 @@ from tests.decisions_support import (
     wait_for_database_time,
     when,
 )
-from tests.harness import Harness, ServerFactory
+from tests.harness import Harness, ServerFactory, ShiftedClock
 
 SKEW = timedelta(seconds=20)
 SLA = timedelta(seconds=3)
@@ -29,9 +28,7 @@ LEASE = timedelta(seconds=3)
 
 def sweeper_of(server: Harness) -> Sweeper:
     """The server's background sweeper."""
-    sweeper = server.running.extras["sweeper"]
-    assert isinstance(sweeper, Sweeper)
-    return sweeper
+    return server.running.sweeper
 
 
 def _settings() -> dict[str, object]:

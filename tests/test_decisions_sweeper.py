@@ -45,9 +45,7 @@ async def server(make_server: ServerFactory) -> AsyncIterator[Harness]:
 
 def sweeper_of(server: Harness) -> Sweeper:
     """The server's background sweeper."""
-    sweeper = server.running.extras["sweeper"]
-    assert isinstance(sweeper, Sweeper)
-    return sweeper
+    return server.running.sweeper
 
 
 async def _get(server: Harness, analysis_id: str) -> decision_pb2.Decision:

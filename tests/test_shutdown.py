@@ -20,14 +20,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
 from hitl_grpc.config import Settings
-from hitl_grpc.domain.clock import ShiftedClock
 from hitl_grpc.domain.values import Role
-from hitl_grpc.events.hub import EventHub
-from hitl_grpc.runtime.db_probe import DatabaseMonitor
 from hitl_grpc.runtime.server import SHUTDOWN_MARGIN_S, RunningServer, running_server
-from hitl_grpc.runtime.sweeper import Sweeper
 from tests.faultproxy import Fault, proxied
-from tests.harness import Harness, bearer, stubs_for
+from tests.harness import Harness, ShiftedClock, bearer, stubs_for
 
 GRACE_S: Final = 2.0
 # What the test allows on top of the documented margin: process start-up of the
@@ -46,12 +42,7 @@ async def _swallows_one_cancel(running: asyncio.Event) -> None:
 
 
 async def _stubborn_stoppers(running: RunningServer) -> list[Callable[[], Awaitable[None]]]:
-    hub = running.hub
-    sweeper = running.extras["sweeper"]
-    monitor = running.extras["db_monitor"]
-    assert isinstance(hub, EventHub)
-    assert isinstance(sweeper, Sweeper)
-    assert isinstance(monitor, DatabaseMonitor)
+    hub, sweeper, monitor = running.hub, running.sweeper, running.db_monitor
     started = [asyncio.Event() for _ in range(3)]
     hub._tasks.append(asyncio.create_task(_swallows_one_cancel(started[0])))
     sweeper._task = asyncio.create_task(_swallows_one_cancel(started[1]))
@@ -62,13 +53,14 @@ async def _stubborn_stoppers(running: RunningServer) -> list[Callable[[], Awaita
 
 
 async def test_background_tasks_stop_even_if_they_swallow_a_cancel(server: Harness) -> None:
-    replaced = [server.running.extras["sweeper"]._task, server.running.extras["db_monitor"]._task]
+    replaced = [server.running.sweeper._task, server.running.db_monitor._task]
     for stop in await _stubborn_stoppers(server.running):
         async with asyncio.timeout(10) as bound:
             await stop()
         # Expiry would cancel the stop itself, which the old stop() took for success.
         assert not bound.expired()
     for task in replaced:
+        assert task is not None
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 

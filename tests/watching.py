@@ -13,8 +13,7 @@ from hitl.v1 import decision_pb2
 
 from hitl_grpc.domain.ports import EventKind
 from hitl_grpc.domain.values import Analysis, AnalysisId, Decision, Priority, Status
-from hitl_grpc.events.hub import EventHub
-from tests.harness import Harness, Metadata
+from tests.harness import Harness, Metadata, ObservedHub
 from tests.samples import sample_request, ts
 
 T = TypeVar("T")
@@ -31,11 +30,9 @@ async def take(stream: AsyncIterator[T], count: int, timeout_s: float = STEP_S) 
     return [await next_of(stream, timeout_s) for _ in range(count)]
 
 
-def hub_of(server: Harness) -> EventHub:
+def hub_of(server: Harness) -> ObservedHub:
     """The server's event hub."""
-    hub = server.running.hub
-    assert hub is not None
-    return hub
+    return server.hub
 
 
 def submit_request(

@@ -183,14 +183,7 @@ class MfaEnrolment:
     def _attempt(
         self, kind: str, subject: str, principal: Principal
     ) -> AbstractAsyncContextManager[tuple[Attempt, Account]]:
-        refused = self._trail.record(
-            kind,
-            actor=principal.username,
-            target=principal.username,
-            peer=principal.peer,
-            outcome=AuditOutcome.DENIED,
-            reason="locked",
-        )
+        refused = self._trail.locked_out(kind, principal.username, principal.peer)
 
         async def read(uow: UnitOfWork) -> Account:
             return await self._account(uow, principal)

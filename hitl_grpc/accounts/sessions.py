@@ -1,4 +1,5 @@
-"""Sign-in sessions: access tokens, rotating refresh tokens with reuse detection, logout."""
+"""Sign-in sessions: access tokens checked against their session, rotating refresh tokens
+with reuse detection, logout."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import NoReturn
 
 from hitl_grpc.accounts.trail import AuditTrail
+from hitl_grpc.auth.principal import Access
 from hitl_grpc.auth.tokens import ACCESS, MFA_CHALLENGE, TokenIssuer, hash_opaque, new_opaque_token
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
@@ -15,6 +17,7 @@ from hitl_grpc.domain.ports import UnitOfWork, UnitOfWorkFactory
 from hitl_grpc.domain.values import Account, AuditOutcome, Principal
 
 INVALID_REFRESH = "invalid refresh token"
+SESSION_ENDED = "session ended: sign in again"
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class MfaChallengeIssued:
 
 
 class Sessions:
-    """Issues, rotates and revokes sessions; a session is one refresh-token family."""
+    """Issues, checks, rotates and revokes sessions; a session is one refresh-token family."""
 
     def __init__(
         self,
@@ -87,6 +90,34 @@ class Sessions:
             expires_at=refresh_exp,
         )
         return IssuedTokens(access, access_exp, refresh, refresh_exp)
+
+    async def authenticate(self, token: str, peer: str) -> Access:
+        """The principal behind an access token, as the account is now, and the token's life.
+
+        No cache: one indexed read per call sees a deactivation, role change or revoked
+        session the moment it commits, on every replica. A cache would need invalidation
+        across replicas (LISTEN/NOTIFY, which is lost while disconnected) to be as correct.
+        """
+        claims = self._tokens.verify(token, ACCESS)
+        async with self._uow(readonly=True) as uow:
+            found = await uow.users.with_session(claims.user_id, claims.session_id)
+        if found is None:
+            raise errors.Unauthenticated("invalid token")
+        account, session_revoked = found
+        if not account.user.active:
+            raise errors.PermissionDenied("account is deactivated")
+        if session_revoked or account.generation != claims.generation:
+            raise errors.Unauthenticated(SESSION_ENDED)
+        # The stored role wins over the token's: a role change takes effect at once.
+        principal = Principal(
+            user_id=account.user.id,
+            username=account.user.username,
+            role=account.user.role,
+            token_id=claims.token_id,
+            peer=peer,
+            session_id=claims.session_id,
+        )
+        return Access(principal, (claims.expires_at - self._clock.now()).total_seconds())
 
     def challenge(self, account: Account) -> MfaChallengeIssued:
         """A short-lived challenge token; its `typ` keeps it out of every RPC but VerifyMfa.

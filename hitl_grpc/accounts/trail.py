@@ -40,6 +40,23 @@ class AuditTrail:
             details=details,
         )
 
+    def own(
+        self,
+        kind: str,
+        username: str,
+        peer: str,
+        outcome: AuditOutcome = AuditOutcome.SUCCESS,
+        **details: str,
+    ) -> AuditRecord:
+        """An audit record of `username` acting on their own account, now."""
+        return self.record(
+            kind, actor=username, target=username, peer=peer, outcome=outcome, **details
+        )
+
+    def locked_out(self, kind: str, username: str, peer: str) -> AuditRecord:
+        """The record of an attempt on `username`'s own account the lockout refused."""
+        return self.own(kind, username, peer, AuditOutcome.DENIED, reason="locked")
+
     async def page(self, query: AuditQuery) -> tuple[list[AuditRecord], int | None]:
         """One page of matching events, newest first, and the cursor of the next page."""
         # One extra row tells whether another page exists without a count query.

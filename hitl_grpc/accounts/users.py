@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from dataclasses import dataclass, replace
 
@@ -100,6 +101,23 @@ class UserAdmin:
             )
             await uow.commit()
         return user
+
+    async def bootstrap_admin(self, password: str | None) -> str | None:
+        """On an empty database, creates `admin`; returns the password if it was generated."""
+        async with self._uow(readonly=True) as uow:
+            if await uow.users.count() > 0:
+                return None
+        generated = password is None
+        secret = password if password is not None else secrets.token_urlsafe(18)
+        try:
+            await self.create(
+                NewUser(username="admin", password=secret, role=Role.ADMIN),
+                actor="system",
+                peer="local",
+            )
+        except errors.AlreadyExists:
+            return None  # another replica bootstrapped it first
+        return secret if generated else None
 
     async def list_page(self, page_size: int, after: str | None) -> tuple[list[User], str | None]:
         """A page of accounts in username order and the cursor of the next, if any."""

@@ -7,8 +7,11 @@ from typing import Any
 import grpc
 from hitl.v1 import auth_pb2, auth_pb2_grpc
 
-from hitl_grpc.accounts.accounts import Accounts
-from hitl_grpc.accounts.users import NewUser
+from hitl_grpc.accounts.mfa import MfaEnrolment
+from hitl_grpc.accounts.profile import Profile
+from hitl_grpc.accounts.sessions import Sessions
+from hitl_grpc.accounts.sign_in import SignIn
+from hitl_grpc.accounts.users import NewUser, UserAdmin
 from hitl_grpc.api import convert
 from hitl_grpc.auth.principal import current_peer, current_principal
 from hitl_grpc.domain.values import UserId
@@ -19,19 +22,30 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """Sign-in, sessions, MFA, the caller's identity and user administration."""
 
-    def __init__(self, accounts: Accounts) -> None:
-        self._accounts = accounts
+    def __init__(
+        self,
+        sign_in: SignIn,
+        sessions: Sessions,
+        profile: Profile,
+        mfa: MfaEnrolment,
+        users: UserAdmin,
+    ) -> None:
+        self._sign_in = sign_in
+        self._sessions = sessions
+        self._profile = profile
+        self._mfa = mfa
+        self._users = users
 
     async def Login(
         self, request: auth_pb2.LoginRequest, context: Context
     ) -> auth_pb2.LoginResponse:
-        result = await self._accounts.login(request.username, request.password, peer=current_peer())
+        result = await self._sign_in.login(request.username, request.password, peer=current_peer())
         return convert.login_to_proto(result)
 
     async def VerifyMfa(
         self, request: auth_pb2.VerifyMfaRequest, context: Context
     ) -> auth_pb2.VerifyMfaResponse:
-        tokens = await self._accounts.verify_mfa(
+        tokens = await self._sign_in.verify_mfa(
             request.challenge_token, request.code, peer=current_peer()
         )
         return auth_pb2.VerifyMfaResponse(tokens=convert.tokens_to_proto(tokens))
@@ -39,25 +53,25 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def RefreshToken(
         self, request: auth_pb2.RefreshTokenRequest, context: Context
     ) -> auth_pb2.RefreshTokenResponse:
-        tokens = await self._accounts.sessions.refresh(request.refresh_token, peer=current_peer())
+        tokens = await self._sessions.refresh(request.refresh_token, peer=current_peer())
         return auth_pb2.RefreshTokenResponse(tokens=convert.tokens_to_proto(tokens))
 
     async def Logout(
         self, request: auth_pb2.LogoutRequest, context: Context
     ) -> auth_pb2.LogoutResponse:
-        await self._accounts.sessions.logout(current_principal(), request.refresh_token)
+        await self._sessions.logout(current_principal(), request.refresh_token)
         return auth_pb2.LogoutResponse()
 
     async def GetCurrentUser(
         self, request: auth_pb2.GetCurrentUserRequest, context: Context
     ) -> auth_pb2.GetCurrentUserResponse:
-        user = await self._accounts.current_user(current_principal())
+        user = await self._profile.current_user(current_principal())
         return auth_pb2.GetCurrentUserResponse(user=convert.user_to_proto(user))
 
     async def ChangePassword(
         self, request: auth_pb2.ChangePasswordRequest, context: Context
     ) -> auth_pb2.ChangePasswordResponse:
-        await self._accounts.change_password(
+        await self._profile.change_password(
             current_principal(), request.current_password, request.new_password
         )
         return auth_pb2.ChangePasswordResponse()
@@ -65,26 +79,26 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def SetupMfa(
         self, request: auth_pb2.SetupMfaRequest, context: Context
     ) -> auth_pb2.SetupMfaResponse:
-        secret, uri, codes = await self._accounts.mfa.setup(current_principal(), request.password)
+        secret, uri, codes = await self._mfa.setup(current_principal(), request.password)
         return auth_pb2.SetupMfaResponse(secret=secret, otpauth_uri=uri, backup_codes=codes)
 
     async def ConfirmMfa(
         self, request: auth_pb2.ConfirmMfaRequest, context: Context
     ) -> auth_pb2.ConfirmMfaResponse:
-        user = await self._accounts.mfa.confirm(current_principal(), request.code)
+        user = await self._mfa.confirm(current_principal(), request.code)
         return auth_pb2.ConfirmMfaResponse(user=convert.user_to_proto(user))
 
     async def DisableMfa(
         self, request: auth_pb2.DisableMfaRequest, context: Context
     ) -> auth_pb2.DisableMfaResponse:
-        user = await self._accounts.mfa.disable(current_principal(), request.code)
+        user = await self._mfa.disable(current_principal(), request.code)
         return auth_pb2.DisableMfaResponse(user=convert.user_to_proto(user))
 
     async def CreateUser(
         self, request: auth_pb2.CreateUserRequest, context: Context
     ) -> auth_pb2.CreateUserResponse:
         admin = current_principal()
-        user = await self._accounts.users.create(
+        user = await self._users.create(
             NewUser(
                 username=request.username,
                 password=request.password,
@@ -101,7 +115,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.ListUsersRequest, context: Context
     ) -> auth_pb2.ListUsersResponse:
         after = convert.from_page_token(request.page_token, "u")
-        users, next_key = await self._accounts.users.list_page(request.page_size, after)
+        users, next_key = await self._users.list_page(request.page_size, after)
         return auth_pb2.ListUsersResponse(
             users=[convert.user_to_proto(u) for u in users],
             next_page_token=convert.page_token("u", next_key or ""),
@@ -111,7 +125,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.UpdateUserRequest, context: Context
     ) -> auth_pb2.UpdateUserResponse:
         admin = current_principal()
-        user = await self._accounts.users.update(
+        user = await self._users.update(
             UserId(request.user_id),
             convert.user_update_from_proto(request),
             actor=admin.username,
@@ -124,7 +138,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.UnlockUserResponse:
         admin = current_principal()
         by_id = request.WhichOneof("user") == "user_id"
-        user = await self._accounts.users.unlock(
+        user = await self._users.unlock(
             UserId(request.user_id) if by_id else None,
             request.username,
             request.peer,
@@ -137,7 +151,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.ResetUserMfaRequest, context: Context
     ) -> auth_pb2.ResetUserMfaResponse:
         admin = current_principal()
-        user = await self._accounts.users.reset_mfa(
+        user = await self._users.reset_mfa(
             UserId(request.user_id), actor=admin.username, peer=admin.peer
         )
         return auth_pb2.ResetUserMfaResponse(user=convert.user_to_proto(user))

@@ -10,8 +10,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from hitl.v1 import access_pb2, audit_pb2, auth_pb2, decision_pb2
 
-from hitl_grpc.accounts.accounts import IssuedTokens
-from hitl_grpc.accounts.sessions import MfaChallengeIssued
+from hitl_grpc.accounts.sessions import IssuedTokens, MfaChallengeIssued
 from hitl_grpc.accounts.trail import PAGE_DEFAULT as AUDIT_PAGE_DEFAULT
 from hitl_grpc.accounts.trail import PAGE_MAX as AUDIT_PAGE_MAX
 from hitl_grpc.accounts.users import UserUpdate

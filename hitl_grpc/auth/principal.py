@@ -31,6 +31,11 @@ def current_principal() -> Principal:
     return principal
 
 
+def current_principal_or_none() -> Principal | None:
+    """The authenticated caller, or None: a public method, or not authenticated (yet)."""
+    return _current.get()
+
+
 def current_peer() -> str:
     """The client address of the current RPC."""
     return _peer.get()

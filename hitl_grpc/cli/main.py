@@ -30,8 +30,12 @@ def _settings() -> Settings:
     try:
         return Settings.from_env(os.environ)
     except ConfigError as exc:
-        print(f"hitl-grpc: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+        raise SystemExit(_config_error(exc)) from None
+
+
+def _config_error(exc: ConfigError) -> int:
+    print(f"hitl-grpc: configuration error: {exc}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 async def _serve(settings: Settings) -> None:
@@ -107,9 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return watch.run(args)
     settings = _settings()
     configure_logging(settings.log_level)
-    if args.command == "users":
-        return users.run(args, settings)
     try:
+        if args.command == "users":
+            return users.run(args, settings)
         if args.command == "serve":
             asyncio.run(_serve(settings))
             # Drained: every call has ended and every transaction is over. The kernel
@@ -123,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as exc:
         print(f"hitl-grpc: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # a signing key file the settings name but that won't do
+        return _config_error(exc)
     return 0
 
 

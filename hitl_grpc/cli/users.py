@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
 import sys
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-from hitl_grpc.accounts.trail import AuditTrail
+from hitl_grpc import accounts
 from hitl_grpc.accounts.users import NewUser, UserAdmin, UserUpdate
-from hitl_grpc.auth.passwords import HashParams, Passwords
 from hitl_grpc.config import Settings
 from hitl_grpc.domain.clock import SystemClock
 from hitl_grpc.domain.errors import DomainError
 from hitl_grpc.domain.values import Role, User
-from hitl_grpc.runtime.server import StartupError, open_store
-from hitl_grpc.store.door import Door
+from hitl_grpc.runtime.server import StartupError, hashing_pool, open_store
 from hitl_grpc.store.uow import UnitOfWorkFactory
 
 ACTOR = "cli"
@@ -81,23 +77,14 @@ def _password(args: argparse.Namespace) -> tuple[str, bool]:
 
 @asynccontextmanager
 async def _admin(settings: Settings) -> AsyncIterator[UserAdmin]:
-    engine = await open_store(settings)
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="hash")
+    # The server's door and use cases: the same database deadline, audit and rules.
+    door = await open_store(settings)
+    pool = hashing_pool()
     try:
-        passwords = Passwords(
-            HashParams(
-                settings.password_memory_kib,
-                settings.password_time_cost,
-                settings.password_parallelism,
-            ),
-            pool,
-        )
-        uow = UnitOfWorkFactory(Door(engine, timeout_s=settings.db_timeout_s))
-        clock = SystemClock()
-        yield UserAdmin(uow, passwords, clock, AuditTrail(uow, clock))
+        yield accounts.build(settings, UnitOfWorkFactory(door), SystemClock(), pool).users
     finally:
         pool.shutdown(wait=False)
-        await engine.dispose()
+        await door.engine.dispose()
 
 
 def _line(user: User) -> str:

@@ -6,7 +6,7 @@ they take the database's clock, in the statement that needs it (store/decisions.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -22,18 +22,3 @@ class SystemClock:
     def now(self) -> datetime:
         """The current UTC time."""
         return datetime.now(UTC)
-
-
-class ShiftedClock:
-    """The wall clock moved by an adjustable offset: time still flows, tests jump it."""
-
-    def __init__(self) -> None:
-        self._offset = timedelta(0)
-
-    def now(self) -> datetime:
-        """The current UTC time plus the offset."""
-        return datetime.now(UTC) + self._offset
-
-    def advance(self, delta: timedelta) -> None:
-        """Moves the clock forward."""
-        self._offset += delta

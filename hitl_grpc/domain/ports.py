@@ -122,8 +122,6 @@ class BackupCodeRepository(Protocol):
 
     async def use(self, user_id: UserId, code_hash: str, at: datetime) -> bool: ...
 
-    async def remaining(self, user_id: UserId) -> int: ...
-
 
 class LoginThrottleRepository(Protocol):
     """Login failure counters, shared by every replica."""

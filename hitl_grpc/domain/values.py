@@ -23,9 +23,6 @@ class Role(enum.IntEnum):
     SERVICE = 4
 
 
-HUMAN_ROLES: Final = frozenset({Role.ADMIN, Role.ANALYST, Role.VIEWER})
-
-
 class Priority(enum.IntEnum):
     """Queue priority; a lower value is served first. Values equal the wire enum's."""
 

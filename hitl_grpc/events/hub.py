@@ -161,10 +161,6 @@ class EventHub:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._listening = asyncio.Event()
-        # Observability and tests: reads of the log, and reads finished.
-        self.reads = 0
-        self._reads_started = 0
-        self._read_done = asyncio.Condition()
 
     @property
     def watchers(self) -> int:
@@ -232,13 +228,6 @@ class EventHub:
             if not subs:
                 del self._by_id[sub.key]
 
-    async def sync(self) -> None:
-        """Waits for a read of the log that started after this call (tests, tools)."""
-        target = self._reads_started + 1
-        self.wake()
-        async with self._read_done:
-            await self._read_done.wait_for(lambda: self.reads >= target)
-
     async def prune(self) -> int:
         """Deletes events older than the retention; returns how many."""
         return await self.store.prune(self._clock.now() - self._retention)
@@ -253,18 +242,12 @@ class EventHub:
 
     async def _read_once(self) -> None:
         """Reads and fans out everything committed."""
-        self._reads_started += 1
-        try:
-            more = True
-            while more:
-                # A batch holds no more than one watcher's queue may: the reader's own
-                # memory stays bounded however large the decisions committed at once.
-                events, more = await self.store.read_new(self.head, BATCH, self._queue_bytes)
-                self._fan_out(events)
-        finally:
-            async with self._read_done:
-                self.reads += 1
-                self._read_done.notify_all()
+        more = True
+        while more:
+            # A batch holds no more than one watcher's queue may: the reader's own
+            # memory stays bounded however large the decisions committed at once.
+            events, more = await self.store.read_new(self.head, BATCH, self._queue_bytes)
+            self._fan_out(events)
 
     async def _read_loop(self) -> None:
         delay: float | None = None

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
 from grpc_health.v1 import health_pb2
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio
 
 from hitl_grpc import tasks
 from hitl_grpc.store.door import Door
@@ -15,7 +14,7 @@ from hitl_grpc.store.door import Door
 log = logging.getLogger("hitl_grpc.runtime.db_probe")
 
 
-class DatabaseMonitor:
+class DatabaseMonitor(tasks.Periodic):
     """Probes the database every interval and sets every service's health from it.
 
     Probes start at a fixed rate and each is bounded by the door, for at most one
@@ -26,20 +25,17 @@ class DatabaseMonitor:
     def __init__(
         self,
         door: Door,
-        health: HealthServicer,
+        health: aio.HealthServicer,
         services: Sequence[str],
         *,
         interval_s: float,
     ) -> None:
+        super().__init__(name="hitl-db-monitor", interval_s=interval_s)
         self._door = door
         self._health = health
         self._services = tuple(services)
-        self._interval_s = interval_s
         self._timeout_s = min(interval_s, door.timeout_s or interval_s)
-        self._task: asyncio.Task[None] | None = None
-        self._probed = asyncio.Condition()
         self.healthy = True
-        self.probes = 0
 
     async def probe(self) -> bool:
         """Whether the database answers a trivial query within the probe's deadline."""
@@ -51,7 +47,7 @@ class DatabaseMonitor:
             return False
         return True
 
-    async def check_once(self) -> bool:
+    async def step(self) -> None:
         """Probes once and publishes a change of state."""
         healthy = await self.probe()
         if healthy != self.healthy:
@@ -64,30 +60,3 @@ class DatabaseMonitor:
             for name in self._services:
                 await self._health.set(name, status)
             log.warning("database %s", "reachable again" if healthy else "down: NOT_SERVING")
-        async with self._probed:
-            self.probes += 1
-            self._probed.notify_all()
-        return healthy
-
-    async def wait_for_probes(self, count: int) -> None:
-        """Returns once `count` probes have finished since the start."""
-        async with self._probed:
-            await self._probed.wait_for(lambda: self.probes >= count)
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-        while True:
-            await self.check_once()
-            due = max(due + self._interval_s, loop.time())
-            await asyncio.sleep(due - loop.time())
-
-    def start(self) -> None:
-        """Starts probing in the background."""
-        self._task = asyncio.create_task(self._run(), name="hitl-db-monitor")
-
-    async def stop(self) -> None:
-        """Stops probing."""
-        if self._task is not None:
-            await tasks.stop(self._task)
-            self._task = None

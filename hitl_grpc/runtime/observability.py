@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from hitl_grpc.auth.principal import _current as current_principal_var
+from hitl_grpc.auth.principal import current_principal_or_none
 from hitl_grpc.interceptors import Around, CallRecord, WrappingInterceptor, begin_call
 
 log = logging.getLogger("hitl_grpc.rpc")
@@ -88,7 +88,7 @@ class AccessLogInterceptor(WrappingInterceptor):
                 elapsed = time.perf_counter() - started
                 metrics.calls.labels(method, code.name).inc()
                 metrics.duration.labels(method).observe(elapsed)
-                principal = current_principal_var.get()
+                principal = current_principal_or_none()
                 log.info(
                     "rpc",
                     extra={

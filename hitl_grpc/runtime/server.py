@@ -8,12 +8,12 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio
 from hitl.v1 import (
     access_pb2,
     audit_pb2,
@@ -25,19 +25,15 @@ from hitl.v1 import (
 )
 from prometheus_client import CollectorRegistry, start_http_server
 
-from hitl_grpc import tasks
-from hitl_grpc.accounts.accounts import Accounts, TokenLifetimes
-from hitl_grpc.accounts.throttle import LoginLimits
+from hitl_grpc import accounts, tasks
+from hitl_grpc.accounts import AccountServices
 from hitl_grpc.api.audit import AuditServicer
 from hitl_grpc.api.auth import AuthServicer
 from hitl_grpc.api.decisions import DecisionServicer
 from hitl_grpc.api.errors import ErrorInterceptor
 from hitl_grpc.api.watch import WatchServicer
 from hitl_grpc.auth.interceptor import AuthInterceptor
-from hitl_grpc.auth.keys import load_signing_keys
-from hitl_grpc.auth.passwords import HashParams, Passwords
 from hitl_grpc.auth.policy import load_policies
-from hitl_grpc.auth.tokens import TokenIssuer
 from hitl_grpc.config import Settings
 from hitl_grpc.domain.clock import Clock, SystemClock
 from hitl_grpc.domain.decisions import DecisionOperations
@@ -80,7 +76,7 @@ class StartupError(Exception):
 
 @dataclass
 class RunningServer:
-    """A started server and the parts tests and the CLI reach into."""
+    """A started server and its parts: the CLI reports from it, tests drive the parts."""
 
     settings: Settings
     address: str
@@ -88,17 +84,21 @@ class RunningServer:
     engine: Engine
     door: Door
     uow: UnitOfWorkFactory
-    accounts: Accounts
+    accounts: AccountServices
     clock: Clock
-    health: HealthServicer
+    health: aio.HealthServicer
+    hub: EventHub
+    sweeper: Sweeper
+    db_monitor: DatabaseMonitor
     generated_admin_password: str | None = None
     metrics_port: int | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-    hub: EventHub | None = None
 
 
-async def open_store(settings: Settings, *, create: bool = True) -> Engine:
-    """An engine on a schema that is current; an empty database is migrated when `create`."""
+async def open_store(settings: Settings, *, create: bool = True) -> Door:
+    """The door to a schema that is current, under the settings' database deadline.
+
+    An empty database is migrated when `create`.
+    """
     engine = make_engine(settings.database_url, timeout_s=settings.db_timeout_s)
     try:
         async with asyncio.timeout(settings.db_timeout_s):
@@ -119,7 +119,12 @@ async def open_store(settings: Settings, *, create: bool = True) -> Engine:
         raise StartupError(
             f"cannot open database: {type(exc).__name__}: {exc}".splitlines()[0]
         ) from exc
-    return engine
+    return Door(engine, timeout_s=settings.db_timeout_s)
+
+
+def hashing_pool() -> ThreadPoolExecutor:
+    """The threads password hashing runs on, off the event loop: one per core."""
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="hash")
 
 
 def _server_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -151,23 +156,29 @@ def _bind(server: grpc.aio.Server, settings: Settings) -> int:
 
 @asynccontextmanager
 async def running_server(
-    settings: Settings, *, clock: Clock | None = None, close_pool: bool = True
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    close_pool: bool = True,
+    hub_class: type[EventHub] = EventHub,
+    monitor_class: type[DatabaseMonitor] = DatabaseMonitor,
 ) -> AsyncIterator[RunningServer]:
     """A started server; leaving the context drains it and releases everything.
 
     `close_pool=False` leaves the database pool to the process's exit (`serve`, which
     exits at once): closing PostgreSQL connections runs synchronously on the loop, and
-    was seen to stall an exiting process past its shutdown bound.
+    was seen to stall an exiting process past its shutdown bound. `hub_class` and
+    `monitor_class` build the event reader and the database probe, so that a caller can
+    observe them through subclasses.
     """
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
-        engine = await open_store(settings)
+        door = await open_store(settings)
+        engine = door.engine
         if close_pool:
             stack.push_async_callback(_dispose, engine)
-        door = Door(engine, timeout_s=settings.db_timeout_s)
-        uow = UnitOfWorkFactory(door)
         # One reader of the event log per process, fanning out to every local watcher.
-        hub = EventHub(
+        hub = hub_class(
             door,
             clock,
             queue_size=settings.watch_queue_size,
@@ -178,39 +189,15 @@ async def running_server(
             prune_interval_s=settings.sweep_interval_s,
             listen_check_s=settings.db_check_interval_s,
         )
+        uow = UnitOfWorkFactory(door, after_commit=hub.wake)
         await hub.start()
         stack.push_async_callback(hub.close)
-        uow.after_commit = hub.wake
 
-        cpu_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="hash")
+        cpu_pool = hashing_pool()
         stack.callback(cpu_pool.shutdown, wait=False, cancel_futures=True)
-        passwords = Passwords(
-            HashParams(
-                settings.password_memory_kib,
-                settings.password_time_cost,
-                settings.password_parallelism,
-            ),
-            cpu_pool,
-        )
-        tokens = TokenIssuer(
-            load_signing_keys(settings),
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            clock=clock,
-        )
-        lifetimes = TokenLifetimes(
-            settings.access_token_ttl, settings.refresh_token_ttl, settings.mfa_challenge_ttl
-        )
-        limits = LoginLimits(
-            max_failures=settings.login_max_failures,
-            max_failures_per_peer=settings.login_max_failures_per_peer,
-            window=settings.login_window,
-            lockout=settings.login_lockout,
-            peer_trust=settings.login_peer_trust,
-        )
-        accounts = Accounts(uow, passwords, tokens, clock, lifetimes, limits)
+        services = accounts.build(settings, uow, clock, cpu_pool)
         try:
-            generated = await accounts.bootstrap_admin(settings.bootstrap_admin_password)
+            generated = await services.users.bootstrap_admin(settings.bootstrap_admin_password)
         except InvalidField as exc:
             raise StartupError(f"HITL_BOOTSTRAP_ADMIN_PASSWORD: {exc.message}") from None
 
@@ -219,16 +206,21 @@ async def running_server(
             interceptors=[
                 AccessLogInterceptor(RpcMetrics(registry)),
                 ErrorInterceptor(),
-                public_limits(settings, load_policies(CONTRACT_FILES), uow, accounts.trail, clock),
+                public_limits(settings, load_policies(CONTRACT_FILES), uow, services.trail, clock),
                 AuthInterceptor(
                     load_policies(CONTRACT_FILES),
-                    accounts.authenticate,
+                    services.sessions.authenticate,
                     reauth_s=settings.stream_reauth_interval_s,
                 ),
             ],
             options=_server_options(settings),
         )
-        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts), server)
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(
+            AuthServicer(
+                services.sign_in, services.sessions, services.profile, services.mfa, services.users
+            ),
+            server,
+        )
         decisions = DecisionOperations(uow, claim_lease=settings.claim_lease, sla=settings.sla)
         watch = WatchServicer(hub, heartbeat_s=settings.heartbeat_s)
         decision_pb2_grpc.add_DecisionServiceServicer_to_server(
@@ -240,8 +232,8 @@ async def running_server(
             ),
             server,
         )
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(accounts.trail), server)
-        health = HealthServicer()
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(services.trail), server)
+        health = aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable((*SERVICE_NAMES, "grpc.health.v1.Health"), server)
         port = _bind(server, settings)
@@ -263,7 +255,7 @@ async def running_server(
         sweeper = Sweeper(decisions, interval_s=settings.sweep_interval_s)
         sweeper.start()
         stack.push_async_callback(sweeper.stop)
-        db_monitor = DatabaseMonitor(
+        db_monitor = monitor_class(
             door, health, ("", *SERVICE_NAMES), interval_s=settings.db_check_interval_s
         )
         db_monitor.start()
@@ -276,14 +268,15 @@ async def running_server(
             engine=engine,
             door=door,
             uow=uow,
-            accounts=accounts,
+            accounts=services,
             clock=clock,
             health=health,
+            hub=hub,
+            sweeper=sweeper,
+            db_monitor=db_monitor,
             generated_admin_password=generated,
             metrics_port=metrics_port,
-            hub=hub,
         )
-        running.extras.update(decisions=decisions, sweeper=sweeper, db_monitor=db_monitor)
         try:
             yield running
         finally:
@@ -292,7 +285,7 @@ async def running_server(
 
 
 async def _drain(
-    server: grpc.aio.Server, health: HealthServicer, hub: EventHub, grace_s: float
+    server: grpc.aio.Server, health: aio.HealthServicer, hub: EventHub, grace_s: float
 ) -> None:
     """Stops serving within the grace period plus CANCEL_WITHIN_S, whatever the database does."""
     await health.enter_graceful_shutdown()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hitl_grpc.domain.values import UserId
@@ -40,12 +40,3 @@ class BackupCodeRepository:
             .values(used_at=at)
         )
         return (await self._conn.execute(stmt)).rowcount == 1
-
-    async def remaining(self, user_id: UserId) -> int:
-        """How many unused codes a user has left."""
-        stmt = (
-            select(func.count())
-            .select_from(mfa_backup_codes)
-            .where(mfa_backup_codes.c.user_id == user_id, mfa_backup_codes.c.used_at.is_(None))
-        )
-        return int((await self._conn.execute(stmt)).scalar_one())

@@ -141,11 +141,6 @@ def normalize_url(raw: str) -> URL:
     raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
 
 
-def is_postgres(engine: AsyncEngine) -> bool:
-    """Whether the engine talks to PostgreSQL."""
-    return engine.dialect.name == "postgresql"
-
-
 def make_engine(raw_url: str, *, timeout_s: float, pool_size: int = 10) -> AsyncEngine:
     """An async engine whose connections fail fast instead of hanging."""
     url = normalize_url(raw_url)

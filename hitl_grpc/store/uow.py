@@ -61,11 +61,11 @@ class UnitOfWork(Passage):
 class UnitOfWorkFactory:
     """Opens units of work through one door."""
 
-    def __init__(self, door: Door) -> None:
+    def __init__(self, door: Door, *, after_commit: Callable[[], None] | None = None) -> None:
         self.door = door
-        # Set by the server once its event reader exists.
-        self.after_commit: Callable[[], None] | None = None
+        # Called after each commit that appended events (the server's event reader wakes).
+        self._after_commit = after_commit
 
     def __call__(self, *, readonly: bool = False) -> UnitOfWork:
         """A new, not yet entered, unit of work."""
-        return UnitOfWork(self.door, readonly=readonly, after_commit=self.after_commit)
+        return UnitOfWork(self.door, readonly=readonly, after_commit=self._after_commit)

@@ -1,0 +1,163 @@
+"""Signing in: a password, then (if enabled) a TOTP or backup code, for a session."""
+
+from __future__ import annotations
+
+from hitl_grpc.accounts.mfa import INVALID_CODE, MfaCodes
+from hitl_grpc.accounts.sessions import (
+    SESSION_ENDED,
+    IssuedTokens,
+    MfaChallengeIssued,
+    Sessions,
+)
+from hitl_grpc.accounts.throttle import Attempt, LoginThrottle, mfa_subject, user_subject
+from hitl_grpc.accounts.trail import AuditTrail
+from hitl_grpc.auth.passwords import Passwords
+from hitl_grpc.auth.tokens import MFA_CHALLENGE, TokenIssuer
+from hitl_grpc.domain import errors
+from hitl_grpc.domain.ports import UnitOfWork, UnitOfWorkFactory
+from hitl_grpc.domain.values import Account, AuditOutcome
+
+LOGIN_FAILED = "invalid username or password"
+
+
+class SignIn:
+    """Login and VerifyMfa: every guess is admitted by the lockout before it is checked."""
+
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        passwords: Passwords,
+        tokens: TokenIssuer,
+        throttle: LoginThrottle,
+        sessions: Sessions,
+        codes: MfaCodes,
+        trail: AuditTrail,
+    ) -> None:
+        self._uow = uow
+        self._passwords = passwords
+        self._tokens = tokens
+        self._throttle = throttle
+        self._sessions = sessions
+        self._codes = codes
+        self._trail = trail
+
+    async def login(
+        self, username: str, password: str, *, peer: str
+    ) -> IssuedTokens | MfaChallengeIssued:
+        """Tokens (or an MFA challenge) for a correct password; one message for every failure.
+
+        The attempt is admitted by the throttle before any hashing, whether or not the
+        account exists; a locked username or peer is refused there. An unknown user then
+        costs the same argon2 run and the same writes as a wrong password.
+        """
+
+        async def read(uow: UnitOfWork) -> Account | None:
+            return await uow.users.by_username(username) if username else None
+
+        async with self._throttle.attempt(
+            user_subject(username),
+            username,
+            peer,
+            self._trail.locked_out("auth.login", username, peer),
+            read,
+        ) as (attempt, account):
+            ok = await self._passwords.verify(account.password_hash if account else None, password)
+            async with self._uow() as uow:
+                if not ok or account is None:
+                    await attempt.failed(uow)
+                    await uow.audit.append(
+                        self._trail.own(
+                            "auth.login",
+                            username,
+                            peer,
+                            AuditOutcome.FAILURE,
+                            reason="bad credentials",
+                        )
+                    )
+                    await uow.commit()
+                    raise errors.Unauthenticated(LOGIN_FAILED)
+                return await self._signed_in(uow, attempt, account, password, peer)
+
+    async def _signed_in(
+        self, uow: UnitOfWork, attempt: Attempt, account: Account, password: str, peer: str
+    ) -> IssuedTokens | MfaChallengeIssued:
+        user = account.user
+        if not user.active:
+            await uow.audit.append(
+                self._trail.own(
+                    "auth.login", user.username, peer, AuditOutcome.DENIED, reason="deactivated"
+                )
+            )
+            await uow.commit()
+            raise errors.PermissionDenied("account is deactivated")
+        if self._passwords.needs_rehash(account.password_hash):
+            await uow.users.set_password_hash(user.id, await self._passwords.hash(password))
+        await attempt.succeeded(uow)
+        result: IssuedTokens | MfaChallengeIssued
+        if user.mfa_enabled:
+            result = self._sessions.challenge(account)
+            step = "mfa_challenge"
+        else:
+            result = await self._sessions.issue(uow, account)
+            await self._throttle.signed_in(uow, user.username, peer)
+            step = "tokens"
+        await uow.audit.append(self._trail.own("auth.login", user.username, peer, result=step))
+        await uow.commit()
+        return result
+
+    async def verify_mfa(self, challenge_token: str, code: str, *, peer: str) -> IssuedTokens:
+        """Tokens for a challenge token and a TOTP code (unused step) or unused backup code.
+
+        The challenge names the session it opens: once that session exists, the challenge
+        is spent, so a challenge token works for one sign-in only.
+        """
+        claims = self._tokens.verify(challenge_token, MFA_CHALLENGE)
+        if not claims.session_id:
+            raise errors.Unauthenticated("invalid token")
+        async with self._uow(readonly=True) as uow:
+            found = await uow.users.get(claims.user_id)
+        if found is None or found.generation != claims.generation:
+            raise errors.Unauthenticated("invalid token")
+        name = found.user.username
+
+        async def read(uow: UnitOfWork) -> None:
+            return None
+
+        async with (
+            self._throttle.attempt(
+                mfa_subject(name),
+                name,
+                peer,
+                self._trail.locked_out("auth.mfa.verify", name, peer),
+                read,
+            ) as (attempt, _),
+            self._uow() as uow,
+        ):
+            # The row lock makes two verifies of one challenge take turns: the second sees
+            # the session the first opened.
+            account = await uow.users.get_for_update(claims.user_id)
+            if account is None or account.generation != claims.generation:
+                raise errors.Unauthenticated("invalid token")
+            if await uow.users.has_session(account.user.id, claims.session_id):
+                raise errors.Unauthenticated("MFA challenge already used: sign in again")
+            user = account.user
+            if not user.active:
+                raise errors.PermissionDenied("account is deactivated")
+            if not user.mfa_enabled:
+                raise errors.Unauthenticated(SESSION_ENDED)
+            method = await self._codes.spend(uow, account, code)
+            if method is None:
+                await attempt.failed(uow)
+                await uow.audit.append(
+                    self._trail.own("auth.mfa.verify", user.username, peer, AuditOutcome.FAILURE)
+                )
+                await uow.commit()
+                raise errors.Unauthenticated(INVALID_CODE)
+            await attempt.succeeded(uow)
+            await self._throttle.signed_in(uow, user.username, peer)
+            tokens = await self._sessions.issue(uow, account, family_id=claims.session_id)
+            await uow.audit.append(
+                self._trail.own("auth.mfa.verify", user.username, peer, method=method)
+            )
+            await uow.commit()
+        return tokens
