@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -71,19 +72,38 @@ async def _migrate(settings: Settings) -> None:
         await engine.dispose()
 
 
-async def _health(address: str, timeout_s: float) -> bool:
-    async with grpc.aio.insecure_channel(address) as channel:
+def _health_channel(args: argparse.Namespace, address: str) -> grpc.aio.Channel:
+    # A server with a certificate speaks TLS only; its own certificate is the trust anchor
+    # unless told otherwise (a self-signed one, as in a container's HEALTHCHECK).
+    ca_file = args.ca_file or os.environ.get("HITL_TLS_CERT_FILE")
+    if not (args.tls or ca_file):
+        return grpc.aio.insecure_channel(address)
+    roots = Path(ca_file).read_bytes() if ca_file else None
+    options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
+    creds = grpc.ssl_channel_credentials(root_certificates=roots)
+    return grpc.aio.secure_channel(address, creds, options=options)
+
+
+async def _health(args: argparse.Namespace, address: str) -> bool:
+    async with _health_channel(args, address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+        request = health_pb2.HealthCheckRequest(service=args.service)
+        reply = await stub.Check(request, timeout=args.timeout)
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def _run_health(args: argparse.Namespace) -> int:
     address = args.address or os.environ.get("HITL_LISTEN") or "127.0.0.1:50051"
     try:
-        ok = asyncio.run(_health(address, args.timeout))
+        ok = asyncio.run(_health(args, address))
     except grpc.aio.AioRpcError as exc:
-        print(f"unhealthy: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        why = exc.details() or ""
+        if exc.code() is grpc.StatusCode.NOT_FOUND:
+            why = f"the server has no health service named {args.service!r}"
+        print(f"unhealthy: {exc.code().name}: {why}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"unhealthy: cannot read the CA file: {exc}", file=sys.stderr)
         return 1
     print("SERVING" if ok else "NOT_SERVING")
     return 0 if ok else 1
@@ -97,6 +117,20 @@ def _parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="ask a server's gRPC health service; exit 0 if SERVING")
     health.add_argument("--address", help="host:port (default: HITL_LISTEN or 127.0.0.1:50051)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    health.add_argument(
+        "--service",
+        default="",
+        help="health service name: liveness, readiness, a hitl.v1 service, or '' (default)",
+    )
+    health.add_argument(
+        "--tls", action="store_true", help="speak TLS (on by itself when HITL_TLS_CERT_FILE is set)"
+    )
+    health.add_argument(
+        "--ca-file", help="PEM roots to trust (default: HITL_TLS_CERT_FILE, else the system's)"
+    )
+    health.add_argument(
+        "--server-name", help="the name the server's certificate must carry (default: the host)"
+    )
     watch.add_parser(sub)
     users.add_parser(sub)
     return parser

@@ -62,6 +62,11 @@ SERVICE_NAMES = (
     decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
+# Health service names for orchestrators. Liveness: the process serves (a database
+# outage never gets a replica restarted). Readiness, like "" and each service's own name:
+# the database answers and the replica is not draining.
+LIVENESS: Final = "liveness"
+READINESS: Final = "readiness"
 CONTRACT_FILES = (
     access_pb2.DESCRIPTOR,
     auth_pb2.DESCRIPTOR,
@@ -250,13 +255,13 @@ async def running_server(
             stack.callback(http.shutdown)
 
         await server.start()
-        for name in ("", *SERVICE_NAMES):
+        for name in ("", LIVENESS, READINESS, *SERVICE_NAMES):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         sweeper = Sweeper(decisions, interval_s=settings.sweep_interval_s)
         sweeper.start()
         stack.push_async_callback(sweeper.stop)
         db_monitor = monitor_class(
-            door, health, ("", *SERVICE_NAMES), interval_s=settings.db_check_interval_s
+            door, health, ("", READINESS, *SERVICE_NAMES), interval_s=settings.db_check_interval_s
         )
         db_monitor.start()
         stack.push_async_callback(db_monitor.stop)
