@@ -3,6 +3,7 @@
 import asyncio
 import os
 import signal
+import socket
 import stat
 import sys
 from pathlib import Path
@@ -178,3 +179,24 @@ async def test_health_command_fails_when_nothing_listens(tmp_path: Path) -> None
     code, output = await _run(tmp_path, "health", "--address", "127.0.0.1:1", "--timeout", "2")
     assert code == 1
     assert "unhealthy" in output
+
+
+async def test_a_taken_metrics_port_stops_serve_before_it_touches_the_database(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = await _run(
+            tmp_path,
+            "serve",
+            HITL_DATABASE_URL=f"sqlite:///{tmp_path / 'hitl.db'}",
+            HITL_METRICS_LISTEN=f"127.0.0.1:{port}",
+        )
+    assert code == 1
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert lines[0].startswith(f"hitl-grpc: cannot serve metrics on 127.0.0.1:{port}: ")
+    # Nothing was created: no database, and so no bootstrap admin whose password is lost.
+    assert not (tmp_path / "hitl.db").exists()

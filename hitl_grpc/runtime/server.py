@@ -178,6 +178,10 @@ async def running_server(
     """
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
+        # Metrics first: an instance that cannot bind them stops before it touches the
+        # database (and before it would create, and print, a bootstrap admin).
+        registry = CollectorRegistry()
+        metrics_port = _serve_metrics(settings, registry, stack)
         door = await open_store(settings)
         engine = door.engine
         if close_pool:
@@ -206,7 +210,6 @@ async def running_server(
         except InvalidField as exc:
             raise StartupError(f"HITL_BOOTSTRAP_ADMIN_PASSWORD: {exc.message}") from None
 
-        registry = CollectorRegistry()
         server = grpc.aio.server(
             interceptors=[
                 AccessLogInterceptor(RpcMetrics(registry)),
@@ -242,17 +245,6 @@ async def running_server(
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable((*SERVICE_NAMES, "grpc.health.v1.Health"), server)
         port = _bind(server, settings)
-        metrics_port = None
-        if settings.metrics_listen:
-            host, _, mport = settings.metrics_listen.rpartition(":")
-            try:
-                http, _thread = start_http_server(int(mport), host.strip("[]"), registry=registry)
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot serve metrics on {settings.metrics_listen}: {exc}"
-                ) from exc
-            metrics_port = http.server_port
-            stack.callback(http.shutdown)
 
         await server.start()
         for name in ("", LIVENESS, READINESS, *SERVICE_NAMES):
@@ -287,6 +279,20 @@ async def running_server(
         finally:
             await _drain(server, health, hub, settings.shutdown_grace_s)
             await asyncio.gather(hub.close(), sweeper.stop(), db_monitor.stop())
+
+
+def _serve_metrics(
+    settings: Settings, registry: CollectorRegistry, stack: AsyncExitStack
+) -> int | None:
+    if not settings.metrics_listen:
+        return None
+    host, _, port = settings.metrics_listen.rpartition(":")
+    try:
+        http, _thread = start_http_server(int(port), host.strip("[]"), registry=registry)
+    except OSError as exc:
+        raise StartupError(f"cannot serve metrics on {settings.metrics_listen}: {exc}") from exc
+    stack.callback(http.shutdown)
+    return int(http.server_port)
 
 
 async def _drain(
