@@ -96,6 +96,13 @@ class Settings:
     # How often the event reader reads the log without a wake-up (a lost NOTIFY).
     watch_catchup_s: float = 1.0
     log_level: str = "INFO"
+    # "production" refuses what is fine on a laptop: see _check_production.
+    env: str = "development"
+
+    @property
+    def production(self) -> bool:
+        """Whether HITL_ENV=production: no plaintext off loopback, no generated secrets."""
+        return self.env == "production"
 
     @property
     def is_sqlite(self) -> bool:
@@ -163,7 +170,43 @@ class Settings:
                 "HITL_JWT_SECRET",
                 "required with PostgreSQL (replicas must share the signing key)",
             )
+        if settings.production:
+            _check_production(settings)
         return settings
+
+
+def _check_production(settings: Settings) -> None:
+    """What HITL_ENV=production refuses; a bootstrap password that would be generated and
+    printed is refused at start, once the server sees the database has no account."""
+    host = settings.listen.rpartition(":")[0].strip("[]")
+    if settings.tls_cert_file is None and not _is_loopback(host):
+        raise ConfigError(
+            "HITL_LISTEN",
+            f"production refuses plaintext gRPC on {settings.listen}: set HITL_TLS_CERT_FILE "
+            "and HITL_TLS_KEY_FILE, or listen on loopback behind a TLS-terminating proxy",
+        )
+    if not (settings.jwt_secret or settings.jwt_secret_file):
+        raise ConfigError(
+            "HITL_JWT_SECRET",
+            "production needs a configured signing key (HITL_JWT_SECRET or "
+            "HITL_JWT_SECRET_FILE), not one generated next to the database",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or "" (every address)
+
+
+def _environment(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("development", "production"):
+        raise ValueError(f"must be development or production, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -287,6 +330,7 @@ def _text(raw: str) -> str:
 # each, in the README's order.
 VARIABLES: Final = (
     Variable("HITL_DATABASE_URL", "database_url", _database_url),
+    Variable("HITL_ENV", "env", _environment),
     Variable("HITL_LISTEN", "listen", _listen),
     Variable("HITL_JWT_SECRET", "jwt_secret", _secret),
     Variable("HITL_JWT_SECRET_FILE", "jwt_secret_file", _existing_file),

@@ -150,3 +150,47 @@ def test_every_setting_has_exactly_one_variable_of_its_type() -> None:
 
 def test_empty_variables_keep_the_defaults() -> None:
     assert Settings.from_env({v.name: "" for v in VARIABLES}) == Settings()
+
+
+PRODUCTION: dict[str, str] = {"HITL_ENV": "production", "HITL_JWT_SECRET": "s" * 40}
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:50051", "[::1]:50051", "localhost:50051"])
+def test_production_serves_plaintext_on_loopback(listen: str) -> None:
+    settings = Settings.from_env({**PRODUCTION, "HITL_LISTEN": listen})
+    assert settings.production
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:50051", "[::]:50051", "10.0.0.5:50051", "hitl:50051"])
+def test_production_refuses_plaintext_off_loopback(listen: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**PRODUCTION, "HITL_LISTEN": listen})
+    assert caught.value.variable == "HITL_LISTEN"
+    assert f"production refuses plaintext gRPC on {listen}" in str(caught.value)
+    # Outside production the same address is allowed.
+    assert not Settings.from_env({"HITL_LISTEN": listen}).production
+
+
+def test_production_serves_tls_on_any_address(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("cert")
+    key.write_text("key")
+    env = {**PRODUCTION, "HITL_LISTEN": "0.0.0.0:50051"}
+    settings = Settings.from_env(
+        {**env, "HITL_TLS_CERT_FILE": str(cert), "HITL_TLS_KEY_FILE": str(key)}
+    )
+    assert settings.tls_cert_file == cert
+
+
+def test_production_needs_a_configured_signing_key() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"HITL_ENV": "production"})
+    assert caught.value.variable == "HITL_JWT_SECRET"
+    assert "production needs a configured signing key" in str(caught.value)
+
+
+def test_an_unknown_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"HITL_ENV": "prod"})
+    assert caught.value.variable == "HITL_ENV"
+    assert Settings.from_env({"HITL_ENV": "Production", "HITL_JWT_SECRET": "s" * 40}).production

@@ -200,3 +200,26 @@ async def test_a_taken_metrics_port_stops_serve_before_it_touches_the_database(
     assert lines[0].startswith(f"hitl-grpc: cannot serve metrics on 127.0.0.1:{port}: ")
     # Nothing was created: no database, and so no bootstrap admin whose password is lost.
     assert not (tmp_path / "hitl.db").exists()
+
+
+async def test_production_on_an_empty_database_needs_a_chosen_admin_password(
+    tmp_path: Path,
+) -> None:
+    production = {"HITL_ENV": "production", "HITL_JWT_SECRET": "s" * 40}
+    code, output = await _run(tmp_path, "serve", **production)
+    assert code == 1
+    assert output.strip().splitlines()[-1] == (
+        "hitl-grpc: HITL_BOOTSTRAP_ADMIN_PASSWORD: invalid request: bootstrap_admin_password: "
+        "required in production while no account exists: a generated password would be "
+        "printed to the log"
+    )
+    assert "shown once" not in output
+    served = await _serve(
+        tmp_path, HITL_BOOTSTRAP_ADMIN_PASSWORD="a-chosen-secret-value", **production
+    )
+    try:
+        address = await served.address()
+        assert (await _login(address, "a-chosen-secret-value")).tokens.access_token
+    finally:
+        assert await served.stop() == 0
+    assert not any("a-chosen-secret-value" in line for line in served.lines)

@@ -102,11 +102,23 @@ class UserAdmin:
             await uow.commit()
         return user
 
-    async def bootstrap_admin(self, password: str | None) -> str | None:
-        """On an empty database, creates `admin`; returns the password if it was generated."""
+    async def bootstrap_admin(
+        self, password: str | None, *, may_generate: bool = True
+    ) -> str | None:
+        """On an empty database, creates `admin`; returns the password if it was generated.
+
+        Without `may_generate`, an empty database and no password is InvalidField: the
+        password would only exist in the log it is printed to.
+        """
         async with self._uow(readonly=True) as uow:
             if await uow.users.count() > 0:
                 return None
+        if password is None and not may_generate:
+            raise errors.InvalidField.one(
+                "bootstrap_admin_password",
+                "required in production while no account exists: a generated password "
+                "would be printed to the log",
+            )
         generated = password is None
         secret = password if password is not None else secrets.token_urlsafe(18)
         try:

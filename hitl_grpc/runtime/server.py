@@ -206,7 +206,9 @@ async def running_server(
         stack.callback(cpu_pool.shutdown, wait=False, cancel_futures=True)
         services = accounts.build(settings, uow, clock, cpu_pool)
         try:
-            generated = await services.users.bootstrap_admin(settings.bootstrap_admin_password)
+            generated = await services.users.bootstrap_admin(
+                settings.bootstrap_admin_password, may_generate=not settings.production
+            )
         except InvalidField as exc:
             raise StartupError(f"HITL_BOOTSTRAP_ADMIN_PASSWORD: {exc.message}") from None
 
