@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
@@ -40,16 +42,28 @@ class CallRecord:
     """What one call's interceptors learn while it is live, kept for after it may have ended."""
 
     peer: str
+    request_id: str
     code: grpc.StatusCode | None = None
 
 
 # Per call: each call runs in its own grpc task, and every wrapper of it in that task.
 _record: ContextVar[CallRecord | None] = ContextVar("hitl_call_record", default=None)
+REQUEST_ID_HEADER: Final = "x-request-id"
+# A caller's id is kept when it is this short and plain (it lands in logs verbatim).
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def _request_id(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+            return value
+    return uuid.uuid4().hex
 
 
 def begin_call(context: Context) -> CallRecord:
-    """Starts the current call's record, reading its peer while grpc still holds the call."""
-    record = CallRecord(peer=context.peer() or "")
+    """Starts the current call's record, reading what it needs while grpc holds the call:
+    the peer, and the caller's x-request-id (or a new one)."""
+    record = CallRecord(peer=context.peer() or "", request_id=_request_id(context))
     _record.set(record)
     return record
 

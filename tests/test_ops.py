@@ -1,7 +1,9 @@
 """What ops rely on: health, reflection, access log, metrics, limits and safe errors."""
 
 import asyncio
+import json
 import logging
+import re
 import urllib.request
 from collections.abc import AsyncIterator
 
@@ -16,6 +18,7 @@ from hitl.v1 import auth_pb2
 from hitl_grpc.api.errors import status_of
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.values import Role
+from hitl_grpc.runtime.observability import configure_logging
 from hitl_grpc.runtime.server import SERVICE_NAMES
 from tests.harness import Harness, ServerFactory, bearer
 
@@ -101,11 +104,13 @@ async def test_each_rpc_logs_one_structured_line(
     caplog.set_level(logging.INFO, logger="hitl_grpc.rpc")
     caplog.clear()
     await server.auth.GetCurrentUser(
-        auth_pb2.GetCurrentUserRequest(), metadata=bearer(token), timeout=5
+        auth_pb2.GetCurrentUserRequest(),
+        metadata=(*bearer(token), ("x-request-id", "candi-7f3a.1")),
+        timeout=5,
     )
     with pytest.raises(grpc.aio.AioRpcError):
         await server.login(user.username, "not-the-password")
-    lines = [vars(r)["fields"] for r in caplog.records if r.name == "hitl_grpc.rpc"]
+    lines = [vars(r) for r in caplog.records if r.name == "hitl_grpc.rpc"]
     assert [(f["method"], f["code"]) for f in lines] == [
         ("/hitl.v1.AuthService/GetCurrentUser", "OK"),
         ("/hitl.v1.AuthService/Login", "UNAUTHENTICATED"),
@@ -113,6 +118,22 @@ async def test_each_rpc_logs_one_structured_line(
     assert lines[0]["principal"] == user.username
     assert lines[0]["peer"].startswith("ipv4:127.0.0.1:")
     assert lines[0]["duration_ms"] >= 0
+    # The caller's request id is kept; a call without one gets its own.
+    assert lines[0]["request_id"] == "candi-7f3a.1"
+    assert re.fullmatch(r"[0-9a-f]{32}", lines[1]["request_id"])
+
+
+# Values a client can send (grpc itself refuses control characters in metadata).
+@pytest.mark.parametrize("sent", ["x" * 129, "has space", 'quote"d', "semi;colon", "{json}"])
+async def test_a_request_id_that_is_not_short_and_plain_is_replaced(
+    server: Harness, caplog: pytest.LogCaptureFixture, sent: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="hitl_grpc.rpc")
+    caplog.clear()
+    metadata = (("x-request-id", sent),)
+    await server.health.Check(health_pb2.HealthCheckRequest(), metadata=metadata, timeout=5)
+    (line,) = [vars(r) for r in caplog.records if r.name == "hitl_grpc.rpc"]
+    assert re.fullmatch(r"[0-9a-f]{32}", line["request_id"])
 
 
 async def test_metrics_endpoint_counts_rpcs(make_server: ServerFactory) -> None:
@@ -181,3 +202,31 @@ def test_rate_limited_carries_retry_info() -> None:
 )
 def test_error_table_matches_the_design(error: errors.DomainError, code: grpc.StatusCode) -> None:
     assert status_of(error).code is code
+
+
+def test_configured_logging_writes_json_lines_with_fields_and_errors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    listener = configure_logging("INFO")
+    try:
+        emitter = logging.getLogger("hitl_grpc.example")
+        emitter.info("hello %s", "there", extra={"answer": 42})
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            emitter.exception("failed")
+    finally:
+        listener.stop()  # writes what is queued
+        root.handlers[:], root.level = handlers, level
+    first, second = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert (first["level"], first["logger"], first["msg"]) == (
+        "INFO",
+        "hitl_grpc.example",
+        "hello there",
+    )
+    assert first["answer"] == 42
+    assert "time" in first
+    assert second["msg"] == "failed"
+    assert "ValueError: boom" in second["error"]

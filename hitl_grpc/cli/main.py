@@ -144,26 +144,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "watch":
         return watch.run(args)
     settings = _settings()
-    configure_logging(settings.log_level)
+    logs = configure_logging(settings.log_level)
+    code, startup, config = 0, None, None
     try:
         if args.command == "users":
-            return users.run(args, settings)
-        if args.command == "serve":
+            code = users.run(args, settings)
+        elif args.command == "serve":
             asyncio.run(_serve(settings))
-            # Drained: every call has ended and every transaction is over. The kernel
-            # closes the database sockets; interpreter teardown would finalize them on
-            # this thread, past the shutdown bound.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
     except StartupError as exc:
-        print(f"hitl-grpc: {exc}", file=sys.stderr)
-        return 1
+        startup = exc
     except ConfigError as exc:  # a signing key file the settings name but that won't do
-        return _config_error(exc)
-    return 0
+        config = exc
+    finally:
+        # Every queued log line is written before the process says more, or exits.
+        logs.stop()
+    if startup is not None:
+        print(f"hitl-grpc: {startup}", file=sys.stderr)
+        return 1
+    if config is not None:
+        return _config_error(config)
+    if args.command == "serve":
+        # Drained: every call has ended and every transaction is over. The kernel closes
+        # the database sockets; interpreter teardown would finalize them on this thread,
+        # past the shutdown bound.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return code
 
 
 if __name__ == "__main__":

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import logging.handlers
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from queue import SimpleQueue
+from typing import Any, Final
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from pythonjsonlogger.json import JsonFormatter
 
 from hitl_grpc.auth.principal import current_principal_or_none
 from hitl_grpc.interceptors import Around, CallRecord, WrappingInterceptor, begin_call
@@ -19,31 +21,45 @@ from hitl_grpc.interceptors import Around, CallRecord, WrappingInterceptor, begi
 log = logging.getLogger("hitl_grpc.rpc")
 
 
-class JsonFormatter(logging.Formatter):
-    """Log records as one JSON object per line."""
+class _Handoff(logging.handlers.QueueHandler):
+    """Hands records to the writer thread with their text fixed now, their fields intact."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+        return record
 
 
-def configure_logging(level: str) -> None:
-    """JSON lines on stderr at the given level."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
+_TRACEBACKS: Final = logging.Formatter()
+
+
+def configure_logging(level: str) -> logging.handlers.QueueListener:
+    """JSON lines on stderr at the given level, written by a thread of their own so the
+    event loop never waits on stderr; stop the returned listener to flush before exit."""
+    writer = logging.StreamHandler()
+    writer.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            datefmt="%Y-%m-%dT%H:%M:%S%z",
+            rename_fields={
+                "asctime": "time",
+                "levelname": "level",
+                "name": "logger",
+                "message": "msg",
+                "exc_info": "error",
+            },
+            json_ensure_ascii=False,
+        )
+    )
+    queue: SimpleQueue[logging.LogRecord] = SimpleQueue()
+    listener = logging.handlers.QueueListener(queue, writer)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_Handoff(queue)]
     root.setLevel(level)
+    listener.start()
+    return listener
 
 
 class RpcMetrics:
@@ -92,13 +108,12 @@ class AccessLogInterceptor(WrappingInterceptor):
                 log.info(
                     "rpc",
                     extra={
-                        "fields": {
-                            "method": method,
-                            "code": code.name,
-                            "duration_ms": round(elapsed * 1000, 3),
-                            "principal": principal.username if principal else "",
-                            "peer": record.peer,
-                        }
+                        "method": method,
+                        "code": code.name,
+                        "duration_ms": round(elapsed * 1000, 3),
+                        "principal": principal.username if principal else "",
+                        "peer": record.peer,
+                        "request_id": record.request_id,
                     },
                 )
 

@@ -27,6 +27,7 @@ channel per thread), the grpcurl binary and Node.js @grpc/grpc-js. Everything is
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -34,6 +35,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Self
 
@@ -179,6 +181,19 @@ class Served:
             body = self.metrics()
             if all(s in body for s in samples) or time.monotonic() > deadline:
                 return body
+            time.sleep(0.05)
+
+    def log_entries(self, matching: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """The JSON log lines on stderr that `matching` accepts, once there is one (or the
+        lines as they are after CALL_S: log lines are written by a thread of their own)."""
+        deadline = time.monotonic() + CALL_S
+        while True:
+            # Only whole lines: the last piece may still be being written.
+            lines = self.stderr_path.read_text(errors="replace").split("\n")[:-1]
+            entries = [json.loads(line) for line in lines if line.startswith("{")]
+            found = [e for e in entries if matching(e)]
+            if found or time.monotonic() > deadline:
+                return found
             time.sleep(0.05)
 
     def channel(self) -> grpc.Channel:

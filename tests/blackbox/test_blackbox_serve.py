@@ -67,3 +67,24 @@ def test_the_access_log_counts_each_call_by_the_status_it_really_ended_with(
     )
     body = served.wait_for_metrics(*expected)
     assert all(sample in body for sample in expected), body
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_log_is_json_lines_and_the_access_line_keeps_the_callers_request_id(
+    served: Served,
+) -> None:
+    with served.channel() as channel:
+        health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(),
+            metadata=(("x-request-id", "candi-run-42"),),
+            timeout=CALL_S,
+        )
+    (line,) = served.log_entries(lambda e: e.get("request_id") == "candi-run-42")
+    assert line["logger"] == "hitl_grpc.rpc"
+    assert line["level"] == "INFO"
+    assert line["msg"] == "rpc"
+    assert line["method"] == "/grpc.health.v1.Health/Check"
+    assert line["code"] == "OK"
+    assert line["peer"].startswith("ipv4:127.0.0.1:")
+    assert {"time", "duration_ms", "principal"} <= line.keys()
+    served.assert_alive()
