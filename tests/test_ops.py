@@ -13,13 +13,14 @@ from google.protobuf import descriptor_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from hitl.v1 import auth_pb2
+from hitl.v1 import auth_pb2, decision_pb2
 
 from hitl_grpc.api.errors import status_of
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.values import Role
 from hitl_grpc.runtime.observability import configure_logging
 from hitl_grpc.runtime.server import SERVICE_NAMES
+from tests.decisions_support import submit, wait_until
 from tests.harness import Harness, ServerFactory, bearer
 
 
@@ -148,6 +149,64 @@ async def test_metrics_endpoint_counts_rpcs(make_server: ServerFactory) -> None:
         body = await asyncio.to_thread(fetch)
     assert 'hitl_rpc_total{code="OK",method="/grpc.health.v1.Health/Check"} 1.0' in body
     assert "hitl_rpc_duration_seconds_bucket" in body
+
+
+def _sample(body: str, name: str) -> float | None:
+    """The value of one sample line (`name` with its labels), if the body has it."""
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_metrics_show_build_process_queue_watchers_streams_and_probes(
+    make_server: ServerFactory,
+) -> None:
+    async with make_server(
+        metrics_listen="127.0.0.1:0", sweep_interval_s=0.1, db_check_interval_s=0.1
+    ) as harness:
+        url = f"http://127.0.0.1:{harness.running.metrics_port}/metrics"
+
+        def fetch() -> str:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                return str(reply.read().decode())
+
+        service = await harness.as_role(Role.SERVICE)
+        analyst = await harness.as_role(Role.ANALYST)
+        await submit(harness, service, priority=decision_pb2.PRIORITY_CRITICAL)
+        await submit(harness, service, priority=decision_pb2.PRIORITY_LOW)
+        watch = harness.decisions.WatchPending(
+            decision_pb2.WatchPendingRequest(), metadata=analyst, timeout=30
+        )
+        await anext(aiter(watch))  # the stream is open on the server
+
+        async def shows_it() -> bool:
+            body = await asyncio.to_thread(fetch)
+            return (
+                _sample(body, 'hitl_queue_pending{priority="CRITICAL"}') == 1
+                and _sample(body, 'hitl_queue_open{status="PENDING"}') == 2
+                and _sample(body, "hitl_watchers") == 1
+                and _sample(body, 'hitl_rpc_active{method="/hitl.v1.DecisionService/WatchPending"}')
+                == 1
+            )
+
+        await wait_until(shows_it)
+        watch.cancel()
+
+        async def stream_ended() -> bool:
+            body = await asyncio.to_thread(fetch)
+            method = "/hitl.v1.DecisionService/WatchPending"
+            return _sample(body, f'hitl_rpc_active{{method="{method}"}}') == 0
+
+        await wait_until(stream_ended)
+        body = await asyncio.to_thread(fetch)
+    assert _sample(body, 'hitl_queue_pending{priority="LOW"}') == 1
+    assert _sample(body, 'hitl_queue_open{status="IN_REVIEW"}') == 0
+    assert 'hitl_build_info{grpcio="' in body
+    assert "process_cpu_seconds_total" in body
+    assert (_sample(body, "hitl_db_probe_seconds_count") or 0) >= 1
+    assert _sample(body, "hitl_db_connections_in_use") is not None
+    assert _sample(body, 'hitl_sweeper_actions_total{action="expired"}') == 0
 
 
 async def test_oversized_request_is_resource_exhausted(server: Harness) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio
@@ -29,8 +30,10 @@ class DatabaseMonitor(tasks.Periodic):
         services: Sequence[str],
         *,
         interval_s: float,
+        on_probe: Callable[[float, bool], None] | None = None,
     ) -> None:
         super().__init__(name="hitl-db-monitor", interval_s=interval_s)
+        self._on_probe = on_probe
         self._door = door
         self._health = health
         self._services = tuple(services)
@@ -39,13 +42,18 @@ class DatabaseMonitor(tasks.Periodic):
 
     async def probe(self) -> bool:
         """Whether the database answers a trivial query within the probe's deadline."""
+        started = time.perf_counter()
         try:
             await self._door.ping(timeout_s=self._timeout_s)
         except Exception as exc:  # any failure to answer is "down"; the reason is logged
             if self.healthy:
                 log.warning("database unreachable: %s", exc)
-            return False
-        return True
+            answered = False
+        else:
+            answered = True
+        if self._on_probe is not None:
+            self._on_probe(time.perf_counter() - started, answered)
+        return answered
 
     async def step(self) -> None:
         """Probes once and publishes a change of state."""

@@ -12,7 +12,7 @@ from queue import SimpleQueue
 from typing import Any, Final
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pythonjsonlogger.json import JsonFormatter
 
 from hitl_grpc.auth.principal import current_principal_or_none
@@ -76,6 +76,8 @@ class RpcMetrics:
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
         )
+        # Streams are seen while open, not only once they end.
+        self.active = Gauge("hitl_rpc_active", "RPCs in progress", ["method"], registry=registry)
 
 
 class AccessLogInterceptor(WrappingInterceptor):
@@ -93,6 +95,8 @@ class AccessLogInterceptor(WrappingInterceptor):
             started = time.perf_counter()
             record = begin_call(context)
             code = grpc.StatusCode.OK
+            active = metrics.active.labels(method)
+            active.inc()
             try:
                 yield
             except BaseException as exc:
@@ -102,6 +106,7 @@ class AccessLogInterceptor(WrappingInterceptor):
                 # Only the record from here on: the call may have ended, and grpc.aio
                 # segfaults on a context whose call it has released.
                 elapsed = time.perf_counter() - started
+                active.dec()
                 metrics.calls.labels(method, code.name).inc()
                 metrics.duration.labels(method).observe(elapsed)
                 principal = current_principal_or_none()

@@ -41,6 +41,7 @@ from hitl_grpc.domain.errors import InvalidField
 from hitl_grpc.events.hub import EventHub
 from hitl_grpc.runtime import reflection
 from hitl_grpc.runtime.db_probe import DatabaseMonitor
+from hitl_grpc.runtime.metrics import Gauges, ServiceMetrics
 from hitl_grpc.runtime.observability import AccessLogInterceptor, RpcMetrics
 from hitl_grpc.runtime.public_limits import public_limits
 from hitl_grpc.runtime.sweeper import Sweeper
@@ -251,14 +252,25 @@ async def running_server(
         await server.start()
         for name in ("", LIVENESS, READINESS, *SERVICE_NAMES):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        sweeper = Sweeper(decisions, interval_s=settings.sweep_interval_s)
+        service_metrics = ServiceMetrics(registry)
+        sweeper = Sweeper(
+            decisions, interval_s=settings.sweep_interval_s, on_report=service_metrics.swept
+        )
         sweeper.start()
         stack.push_async_callback(sweeper.stop)
         db_monitor = monitor_class(
-            door, health, ("", READINESS, *SERVICE_NAMES), interval_s=settings.db_check_interval_s
+            door,
+            health,
+            ("", READINESS, *SERVICE_NAMES),
+            interval_s=settings.db_check_interval_s,
+            on_probe=service_metrics.probed,
         )
         db_monitor.start()
         stack.push_async_callback(db_monitor.stop)
+        gauges = Gauges(service_metrics, decisions, hub, door, interval_s=settings.sweep_interval_s)
+        if metrics_port is not None:  # nobody could read them otherwise
+            gauges.start()
+            stack.push_async_callback(gauges.stop)
         host = settings.listen.rpartition(":")[0]
         running = RunningServer(
             settings=settings,
@@ -280,7 +292,7 @@ async def running_server(
             yield running
         finally:
             await _drain(server, health, hub, settings.shutdown_grace_s)
-            await asyncio.gather(hub.close(), sweeper.stop(), db_monitor.stop())
+            await asyncio.gather(hub.close(), sweeper.stop(), db_monitor.stop(), gauges.stop())
 
 
 def _serve_metrics(

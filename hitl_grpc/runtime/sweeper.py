@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from hitl_grpc import tasks
 from hitl_grpc.domain import errors
@@ -20,13 +21,22 @@ class Sweeper(tasks.Periodic):
     sweep in progress back.
     """
 
-    def __init__(self, decisions: DecisionOperations, *, interval_s: float) -> None:
+    def __init__(
+        self,
+        decisions: DecisionOperations,
+        *,
+        interval_s: float,
+        on_report: Callable[[SweepReport], None] | None = None,
+    ) -> None:
         super().__init__(name="hitl-sweeper", interval_s=interval_s)
         self._decisions = decisions
+        self._on_report = on_report
 
     async def sweep_once(self) -> SweepReport:
         """One pass over every kind of due work."""
         report = await self._decisions.sweep()
+        if self._on_report is not None:
+            self._on_report(report)
         if report != SweepReport():
             log.info(
                 "sweep: %d expired, %d escalated, %d leases lapsed",

@@ -197,6 +197,10 @@ class Door:
             return self.timeout_s
         return timeout_s if self.timeout_s is None else min(timeout_s, self.timeout_s)
 
+    def connections_in_use(self) -> int:
+        """Pooled connections checked out now (safe to read from any thread)."""
+        return int(self.engine.pool.checkedout())  # type: ignore[attr-defined]
+
     async def ping(self, *, timeout_s: float | None = None) -> None:
         """Returns once the database answers a trivial query; raises Unavailable otherwise."""
         async with self.passage(readonly=True, timeout_s=timeout_s) as passage:

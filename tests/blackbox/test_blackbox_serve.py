@@ -7,7 +7,7 @@ import json
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc
+from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
 from tests.blackbox.harness import CALL_S, Served
 from tests.harness import bearer
@@ -36,6 +36,24 @@ def test_metrics_on_port_zero_are_served_on_the_announced_port(served: Served) -
     served.admin_token()
     sample = 'hitl_rpc_total{code="OK",method="/hitl.v1.AuthService/Login"} 1.0'
     assert sample in served.wait_for_metrics(sample)
+
+
+@SQLITE_ONLY
+def test_metrics_show_an_open_stream_while_it_is_open_and_the_build(served: Served) -> None:
+    active = 'hitl_rpc_active{method="/hitl.v1.DecisionService/WatchPending"}'
+    with served.channel() as channel:
+        stream = decision_pb2_grpc.DecisionServiceStub(channel).WatchPending(
+            decision_pb2.WatchPendingRequest(), metadata=served.admin(), timeout=CALL_S * 4
+        )
+        next(stream)  # open on the server
+        body = served.wait_for_metrics(f"{active} 1.0", "hitl_watchers 1.0")
+        stream.cancel()
+    assert f"{active} 1.0" in body
+    assert "hitl_watchers 1.0" in body
+    assert 'hitl_build_info{grpcio="' in body
+    assert "process_resident_memory_bytes" in body
+    assert f"{active} 0.0" in served.wait_for_metrics(f"{active} 0.0")
+    served.assert_alive()
 
 
 @SQLITE_ONLY
