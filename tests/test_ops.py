@@ -207,6 +207,8 @@ async def test_metrics_show_build_process_queue_watchers_streams_and_probes(
     assert (_sample(body, "hitl_db_probe_seconds_count") or 0) >= 1
     assert _sample(body, "hitl_db_connections_in_use") is not None
     assert _sample(body, 'hitl_sweeper_actions_total{action="expired"}') == 0
+    # Both submits' events reached this process's fan-out, each timed from its change.
+    assert (_sample(body, "hitl_event_lag_seconds_count") or 0) >= 2
 
 
 async def test_oversized_request_is_resource_exhausted(server: Harness) -> None:

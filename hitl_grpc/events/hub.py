@@ -142,8 +142,11 @@ class EventHub:
         retention: timedelta,
         prune_interval_s: float,
         listen_check_s: float = 5.0,
+        on_fan_out: Callable[[float], None] | None = None,
     ) -> None:
         self.store = EventStore(door)
+        # Told, per event, how long after its change it reached the local watchers.
+        self._on_fan_out = on_fan_out
         self._door = door
         self._clock = clock
         self._queue_size = queue_size
@@ -239,6 +242,9 @@ class EventHub:
             for sub in list(self._by_id.get(event.analysis_id, ())):
                 sub.offer(event)
             self.head = event.position
+            if self._on_fan_out is not None:
+                lag = self._clock.now() - event.decision.updated_at
+                self._on_fan_out(max(lag.total_seconds(), 0.0))
 
     async def _read_once(self) -> None:
         """Reads and fans out everything committed."""

@@ -29,6 +29,7 @@ from hitl_grpc.domain.values import Priority
 from hitl_grpc.events.hub import EventHub
 from hitl_grpc.store.door import Door
 
+LAG_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 PROBE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -79,6 +80,12 @@ class ServiceMetrics:
         self.watchers = Gauge(
             "hitl_watchers", "Open WatchPending and WatchDecision streams", registry=registry
         )
+        self.event_lag = Histogram(
+            "hitl_event_lag_seconds",
+            "From a decision's change (database clock) to its event's fan-out here",
+            registry=registry,
+            buckets=LAG_BUCKETS,
+        )
         self.connections = Gauge(
             "hitl_db_connections_in_use",
             "Pooled database connections checked out now",
@@ -95,6 +102,10 @@ class ServiceMetrics:
             "Health probes the database did not answer in time",
             registry=registry,
         )
+
+    def fanned_out(self, lag_s: float) -> None:
+        """Records how long after its change one event reached this process's watchers."""
+        self.event_lag.observe(lag_s)
 
     def swept(self, report: SweepReport) -> None:
         """Counts what one sweep changed."""

@@ -182,6 +182,7 @@ async def running_server(
         # Metrics first: an instance that cannot bind them stops before it touches the
         # database (and before it would create, and print, a bootstrap admin).
         registry = CollectorRegistry()
+        service_metrics = ServiceMetrics(registry)
         metrics_port = _serve_metrics(settings, registry, stack)
         door = await open_store(settings)
         engine = door.engine
@@ -198,6 +199,7 @@ async def running_server(
             retention=settings.event_retention,
             prune_interval_s=settings.sweep_interval_s,
             listen_check_s=settings.db_check_interval_s,
+            on_fan_out=service_metrics.fanned_out,
         )
         uow = UnitOfWorkFactory(door, after_commit=hub.wake)
         await hub.start()
@@ -252,7 +254,6 @@ async def running_server(
         await server.start()
         for name in ("", LIVENESS, READINESS, *SERVICE_NAMES):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        service_metrics = ServiceMetrics(registry)
         sweeper = Sweeper(
             decisions, interval_s=settings.sweep_interval_s, on_report=service_metrics.swept
         )
