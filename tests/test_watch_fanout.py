@@ -29,8 +29,9 @@ async def test_one_log_read_per_batch_whatever_the_number_of_watchers(
     make_server: ServerFactory, backend: str
 ) -> None:
     watchers = 30
-    # No catch-up timer in this test: every read is one a commit asked for.
-    async with make_server(watch_catchup_s=3600) as server:
+    # No catch-up timer and no pruner (it runs every sweep interval) in this test: every
+    # read is one a commit asked for.
+    async with make_server(watch_catchup_s=3600, sweep_interval_s=3600) as server:
         analyst = await server.as_role(Role.ANALYST)
         streams = [
             aiter(
