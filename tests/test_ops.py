@@ -291,3 +291,42 @@ def test_configured_logging_writes_json_lines_with_fields_and_errors(
     assert "time" in first
     assert second["msg"] == "failed"
     assert "ValueError: boom" in second["error"]
+
+
+async def test_metrics_count_sign_ins_by_outcome_lockouts_and_the_oldest_item(
+    make_server: ServerFactory,
+) -> None:
+    async with make_server(
+        metrics_listen="127.0.0.1:0", sweep_interval_s=0.1, login_max_failures=2
+    ) as harness:
+        url = f"http://127.0.0.1:{harness.running.metrics_port}/metrics"
+
+        def fetch() -> str:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                return str(reply.read().decode())
+
+        await harness.create_user(Role.ANALYST, "rita")
+        await harness.login("rita")
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await harness.login("rita", "wrong password")
+            assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await harness.login("rita")
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        await submit(harness, await harness.as_role(Role.SERVICE))
+
+        async def counted() -> bool:
+            body = await asyncio.to_thread(fetch)
+            return (_sample(body, "hitl_queue_oldest_open_age_seconds") or 0) > 0
+
+        await wait_until(counted)
+        body = await asyncio.to_thread(fetch)
+    sign_ins = "hitl_sign_ins_total{outcome="
+    assert _sample(body, sign_ins + '"succeeded",step="password"}') == 2  # rita, the service
+    assert _sample(body, sign_ins + '"failed",step="password"}') == 2
+    assert _sample(body, sign_ins + '"locked",step="password"}') == 1
+    assert _sample(body, 'hitl_lockouts_total{scope="user"}') == 1
+    assert _sample(body, 'hitl_lockouts_total{scope="peer"}') is None
+    # Seconds since the one open item was submitted, not since some other epoch.
+    assert 0 < (_sample(body, "hitl_queue_oldest_open_age_seconds") or 0) < 60

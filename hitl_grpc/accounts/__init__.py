@@ -5,13 +5,14 @@ Each use case is built once, by build(), for the server and the CLI alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from hitl_grpc.accounts.mfa import MfaCodes, MfaEnrolment
 from hitl_grpc.accounts.profile import Profile
 from hitl_grpc.accounts.sessions import Sessions, TokenLifetimes
-from hitl_grpc.accounts.sign_in import SignIn
+from hitl_grpc.accounts.sign_in import OnOutcome, SignIn
 from hitl_grpc.accounts.throttle import LoginLimits, LoginThrottle
 from hitl_grpc.accounts.trail import AuditTrail
 from hitl_grpc.accounts.users import UserAdmin
@@ -36,9 +37,17 @@ class AccountServices:
 
 
 def build(
-    settings: Settings, uow: UnitOfWorkFactory, clock: Clock, cpu_pool: ThreadPoolExecutor
+    settings: Settings,
+    uow: UnitOfWorkFactory,
+    clock: Clock,
+    cpu_pool: ThreadPoolExecutor,
+    *,
+    on_sign_in: OnOutcome | None = None,
+    on_lockout: Callable[[str], None] | None = None,
 ) -> AccountServices:
     """The account use cases over `uow`; password hashing runs on `cpu_pool`.
+
+    `on_sign_in` hears each sign-in step's outcome, `on_lockout` each lock that starts.
 
     Raises ConfigError if the signing key can't be loaded.
     """
@@ -65,11 +74,13 @@ def build(
         peer_trust=settings.login_peer_trust,
     )
     trail = AuditTrail(uow, clock)
-    throttle = LoginThrottle(limits, clock, uow)
+    throttle = LoginThrottle(limits, clock, uow, on_lockout=on_lockout)
     sessions = Sessions(uow, tokens, clock, lifetimes, trail)
     codes = MfaCodes(clock)
     return AccountServices(
-        sign_in=SignIn(uow, passwords, tokens, throttle, sessions, codes, trail),
+        sign_in=SignIn(
+            uow, passwords, tokens, throttle, sessions, codes, trail, on_outcome=on_sign_in
+        ),
         sessions=sessions,
         profile=Profile(uow, passwords, clock, throttle, trail),
         mfa=MfaEnrolment(uow, clock, trail, throttle, codes, passwords),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from hitl_grpc.accounts.mfa import INVALID_CODE, MfaCodes
 from hitl_grpc.accounts.sessions import (
     SESSION_ENDED,
@@ -18,6 +21,20 @@ from hitl_grpc.domain.ports import UnitOfWork, UnitOfWorkFactory
 from hitl_grpc.domain.values import Account, AuditOutcome
 
 LOGIN_FAILED = "invalid username or password"
+T = TypeVar("T")
+# Called with a step ("password", "mfa") and its outcome once per sign-in attempt.
+OnOutcome = Callable[[str, str], None]
+
+
+def _outcome(exc: errors.DomainError) -> str | None:
+    """What a refused attempt comes to, for counting; None for a fault, not a verdict."""
+    if isinstance(exc, errors.RateLimited):
+        return "locked"
+    if isinstance(exc, errors.Unauthenticated):
+        return "failed"
+    if isinstance(exc, errors.PermissionDenied):
+        return "deactivated"
+    return None
 
 
 class SignIn:
@@ -32,8 +49,11 @@ class SignIn:
         sessions: Sessions,
         codes: MfaCodes,
         trail: AuditTrail,
+        *,
+        on_outcome: OnOutcome | None = None,
     ) -> None:
         self._uow = uow
+        self._on_outcome = on_outcome
         self._passwords = passwords
         self._tokens = tokens
         self._throttle = throttle
@@ -41,7 +61,35 @@ class SignIn:
         self._codes = codes
         self._trail = trail
 
+    async def _counted(self, step: str, attempt: Awaitable[T], done: Callable[[T], str]) -> T:
+        try:
+            result = await attempt
+        except errors.DomainError as exc:
+            outcome = _outcome(exc)
+            if outcome and self._on_outcome:
+                self._on_outcome(step, outcome)
+            raise
+        if self._on_outcome:
+            self._on_outcome(step, done(result))
+        return result
+
     async def login(
+        self, username: str, password: str, *, peer: str
+    ) -> IssuedTokens | MfaChallengeIssued:
+        """Tokens (or an MFA challenge) for a correct password, counted by outcome."""
+        return await self._counted(
+            "password",
+            self._login(username, password, peer=peer),
+            lambda r: "mfa_required" if isinstance(r, MfaChallengeIssued) else "succeeded",
+        )
+
+    async def verify_mfa(self, challenge_token: str, code: str, *, peer: str) -> IssuedTokens:
+        """Tokens for a challenge token and a second-factor code, counted by outcome."""
+        return await self._counted(
+            "mfa", self._verify_mfa(challenge_token, code, peer=peer), lambda _: "succeeded"
+        )
+
+    async def _login(
         self, username: str, password: str, *, peer: str
     ) -> IssuedTokens | MfaChallengeIssued:
         """Tokens (or an MFA challenge) for a correct password; one message for every failure.
@@ -105,7 +153,7 @@ class SignIn:
         await uow.commit()
         return result
 
-    async def verify_mfa(self, challenge_token: str, code: str, *, peer: str) -> IssuedTokens:
+    async def _verify_mfa(self, challenge_token: str, code: str, *, peer: str) -> IssuedTokens:
         """Tokens for a challenge token and a TOTP code (unused step) or unused backup code.
 
         The challenge names the session it opens: once that session exists, the challenge

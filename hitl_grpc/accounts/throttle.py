@@ -145,10 +145,19 @@ class LoginThrottle:
     address may pass its peer limit by the attempts in flight.
     """
 
-    def __init__(self, limits: LoginLimits, clock: Clock, uow: UnitOfWorkFactory) -> None:
+    def __init__(
+        self,
+        limits: LoginLimits,
+        clock: Clock,
+        uow: UnitOfWorkFactory,
+        *,
+        on_lockout: Callable[[str], None] | None = None,
+    ) -> None:
         self.limits = limits
         self._clock = clock
         self._uow = uow
+        # Called with a subject's scope ("user", "mfa", "peer") each time a lock starts.
+        self._on_lockout = on_lockout
         # Waiters in this process, woken as a slot of their account frees; other replicas'
         # attempts free slots too, so waiters also look again every ADMIT_POLL_S.
         self._slots: dict[str, _Slot] = {}
@@ -303,7 +312,10 @@ class LoginThrottle:
                 (peer_subject(attempt.peer), self.limits.max_failures_per_peer),
             ):
                 state = await uow.throttle.lock(subject, now)
-                await uow.throttle.save(after_failure(state, now, limit, self.limits))
+                after = after_failure(state, now, limit, self.limits)
+                await uow.throttle.save(after)
+                if after.locked_until != state.locked_until and self._on_lockout:
+                    self._on_lockout(subject.partition(":")[0])
         attempt.settled = True
 
     async def _trusted(self, uow: UnitOfWork, username: str, peer: str, now: datetime) -> bool:

@@ -184,5 +184,7 @@ class QueueStats:
     pending: int = 0
     in_review: int = 0
     escalated: int = 0
+    # How long the oldest open decision has waited, by the database's clock.
+    oldest_open_age: timedelta | None = None
     last_24h: WindowStats = WindowStats()
     all_time: WindowStats = WindowStats()

@@ -103,6 +103,32 @@ class ServiceMetrics:
             registry=registry,
         )
 
+        self.sign_ins = Counter(
+            "hitl_sign_ins_total",
+            "Sign-in attempts by step (password, mfa) and outcome",
+            ["step", "outcome"],
+            registry=registry,
+        )
+        self.lockouts = Counter(
+            "hitl_lockouts_total",
+            "Sign-in locks started, by what was locked (user, mfa, peer)",
+            ["scope"],
+            registry=registry,
+        )
+        self.oldest_open_age = Gauge(
+            "hitl_queue_oldest_open_age_seconds",
+            "Age of the oldest open decision (0 when none is open), as of the last queue read",
+            registry=registry,
+        )
+
+    def signed_in(self, step: str, outcome: str) -> None:
+        """Counts one sign-in step's outcome."""
+        self.sign_ins.labels(step, outcome).inc()
+
+    def locked_out(self, scope: str) -> None:
+        """Counts one lock that started."""
+        self.lockouts.labels(scope).inc()
+
     def fanned_out(self, lag_s: float) -> None:
         """Records how long after its change one event reached this process's watchers."""
         self.event_lag.observe(lag_s)
@@ -157,4 +183,6 @@ class Gauges(tasks.Periodic):
                 stats.pending_by_priority.get(priority, 0)
             )
         metrics.sla_breaches.set(stats.last_24h.sla_breaches)
+        oldest = stats.oldest_open_age
+        metrics.oldest_open_age.set(oldest.total_seconds() if oldest is not None else 0)
         metrics.queue_read.set(time.time())

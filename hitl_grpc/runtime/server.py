@@ -207,7 +207,14 @@ async def running_server(
 
         cpu_pool = hashing_pool()
         stack.callback(cpu_pool.shutdown, wait=False, cancel_futures=True)
-        services = accounts.build(settings, uow, clock, cpu_pool)
+        services = accounts.build(
+            settings,
+            uow,
+            clock,
+            cpu_pool,
+            on_sign_in=service_metrics.signed_in,
+            on_lockout=service_metrics.locked_out,
+        )
         try:
             generated = await services.users.bootstrap_admin(
                 settings.bootstrap_admin_password, may_generate=not settings.production

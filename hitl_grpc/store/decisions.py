@@ -308,18 +308,23 @@ class DecisionRepository:
         c = decisions.c
         open_rows = (
             await self._conn.execute(
-                select(c.status, c.priority, func.count())
+                select(c.status, c.priority, func.count(), func.min(c.created_at))
                 .where(_OPEN)
                 .group_by(c.status, c.priority)
             )
         ).all()
         by_status: dict[int, int] = {}
         pending_by_priority = {p: 0 for p in Priority}
-        for status, priority, count in open_rows:
+        oldest: datetime | None = None
+        for status, priority, count, first in open_rows:
             by_status[status] = by_status.get(status, 0) + count
             if status == Status.PENDING:
                 pending_by_priority[Priority(priority)] = count
+            oldest = _utc(first) if oldest is None else min(oldest, _utc(first))
         return QueueStats(
+            oldest_open_age=None
+            if oldest is None
+            else max(timedelta(0), await self.now() - oldest),
             pending_by_priority=pending_by_priority,
             pending=by_status.get(Status.PENDING, 0),
             in_review=by_status.get(Status.IN_REVIEW, 0),

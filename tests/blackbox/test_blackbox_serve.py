@@ -36,6 +36,9 @@ def test_metrics_on_port_zero_are_served_on_the_announced_port(served: Served) -
     served.admin_token()
     sample = 'hitl_rpc_total{code="OK",method="/hitl.v1.AuthService/Login"} 1.0'
     assert sample in served.wait_for_metrics(sample)
+    assert 'hitl_sign_ins_total{outcome="succeeded",step="password"} 1.0' in (
+        served.wait_for_metrics("hitl_sign_ins_total")
+    )
 
 
 @SQLITE_ONLY
