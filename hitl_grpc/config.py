@@ -52,6 +52,10 @@ class Settings:
     jwt_audience: str = "hitl-grpc"
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # Client certificates signed by this CA are verified (and required) on the listener
+    # that asks for them: mtls_listen if set, otherwise listen itself.
+    tls_client_ca_file: Path | None = None
+    mtls_listen: str = ""
     access_token_ttl: timedelta = timedelta(minutes=15)
     refresh_token_ttl: timedelta = timedelta(days=7)
     mfa_challenge_ttl: timedelta = timedelta(minutes=5)
@@ -160,6 +164,16 @@ class Settings:
             raise ConfigError(
                 "HITL_TLS_CERT_FILE",
                 "set both HITL_TLS_CERT_FILE and HITL_TLS_KEY_FILE, or neither",
+            )
+        if settings.tls_client_ca_file and settings.tls_cert_file is None:
+            raise ConfigError(
+                "HITL_TLS_CLIENT_CA_FILE",
+                "client certificates need TLS: set HITL_TLS_CERT_FILE and HITL_TLS_KEY_FILE",
+            )
+        if settings.mtls_listen and settings.tls_client_ca_file is None:
+            raise ConfigError(
+                "HITL_MTLS_LISTEN",
+                "a client-certificate listener needs HITL_TLS_CLIENT_CA_FILE",
             )
         if settings.jwt_secret and settings.jwt_secret_file:
             raise ConfigError(
@@ -339,6 +353,8 @@ VARIABLES: Final = (
     Variable("HITL_JWT_AUDIENCE", "jwt_audience", _non_empty),
     Variable("HITL_TLS_CERT_FILE", "tls_cert_file", _existing_file),
     Variable("HITL_TLS_KEY_FILE", "tls_key_file", _existing_file),
+    Variable("HITL_TLS_CLIENT_CA_FILE", "tls_client_ca_file", _existing_file),
+    Variable("HITL_MTLS_LISTEN", "mtls_listen", _listen),
     Variable("HITL_ACCESS_TOKEN_TTL_S", "access_token_ttl", _seconds(minimum=30)),
     Variable("HITL_REFRESH_TOKEN_TTL_S", "refresh_token_ttl", _seconds(minimum=60)),
     Variable("HITL_MFA_CHALLENGE_TTL_S", "mfa_challenge_ttl", _seconds(minimum=30)),

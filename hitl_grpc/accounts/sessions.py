@@ -14,7 +14,7 @@ from hitl_grpc.auth.tokens import ACCESS, MFA_CHALLENGE, TokenIssuer, hash_opaqu
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.ports import UnitOfWork, UnitOfWorkFactory
-from hitl_grpc.domain.values import Account, AuditOutcome, Principal
+from hitl_grpc.domain.values import Account, AuditOutcome, Principal, Role
 
 INVALID_REFRESH = "invalid refresh token"
 SESSION_ENDED = "session ended: sign in again"
@@ -119,6 +119,28 @@ class Sessions:
         )
         return Access(principal, (claims.expires_at - self._clock.now()).total_seconds())
 
+    async def authenticate_certificate(
+        self, subject: str, expires_at: datetime, peer: str
+    ) -> Access:
+        """The SERVICE account bound to a verified client certificate's subject, as it is now.
+
+        Like a token, read on every call: unbinding, deactivation or a role change takes
+        effect on the next call. The certificate's own expiry bounds the access.
+        """
+        async with self._uow(readonly=True) as uow:
+            account = await uow.users.by_certificate_subject(subject)
+        if account is None:
+            raise errors.Unauthenticated(f"no account is bound to certificate subject {subject!r}")
+        user = account.user
+        if not user.active:
+            raise errors.PermissionDenied("account is deactivated")
+        if user.role is not Role.SERVICE:
+            raise errors.PermissionDenied("only SERVICE accounts sign in by client certificate")
+        principal = Principal(
+            user_id=user.id, username=user.username, role=user.role, token_id="", peer=peer
+        )
+        return Access(principal, (expires_at - self._clock.now()).total_seconds())
+
     def challenge(self, account: Account) -> MfaChallengeIssued:
         """A short-lived challenge token; its `typ` keeps it out of every RPC but VerifyMfa.
 
@@ -202,6 +224,8 @@ class Sessions:
 
     async def logout(self, principal: Principal, refresh_token: str) -> None:
         """Ends a session: the given refresh token's, or the caller's current one."""
+        if not (principal.session_id or refresh_token):
+            raise errors.WrongState("signed in by client certificate: there is no session to end")
         now = self._clock.now()
         async with self._uow() as uow:
             family = principal.session_id

@@ -25,6 +25,8 @@ FULL_NAME_MAX = 300
 PAGE_DEFAULT = 50
 PAGE_MAX = 500
 LAST_ADMIN = "the last active admin can't be demoted or deactivated"
+SUBJECT_MAX = 512
+SERVICE_ONLY = "only SERVICE accounts can be bound to a client certificate"
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class NewUser:
     role: Role
     email: str = ""
     full_name: str = ""
+    # A SERVICE account bound to a certificate subject needs no password ("" for none).
+    certificate_subject: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class UserUpdate:
     email: str | None = None
     full_name: str | None = None
     new_password: str | None = None
+    # "" unbinds the account from its certificate.
+    certificate_subject: str | None = None
 
     @property
     def fields(self) -> list[str]:
@@ -60,6 +66,22 @@ def _profile(value: str, field: str, limit: int) -> str:
         raise errors.InvalidField.one(field, f"must be at most {limit} characters")
     if any(not ch.isprintable() for ch in value):
         raise errors.InvalidField.one(field, "must not contain control characters")
+    return value
+
+
+def certificate_subject(value: str) -> str:
+    """A client-certificate subject as grpc reports it (RFC 2253: `CN=candi,O=SOC`)."""
+    value = value.strip()
+    if len(value) > SUBJECT_MAX:
+        raise errors.InvalidField.one(
+            "certificate_subject", f"must be at most {SUBJECT_MAX} characters"
+        )
+    if any(not ch.isprintable() for ch in value):
+        raise errors.InvalidField.one("certificate_subject", "must not contain control characters")
+    if value and "=" not in value:
+        raise errors.InvalidField.one(
+            "certificate_subject", "must be a distinguished name such as CN=candi,O=SOC"
+        )
     return value
 
 
@@ -79,8 +101,15 @@ class UserAdmin:
         username = parse_username(new.username)
         email = _profile(new.email, "email", EMAIL_MAX)
         full_name = _profile(new.full_name, "full_name", FULL_NAME_MAX)
-        check_new_password(new.password, username)
-        password_hash = await self._passwords.hash(new.password)
+        subject = certificate_subject(new.certificate_subject)
+        if subject and new.role is not Role.SERVICE:
+            raise errors.InvalidField.one("certificate_subject", SERVICE_ONLY)
+        password = new.password
+        if subject and not password:
+            # Nobody knows this one: the account signs in by its certificate only.
+            password = secrets.token_urlsafe(32)
+        check_new_password(password, username)
+        password_hash = await self._passwords.hash(password)
         user = User(
             id=UserId(str(uuid.uuid4())),
             username=username,
@@ -90,13 +119,19 @@ class UserAdmin:
             active=True,
             mfa_enabled=False,
             created_at=self._clock.now(),
+            certificate_subject=subject,
         )
         async with self._uow() as uow:
             # The unique username_key decides a race: the second insert is AlreadyExists.
             await uow.users.add(Account(user=user, password_hash=password_hash))
             await uow.audit.append(
                 self._trail.record(
-                    "user.created", actor=actor, target=username, peer=peer, role=new.role.name
+                    "user.created",
+                    actor=actor,
+                    target=username,
+                    peer=peer,
+                    role=new.role.name,
+                    certificate_subject=subject,
                 )
             )
             await uow.commit()
@@ -164,6 +199,11 @@ class UserAdmin:
             if change.full_name is None
             else _profile(change.full_name, "full_name", FULL_NAME_MAX)
         )
+        subject = (
+            None
+            if change.certificate_subject is None
+            else certificate_subject(change.certificate_subject)
+        )
         password_hash = None
         if change.new_password is not None:
             async with self._uow(readonly=True) as uow:
@@ -185,6 +225,9 @@ class UserAdmin:
                 raise errors.NotFound("user not found")
             if reduces_admins and admins == [account.user.id]:
                 raise errors.WrongState(LAST_ADMIN)
+            bound = account.user.certificate_subject if subject is None else subject
+            if bound and (change.role or account.user.role) is not Role.SERVICE:
+                raise errors.InvalidField.one("certificate_subject", SERVICE_ONLY)
             updated = await uow.users.update(
                 user_id,
                 UserChanges(
@@ -193,6 +236,7 @@ class UserAdmin:
                     email=email,
                     full_name=full_name,
                     password_hash=password_hash,
+                    certificate_subject=subject,
                     bump_generation=cut_sessions,
                 ),
                 now,

@@ -105,6 +105,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 role=convert.role_from_proto(request.role),
                 email=request.email,
                 full_name=request.full_name,
+                certificate_subject=request.certificate_subject,
             ),
             actor=admin.username,
             peer=admin.peer,

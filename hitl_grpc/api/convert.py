@@ -88,6 +88,7 @@ def user_to_proto(user: User) -> auth_pb2.User:
         active=user.active,
         mfa_enabled=user.mfa_enabled,
         created_at=timestamp(user.created_at),
+        certificate_subject=user.certificate_subject,
     )
 
 
@@ -303,7 +304,9 @@ def stats_to_proto(stats: QueueStats) -> decision_pb2.GetDecisionStatsResponse:
 
 # --- accounts and audit -------------------------------------------------------------------
 
-USER_MASK_FIELDS: Final = frozenset({"role", "active", "email", "full_name", "new_password"})
+USER_MASK_FIELDS: Final = frozenset(
+    {"role", "active", "email", "full_name", "new_password", "certificate_subject"}
+)
 
 
 def mfa_challenge_to_proto(challenge: MfaChallengeIssued) -> auth_pb2.MfaChallenge:
@@ -355,6 +358,9 @@ def user_update_from_proto(request: auth_pb2.UpdateUserRequest) -> UserUpdate:
         email=request.email if "email" in paths else None,
         full_name=request.full_name if "full_name" in paths else None,
         new_password=request.new_password if "new_password" in paths else None,
+        certificate_subject=(
+            request.certificate_subject if "certificate_subject" in paths else None
+        ),
     )
 
 

@@ -1,4 +1,7 @@
-"""The auth interceptor: authenticate the bearer token, authorize from the contract's policy.
+"""The auth interceptor: authenticate the caller, authorize from the contract's policy.
+
+The caller is a bearer token's, or, on a listener that requires client certificates and
+without a token, the SERVICE account bound to the verified certificate's subject.
 
 A server stream is authorized for as long as it is open, not only when it opens: it re-checks
 its caller's access every `reauth_s`, before any message when the last check is older than
@@ -11,9 +14,12 @@ import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 import grpc
+from cryptography import x509
 
 from hitl_grpc.auth import principal as principal_ctx
 from hitl_grpc.auth.policy import Policy, policy_for
@@ -22,6 +28,17 @@ from hitl_grpc.domain.errors import PermissionDenied, Unauthenticated
 from hitl_grpc.interceptors import Around, Continuation, Handler, WrappingInterceptor, wrap_handler
 
 Authenticate = Callable[[str, str], Awaitable[Access]]
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """A client certificate the TLS handshake verified against HITL_TLS_CLIENT_CA_FILE."""
+
+    subject: str
+    expires_at: datetime
+
+
+AuthenticateCertificate = Callable[[str, datetime, str], Awaitable[Access]]
 
 TOKEN_EXPIRED: Final = "token expired: sign in again"
 # A verdict stream carries a handful of messages and its last one is the verdict a machine
@@ -38,6 +55,20 @@ def bearer_token(metadata: Any) -> str:
                 raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
             return token.strip()
     raise Unauthenticated("authentication required: send 'authorization: Bearer <token>'")
+
+
+def client_certificate(auth_context: Mapping[str, Any]) -> ClientCertificate | None:
+    """The verified client certificate of the connection, if it presented one.
+
+    grpc sets these properties only once the handshake has verified the chain, which a
+    listener without a client CA never asks for.
+    """
+    subjects = auth_context.get("x509_subject") or ()
+    pems = auth_context.get("x509_pem_cert") or ()
+    if not subjects or not pems:
+        return None
+    certificate = x509.load_pem_x509_certificate(bytes(pems[0]))
+    return ClientCertificate(bytes(subjects[0]).decode(), certificate.not_valid_after_utc)
 
 
 class StreamAccess:
@@ -105,14 +136,39 @@ class AuthInterceptor(WrappingInterceptor):
     """Denies any method without a policy; binds the caller for the servicer."""
 
     def __init__(
-        self, policies: Mapping[str, Policy], authenticate: Authenticate, *, reauth_s: float
+        self,
+        policies: Mapping[str, Policy],
+        authenticate: Authenticate,
+        *,
+        reauth_s: float,
+        authenticate_certificate: AuthenticateCertificate | None = None,
     ) -> None:
         self._policies = policies
         self._authenticate = authenticate
+        self._authenticate_certificate = authenticate_certificate
         self._reauth_s = reauth_s
 
-    async def _admit(self, token: str, peer: str, method: str, policy: Policy) -> Access:
-        access = await self._authenticate(token, peer)
+    def _credential(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | ClientCertificate:
+        """A bearer token if the call carries one, else a verified client certificate."""
+        metadata = context.invocation_metadata()
+        if self._authenticate_certificate is not None and not any(
+            key == "authorization" for key, _ in metadata or ()
+        ):
+            certificate = client_certificate(context.auth_context())
+            if certificate is not None:
+                return certificate
+        return bearer_token(metadata)
+
+    async def _admit(
+        self, credential: str | ClientCertificate, peer: str, method: str, policy: Policy
+    ) -> Access:
+        if isinstance(credential, ClientCertificate):
+            assert self._authenticate_certificate is not None
+            access = await self._authenticate_certificate(
+                credential.subject, credential.expires_at, peer
+            )
+        else:
+            access = await self._authenticate(credential, peer)
         if access.principal.role not in policy.roles:
             raise PermissionDenied(f"role {access.principal.role.name} may not call {method}")
         return access
@@ -129,8 +185,8 @@ class AuthInterceptor(WrappingInterceptor):
             if policy.public:
                 principal_ctx.bind(None, peer)
             else:
-                token = bearer_token(context.invocation_metadata())
-                access = await self._admit(token, peer, method, policy)
+                credential = self._credential(context)
+                access = await self._admit(credential, peer, method, policy)
                 principal_ctx.bind(access.principal, peer)
             yield
 
@@ -158,11 +214,11 @@ class AuthInterceptor(WrappingInterceptor):
         # watchdog's cancel lands here (even in a blocked write) and becomes a status.
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             peer = context.peer() or ""
-            token = bearer_token(context.invocation_metadata())
-            access = await self._admit(token, peer, method, policy)
+            credential = self._credential(context)
+            access = await self._admit(credential, peer, method, policy)
             principal_ctx.bind(access.principal, peer)
             watch = StreamAccess(
-                lambda: self._admit(token, peer, method, policy), access, self._reauth_s
+                lambda: self._admit(credential, peer, method, policy), access, self._reauth_s
             )
             result = None
             try:

@@ -56,6 +56,9 @@ async def _serve(settings: Settings) -> None:
             host = settings.metrics_listen.rpartition(":")[0]
             print(f"hitl-grpc metrics on {host}:{running.metrics_port}", flush=True)
         print(f"hitl-grpc serving on {running.address}", flush=True)
+        if running.mtls_port is not None:
+            host = settings.mtls_listen.rpartition(":")[0]
+            print(f"hitl-grpc client certificates on {host}:{running.mtls_port}", flush=True)
         await stop.wait()
         print("hitl-grpc draining", flush=True)
         faulthandler.dump_traceback_later(
@@ -76,11 +79,16 @@ def _health_channel(args: argparse.Namespace, address: str) -> grpc.aio.Channel:
     # A server with a certificate speaks TLS only; its own certificate is the trust anchor
     # unless told otherwise (a self-signed one, as in a container's HEALTHCHECK).
     ca_file = args.ca_file or os.environ.get("HITL_TLS_CERT_FILE")
-    if not (args.tls or ca_file):
+    if not (args.tls or ca_file or args.cert_file):
         return grpc.aio.insecure_channel(address)
     roots = Path(ca_file).read_bytes() if ca_file else None
     options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
-    creds = grpc.ssl_channel_credentials(root_certificates=roots)
+    key, chain = (
+        (Path(args.key_file).read_bytes(), Path(args.cert_file).read_bytes())
+        if args.cert_file
+        else (None, None)
+    )
+    creds = grpc.ssl_channel_credentials(roots, key, chain)
     return grpc.aio.secure_channel(address, creds, options=options)
 
 
@@ -94,6 +102,9 @@ async def _health(args: argparse.Namespace, address: str) -> bool:
 
 def _run_health(args: argparse.Namespace) -> int:
     address = args.address or os.environ.get("HITL_LISTEN") or "127.0.0.1:50051"
+    if bool(args.cert_file) != bool(args.key_file):
+        print("hitl-grpc health: give --cert-file and --key-file together", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         ok = asyncio.run(_health(args, address))
     except grpc.aio.AioRpcError as exc:
@@ -103,7 +114,7 @@ def _run_health(args: argparse.Namespace) -> int:
         print(f"unhealthy: {exc.code().name}: {why}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"unhealthy: cannot read the CA file: {exc}", file=sys.stderr)
+        print(f"unhealthy: cannot read a certificate file: {exc}", file=sys.stderr)
         return 1
     print("SERVING" if ok else "NOT_SERVING")
     return 0 if ok else 1
@@ -131,6 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--server-name", help="the name the server's certificate must carry (default: the host)"
     )
+    health.add_argument(
+        "--cert-file", help="client certificate (PEM), for a listener that requires one"
+    )
+    health.add_argument("--key-file", help="the client certificate's key (PEM)")
     watch.add_parser(sub)
     users.add_parser(sub)
     return parser

@@ -37,6 +37,8 @@ class UserChanges:
     email: str | None = None
     full_name: str | None = None
     password_hash: str | None = None
+    # "" unbinds the account from its client certificate.
+    certificate_subject: str | None = None
     # Cuts every live access token of the account (they carry the old generation).
     bump_generation: bool = False
 
@@ -83,6 +85,8 @@ class UserRepository(Protocol):
     async def get(self, user_id: UserId) -> Account | None: ...
 
     async def by_username(self, username: str) -> Account | None: ...
+
+    async def by_certificate_subject(self, subject: str) -> Account | None: ...
 
     async def has_session(self, user_id: UserId, session_id: str) -> bool: ...
 

@@ -80,6 +80,8 @@ class User:
     active: bool
     mfa_enabled: bool
     created_at: datetime
+    # The client-certificate subject a SERVICE account signs in with, if bound to one.
+    certificate_subject: str = ""
 
 
 @dataclass(frozen=True)

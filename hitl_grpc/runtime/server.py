@@ -98,6 +98,8 @@ class RunningServer:
     db_monitor: DatabaseMonitor
     generated_admin_password: str | None = None
     metrics_port: int | None = None
+    # The client-certificate listener's port, when HITL_MTLS_LISTEN sets one apart.
+    mtls_port: int | None = None
 
 
 async def open_store(settings: Settings, *, create: bool = True) -> Door:
@@ -148,16 +150,37 @@ def _server_options(settings: Settings) -> list[tuple[str, Any]]:
     ]
 
 
-def _bind(server: grpc.aio.Server, settings: Settings) -> int:
+def _credentials(settings: Settings, *, client_certificates: bool) -> grpc.ServerCredentials:
+    assert settings.tls_cert_file and settings.tls_key_file
+    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    if not client_certificates:
+        return grpc.ssl_server_credentials([pair])
+    assert settings.tls_client_ca_file is not None
+    # grpc's Python API can require and verify a client certificate, or not ask for one:
+    # it has no "verify one if offered". Hence a listener of its own for machines.
+    return grpc.ssl_server_credentials(
+        [pair],
+        root_certificates=settings.tls_client_ca_file.read_bytes(),
+        require_client_auth=True,
+    )
+
+
+def _bind(server: grpc.aio.Server, settings: Settings) -> tuple[int, int | None]:
+    """The main port, and the client-certificate port if that is a listener of its own."""
+    bound: list[int] = []
     try:
-        if settings.tls_cert_file and settings.tls_key_file:
-            creds = grpc.ssl_server_credentials(
-                [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())]
-            )
-            return server.add_secure_port(settings.listen, creds)
-        return server.add_insecure_port(settings.listen)
+        if settings.tls_cert_file is None:
+            return server.add_insecure_port(settings.listen), None
+        main_requires_certs = bool(settings.tls_client_ca_file) and not settings.mtls_listen
+        creds = _credentials(settings, client_certificates=main_requires_certs)
+        bound.append(server.add_secure_port(settings.listen, creds))
+        if not settings.mtls_listen:
+            return bound[0], None
+        mtls = _credentials(settings, client_certificates=True)
+        return bound[0], server.add_secure_port(settings.mtls_listen, mtls)
     except RuntimeError as exc:
-        raise StartupError(f"cannot listen on {settings.listen}: {exc}") from exc
+        where = settings.mtls_listen if bound else settings.listen
+        raise StartupError(f"cannot listen on {where}: {exc}") from exc
 
 
 @asynccontextmanager
@@ -231,6 +254,11 @@ async def running_server(
                     load_policies(CONTRACT_FILES),
                     services.sessions.authenticate,
                     reauth_s=settings.stream_reauth_interval_s,
+                    authenticate_certificate=(
+                        services.sessions.authenticate_certificate
+                        if settings.tls_client_ca_file
+                        else None
+                    ),
                 ),
             ],
             options=_server_options(settings),
@@ -256,7 +284,7 @@ async def running_server(
         health = aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable((*SERVICE_NAMES, "grpc.health.v1.Health"), server)
-        port = _bind(server, settings)
+        port, mtls_port = _bind(server, settings)
 
         await server.start()
         for name in ("", LIVENESS, READINESS, *SERVICE_NAMES):
@@ -295,6 +323,7 @@ async def running_server(
             db_monitor=db_monitor,
             generated_admin_password=generated,
             metrics_port=metrics_port,
+            mtls_port=mtls_port,
         )
         try:
             yield running

@@ -57,6 +57,9 @@ users = Table(
     Column("generation", Integer, nullable=False, server_default=text("0")),
     Column("created_at", TIME, nullable=False),
     Column("updated_at", TIME, nullable=False),
+    # A SERVICE account bound to a client certificate's subject signs in by presenting it.
+    Column("certificate_subject", String(512)),
+    Index("ix_users_certificate_subject", "certificate_subject", unique=True),
 )
 
 mfa_backup_codes = Table(

@@ -30,6 +30,7 @@ def account_from_row(row: Any) -> Account:
             active=row.active,
             mfa_enabled=row.mfa_enabled,
             created_at=created_at,
+            certificate_subject=row.certificate_subject or "",
         ),
         password_hash=row.password_hash,
         mfa_secret=row.mfa_secret,
@@ -37,6 +38,13 @@ def account_from_row(row: Any) -> Account:
         mfa_pending_secret=row.mfa_pending_secret,
         generation=row.generation,
     )
+
+
+def _taken(exc: IntegrityError, username: str) -> errors.AlreadyExists:
+    """Which unique key a write collided with: the username, or the certificate subject."""
+    if "certificate_subject" in str(exc.orig):
+        return errors.AlreadyExists("another account is bound to that certificate subject")
+    return errors.AlreadyExists(f"username {username!r} is taken")
 
 
 class UserRepository:
@@ -89,6 +97,14 @@ class UserRepository:
         row = (await self._conn.execute(stmt)).first()
         return account_from_row(row) if row else None
 
+    async def by_certificate_subject(self, subject: str) -> Account | None:
+        """The account bound to this client-certificate subject, if any."""
+        if NUL in subject or not subject:
+            return None
+        stmt = select(users).where(users.c.certificate_subject == subject)
+        row = (await self._conn.execute(stmt)).first()
+        return account_from_row(row) if row else None
+
     async def list_page(self, after_key: str | None, limit: int) -> list[Account]:
         """Accounts in username order, after the given username key."""
         stmt = select(users).order_by(users.c.username_key).limit(limit)
@@ -114,10 +130,11 @@ class UserRepository:
                         mfa_enabled=u.mfa_enabled,
                         created_at=u.created_at,
                         updated_at=u.created_at,
+                        certificate_subject=u.certificate_subject or None,
                     )
                 )
         except IntegrityError as exc:
-            raise errors.AlreadyExists(f"username {u.username!r} is taken") from exc
+            raise _taken(exc, u.username) from exc
 
     async def count(self) -> int:
         """How many accounts exist."""
@@ -142,10 +159,16 @@ class UserRepository:
             values["full_name"] = changes.full_name
         if changes.password_hash is not None:
             values["password_hash"] = changes.password_hash
+        if changes.certificate_subject is not None:
+            values["certificate_subject"] = changes.certificate_subject or None
         if changes.bump_generation:
             values["generation"] = users.c.generation + 1
         stmt = update(users).where(users.c.id == user_id).values(**values).returning(*users.c)
-        row = (await self._conn.execute(stmt)).first()
+        try:
+            async with self._conn.begin_nested():
+                row = (await self._conn.execute(stmt)).first()
+        except IntegrityError as exc:
+            raise _taken(exc, "") from exc
         return account_from_row(row) if row else None
 
     async def lock_active_admins(self) -> list[UserId]:

@@ -35,6 +35,7 @@ class User(_message.Message):
     ACTIVE_FIELD_NUMBER: _builtins.int
     MFA_ENABLED_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_SUBJECT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     username: _builtins.str
     role: _access_pb2.Role.ValueType
@@ -42,6 +43,10 @@ class User(_message.Message):
     full_name: _builtins.str
     active: _builtins.bool
     mfa_enabled: _builtins.bool
+    certificate_subject: _builtins.str
+    """certificate_subject, on a SERVICE account, is the client-certificate subject (RFC 2253,
+    as `openssl x509 -noout -subject -nameopt RFC2253` prints it) it signs in with.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -55,10 +60,11 @@ class User(_message.Message):
         active: _builtins.bool = ...,
         mfa_enabled: _builtins.bool = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        certificate_subject: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "created_at", b"created_at", "email", b"email", "full_name", b"full_name", "id", b"id", "mfa_enabled", b"mfa_enabled", "role", b"role", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "certificate_subject", b"certificate_subject", "created_at", b"created_at", "email", b"email", "full_name", b"full_name", "id", b"id", "mfa_enabled", b"mfa_enabled", "role", b"role", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -496,11 +502,16 @@ class CreateUserRequest(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
     FULL_NAME_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_SUBJECT_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     password: _builtins.str
     role: _access_pb2.Role.ValueType
     email: _builtins.str
     full_name: _builtins.str
+    certificate_subject: _builtins.str
+    """certificate_subject binds a SERVICE account to a client certificate; password may then
+    be empty (the account signs in by certificate only).
+    """
     def __init__(
         self,
         *,
@@ -509,10 +520,11 @@ class CreateUserRequest(_message.Message):
         role: _access_pb2.Role.ValueType = ...,
         email: _builtins.str = ...,
         full_name: _builtins.str = ...,
+        certificate_subject: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "full_name", b"full_name", "password", b"password", "role", b"role", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_subject", b"certificate_subject", "email", b"email", "full_name", b"full_name", "password", b"password", "role", b"role", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -595,15 +607,19 @@ class UpdateUserRequest(_message.Message):
     FULL_NAME_FIELD_NUMBER: _builtins.int
     NEW_PASSWORD_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_SUBJECT_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     role: _access_pb2.Role.ValueType
     active: _builtins.bool
     email: _builtins.str
     full_name: _builtins.str
     new_password: _builtins.str
+    certificate_subject: _builtins.str
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """update_mask names the fields to change: role, active, email, full_name, new_password."""
+        """update_mask names the fields to change: role, active, email, full_name, new_password,
+        certificate_subject (empty unbinds the certificate).
+        """
 
     def __init__(
         self,
@@ -615,10 +631,11 @@ class UpdateUserRequest(_message.Message):
         full_name: _builtins.str = ...,
         new_password: _builtins.str = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
+        certificate_subject: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "email", b"email", "full_name", b"full_name", "new_password", b"new_password", "role", b"role", "update_mask", b"update_mask", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "certificate_subject", b"certificate_subject", "email", b"email", "full_name", b"full_name", "new_password", b"new_password", "role", b"role", "update_mask", b"update_mask", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
