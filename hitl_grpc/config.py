@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -63,6 +64,8 @@ class Settings:
     sla: Mapping[Priority, timedelta] = field(default_factory=_default_sla)
     bootstrap_admin_password: str | None = None
     metrics_listen: str | None = "127.0.0.1:9464"
+    # An OTLP/HTTP collector (http://collector:4318): spans go to <it>/v1/traces. None: off.
+    otlp_endpoint: str | None = None
     db_timeout_s: float = 5.0
     shutdown_grace_s: float = 10.0
     max_message_bytes: int = 2 * 1024 * 1024
@@ -306,6 +309,13 @@ def _metrics(raw: str) -> str | None:
     return None if raw.lower() in ("off", "none", "0") else _listen(raw)
 
 
+def _otlp_endpoint(raw: str) -> str:
+    parts = urllib.parse.urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL of an OTLP collector, got {raw!r}")
+    return raw.strip().rstrip("/")
+
+
 def _secret(raw: str) -> str:
     if len(raw.encode()) < MIN_SECRET_BYTES:
         raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes")
@@ -361,6 +371,7 @@ VARIABLES: Final = (
     Variable("HITL_CLAIM_LEASE_S", "claim_lease", _seconds(minimum=1)),
     Variable("HITL_BOOTSTRAP_ADMIN_PASSWORD", "bootstrap_admin_password", _text),
     Variable("HITL_METRICS_LISTEN", "metrics_listen", _metrics),
+    Variable("HITL_OTLP_ENDPOINT", "otlp_endpoint", _otlp_endpoint),
     Variable("HITL_DB_TIMEOUT_S", "db_timeout_s", _number(0.1, 300)),
     Variable("HITL_SHUTDOWN_GRACE_S", "shutdown_grace_s", _number(0, 3600)),
     Variable("HITL_MAX_MESSAGE_BYTES", "max_message_bytes", _integer(MIN_MESSAGE_BYTES, 2**30)),

@@ -68,6 +68,11 @@ def begin_call(context: Context) -> CallRecord:
     return record
 
 
+def current_record() -> CallRecord | None:
+    """The current call's record, once the outermost interceptor has begun it."""
+    return _record.get()
+
+
 async def abort(
     context: Context, code: grpc.StatusCode, details: str, trailing_metadata: Any = ()
 ) -> NoReturn:

@@ -33,7 +33,8 @@ LAG_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 3
 PROBE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
-def _version() -> str:
+def build_version() -> str:
+    """This build's package version."""
     try:
         return metadata.version("hitl-grpc")
     except metadata.PackageNotFoundError:
@@ -47,7 +48,11 @@ class ServiceMetrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         Info("hitl_build", "The running build", registry=registry).info(
-            {"version": _version(), "python": platform.python_version(), "grpcio": grpc.__version__}
+            {
+                "version": build_version(),
+                "python": platform.python_version(),
+                "grpcio": grpc.__version__,
+            }
         )
         self.queue_open = Gauge(
             "hitl_queue_open",

@@ -100,7 +100,7 @@ class AccessLogInterceptor(WrappingInterceptor):
             try:
                 yield
             except BaseException as exc:
-                code = _final_code(record, exc)
+                code = final_code(record, exc)
                 raise
             finally:
                 # Only the record from here on: the call may have ended, and grpc.aio
@@ -125,7 +125,8 @@ class AccessLogInterceptor(WrappingInterceptor):
         return timed
 
 
-def _final_code(record: CallRecord, exc: BaseException) -> grpc.StatusCode:
+def final_code(record: CallRecord, exc: BaseException) -> grpc.StatusCode:
+    """The status a call that raised `exc` ended with."""
     # The error table records what it aborted with; a cancelled call or a crash has no code.
     if record.code is not None:
         return record.code

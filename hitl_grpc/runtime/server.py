@@ -41,13 +41,15 @@ from hitl_grpc.domain.errors import InvalidField
 from hitl_grpc.events.hub import EventHub
 from hitl_grpc.runtime import reflection
 from hitl_grpc.runtime.db_probe import DatabaseMonitor
-from hitl_grpc.runtime.metrics import Gauges, ServiceMetrics
+from hitl_grpc.runtime.metrics import Gauges, ServiceMetrics, build_version
 from hitl_grpc.runtime.observability import AccessLogInterceptor, RpcMetrics
 from hitl_grpc.runtime.public_limits import public_limits
 from hitl_grpc.runtime.sweeper import Sweeper
+from hitl_grpc.runtime.tracing import Tracing, TracingInterceptor
 from hitl_grpc.store import schema
 from hitl_grpc.store.door import Door
 from hitl_grpc.store.engine import Engine, make_engine
+from hitl_grpc.store.tracing import trace_statements
 from hitl_grpc.store.uow import UnitOfWorkFactory
 
 log = logging.getLogger("hitl_grpc.runtime.server")
@@ -211,6 +213,11 @@ async def running_server(
         engine = door.engine
         if close_pool:
             stack.push_async_callback(_dispose, engine)
+        tracing = None
+        if settings.otlp_endpoint:
+            tracing = Tracing(settings.otlp_endpoint, version=build_version())
+            stack.push_async_callback(tracing.close)
+            trace_statements(engine, tracing.tracer)
         # One reader of the event log per process, fanning out to every local watcher.
         hub = hub_class(
             door,
@@ -248,6 +255,7 @@ async def running_server(
         server = grpc.aio.server(
             interceptors=[
                 AccessLogInterceptor(RpcMetrics(registry)),
+                *([TracingInterceptor(tracing.tracer)] if tracing else []),
                 ErrorInterceptor(),
                 public_limits(settings, load_policies(CONTRACT_FILES), uow, services.trail, clock),
                 AuthInterceptor(

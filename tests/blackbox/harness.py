@@ -97,6 +97,7 @@ class Served:
         self.lines = Lines(proc.stdout)
         self._admin_token = ""
         self._death_reported = False
+        self._stopped = False
 
     @classmethod
     def start(cls, database_url: str, workdir: Path, **env: str) -> Self:
@@ -148,10 +149,11 @@ class Served:
             pytest.fail(f"hitl-grpc serve died with exit code {code}:\n{self.stderr_tail()}")
 
     def stop(self) -> None:
-        """SIGTERM; the server must have been alive and must exit 0 within STOP_S."""
-        if self._death_reported:
-            return  # the test already failed with the server's stderr
+        """SIGTERM; the server must have been alive and must exit 0 within STOP_S (once)."""
+        if self._death_reported or self._stopped:
+            return  # the test already failed with the server's stderr, or stopped it
         self.assert_alive()
+        self._stopped = True
         self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(STOP_S)
