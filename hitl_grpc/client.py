@@ -434,6 +434,16 @@ class HitlClient:
         )
         return (await self._call(self._decisions.ClaimDecision, request)).decision
 
+    async def claim_lease(self, analysis_id: str) -> decision_pb2.ClaimDecisionResponse:
+        """Claims a decision and returns it with the caller's lease (id, epoch, expiry)."""
+        request = decision_pb2.ClaimDecisionRequest(analysis_id=analysis_id)
+        return await self._call(self._decisions.ClaimDecision, request)
+
+    async def renew_lease(self, analysis_id: str, epoch: int) -> decision_pb2.RenewLeaseResponse:
+        """Extends the caller's live lease of this epoch."""
+        request = decision_pb2.RenewLeaseRequest(analysis_id=analysis_id, lease_epoch=epoch)
+        return await self._call(self._decisions.RenewLease, request)
+
     async def release_decision(
         self, analysis_id: str, *, expected_version: int | None = None
     ) -> decision_pb2.Decision:
@@ -452,16 +462,26 @@ class HitlClient:
         notes: str = "",
         escalation_reason: str = "",
         expected_version: int | None = None,
+        lease_epoch: int | None = None,
+        otp: str = "",
     ) -> decision_pb2.Decision:
-        """Resolves a decision: APPROVED, REJECTED, or ESCALATED (with a reason)."""
+        """Resolves a decision: APPROVED, REJECTED, or ESCALATED (with a reason).
+
+        `lease_epoch` fences the verdict to the caller's live lease; `otp` is the fresh TOTP
+        code that approving a high-impact action needs.
+        """
         request = decision_pb2.MakeDecisionRequest(
             analysis_id=analysis_id,
             status=status,
             approved_actions=approved_actions,
             notes=notes,
             escalation_reason=escalation_reason,
-            **_expected(expected_version),
+            otp=otp,
         )
+        if expected_version is not None:
+            request.expected_version = expected_version
+        if lease_epoch is not None:
+            request.lease_epoch = lease_epoch
         return (await self._call(self._decisions.MakeDecision, request)).decision
 
     async def approve(

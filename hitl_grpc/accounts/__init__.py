@@ -8,7 +8,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from hitl_grpc.accounts.mfa import MfaCodes, MfaEnrolment
+from hitl_grpc.accounts.mfa import MfaCodes, MfaEnrolment, StepUpCodes
 from hitl_grpc.accounts.profile import Profile
 from hitl_grpc.accounts.sessions import Sessions, TokenLifetimes
 from hitl_grpc.accounts.sign_in import SignIn
@@ -33,6 +33,7 @@ class AccountServices:
     mfa: MfaEnrolment
     users: UserAdmin
     trail: AuditTrail
+    step_up: StepUpCodes
 
 
 def build(
@@ -75,4 +76,5 @@ def build(
         mfa=MfaEnrolment(uow, clock, trail, throttle, codes, passwords),
         users=UserAdmin(uow, passwords, clock, trail),
         trail=trail,
+        step_up=StepUpCodes(uow, codes, trail),
     )

@@ -11,10 +11,12 @@ from typing import Protocol, Self
 from hitl_grpc.domain.queue import QueueFilter, QueueKey, QueueStats
 from hitl_grpc.domain.values import (
     Account,
+    ActionVerdict,
     Analysis,
     AnalysisId,
     AuditRecord,
     Decision,
+    Principal,
     Role,
     UserId,
 )
@@ -182,7 +184,13 @@ class DecisionRepository(Protocol):
     """
 
     async def insert(
-        self, analysis: Analysis, payload_hash: str, *, submitted_by: str, sla: timedelta
+        self,
+        analysis: Analysis,
+        payload_hash: str,
+        *,
+        submitted_by: str,
+        sla: timedelta,
+        action_verdicts: tuple[ActionVerdict, ...] = (),
     ) -> Decision | None: ...
 
     async def now(self) -> datetime: ...
@@ -244,6 +252,12 @@ class UnitOfWork(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+class StepUp(Protocol):
+    """Checks a fresh second factor for a high-impact approval, spending the code."""
+
+    async def verify(self, principal: Principal, code: str, what: str) -> None: ...
 
 
 class UnitOfWorkFactory(Protocol):
