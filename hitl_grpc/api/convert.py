@@ -152,14 +152,27 @@ def decision_to_proto(decision: Decision) -> decision_pb2.Decision:
         resolution=resolution_to_proto(decision.resolution) if decision.resolution else None,
         submitted_by=decision.submitted_by,
         lease_epoch=decision.lease_epoch,
-        action_verdicts=[action_verdict_to_proto(v) for v in decision.action_verdicts],
+        action_verdicts=action_verdicts_to_proto(decision),
     )
 
 
-def action_verdict_to_proto(verdict: ActionVerdict) -> decision_pb2.ActionVerdict:
+def action_verdicts_to_proto(decision: Decision) -> list[decision_pb2.ActionVerdict]:
+    """Each action's verdict, pointing into recommended_actions rather than repeating it."""
+    places: dict[tuple[int, str], int] = {}
+    for i, action in enumerate(decision.analysis.recommended_actions):
+        places.setdefault((int(action.type), action.target), i)
+    return [
+        action_verdict_to_proto(v, places.get((int(v.action.type), v.action.target), -1))
+        for v in decision.action_verdicts
+    ]
+
+
+def action_verdict_to_proto(verdict: ActionVerdict, index: int) -> decision_pb2.ActionVerdict:
     """One action's verdict, with its hash and approvers."""
     return decision_pb2.ActionVerdict(
-        action=action_to_proto(verdict.action),
+        recommended_index=index,
+        type=decision_pb2.ActionType.ValueType(int(verdict.action.type)),
+        action=action_to_proto(verdict.action) if index < 0 else None,
         action_hash=verdict.action_hash,
         status=decision_pb2.ActionVerdictStatus.ValueType(int(verdict.status)),
         required_approvals=verdict.required_approvals,

@@ -399,8 +399,8 @@ def release(
     _check_open(decision, now)
     if decision.status is not Status.IN_REVIEW:
         raise errors.WrongState(f"decision {decision.analysis_id} is not claimed")
-    _check_not_claimed_by_other(decision, by, now)
     check_lease(decision, lease_epoch, by, now)
+    _check_not_claimed_by_other(decision, by, now)
     return Transition(_next(decision, now, Status.PENDING), AuditKind.RELEASE)
 
 
@@ -491,8 +491,10 @@ def decide(
         return escalate(decision, verdict.escalation_reason, by, now, verdict.notes, lease_epoch)
     assert verdict.status in VERDICTS, "validate_verdict admits verdicts and ESCALATED only"
     rules = rules or ApprovalRules()
-    _check_resolve(decision, verdict.status, by, now)
+    # The fence first: a stale epoch is the clearest thing to tell its holder.
+    _check_open(decision, now)
     check_lease(decision, lease_epoch, by, now)
+    _check_resolve(decision, verdict.status, by, now)
     validation.check_drawn_from(verdict.approved_actions, decision.analysis.recommended_actions)
     before = current_verdicts(decision, rules)
     if verdict.status is Status.REJECTED:
@@ -542,8 +544,9 @@ def escalate(
     lease_epoch: int | None = None,
 ) -> Transition:
     """Hands the decision to an admin, with the caller's reason."""
-    _check_resolve(decision, Status.ESCALATED, by, now)
+    _check_open(decision, now)
     check_lease(decision, lease_epoch, by, now)
+    _check_resolve(decision, Status.ESCALATED, by, now)
     return Transition(_escalated(decision, now, reason, by.username, notes), AuditKind.ESCALATE)
 
 

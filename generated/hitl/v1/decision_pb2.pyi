@@ -154,12 +154,19 @@ class ActionVerdict(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    RECOMMENDED_INDEX_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     ACTION_HASH_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     REQUIRED_APPROVALS_FIELD_NUMBER: _builtins.int
     APPROVED_BY_FIELD_NUMBER: _builtins.int
     REJECTED_BY_FIELD_NUMBER: _builtins.int
+    recommended_index: _builtins.int
+    """recommended_index is the action's place in the decision's recommended_actions, or -1
+    for an action an approver added (then `action` holds it).
+    """
+    type: Global___ActionType.ValueType
     action_hash: _builtins.str
     """action_hash is the hex SHA-256 of {"target":<target>,"type":"ACTION_TYPE_<NAME>"}
     (sorted keys, no spaces, UTF-8): execute an action only if its hash matches.
@@ -170,7 +177,11 @@ class ActionVerdict(_message.Message):
     rejected_by: _builtins.str
     """rejected_by is who rejected it, if anyone."""
     @_builtins.property
-    def action(self) -> Global___Action: ...
+    def action(self) -> Global___Action:
+        """action is set only when recommended_index is -1: the actions themselves are not
+        repeated here, so a decision's size stays within its documented limits.
+        """
+
     @_builtins.property
     def approved_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """approved_by lists the approvers so far, in order."""
@@ -178,6 +189,8 @@ class ActionVerdict(_message.Message):
     def __init__(
         self,
         *,
+        recommended_index: _builtins.int = ...,
+        type: Global___ActionType.ValueType = ...,
         action: Global___Action | None = ...,
         action_hash: _builtins.str = ...,
         status: Global___ActionVerdictStatus.ValueType = ...,
@@ -187,7 +200,7 @@ class ActionVerdict(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "action_hash", b"action_hash", "approved_by", b"approved_by", "rejected_by", b"rejected_by", "required_approvals", b"required_approvals", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "action_hash", b"action_hash", "approved_by", b"approved_by", "recommended_index", b"recommended_index", "rejected_by", b"rejected_by", "required_approvals", b"required_approvals", "status", b"status", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
