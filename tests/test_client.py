@@ -324,6 +324,35 @@ async def test_an_analyst_claims_releases_and_approves_through_the_client(
     assert approved.version > released.version > claimed.version
 
 
+async def test_a_lease_is_claimed_renewed_and_fences_verdicts_through_the_client(
+    server: Harness,
+) -> None:
+    async with await _client(server, Role.SERVICE) as candi:
+        submitted = (await candi.submit_decision(submit_request())).decision
+    action = decision_pb2.Action(type=decision_pb2.ACTION_TYPE_BLOCK_IP, target="203.0.113.7")
+    async with await _client(server, Role.ANALYST) as analyst:
+        claimed = await analyst.claim_lease(submitted.analysis_id)
+        assert claimed.lease.epoch == 1
+        renewed = await analyst.renew_lease(submitted.analysis_id, claimed.lease.epoch)
+        assert renewed.lease.lease_id == claimed.lease.lease_id
+        with pytest.raises(HitlClientError) as stale:
+            await analyst.make_decision(
+                submitted.analysis_id,
+                decision_pb2.DECISION_STATUS_APPROVED,
+                approved_actions=[action],
+                lease_epoch=claimed.lease.epoch + 1,
+            )
+        assert stale.value.code is grpc.StatusCode.FAILED_PRECONDITION
+        done = await analyst.make_decision(
+            submitted.analysis_id,
+            decision_pb2.DECISION_STATUS_APPROVED,
+            approved_actions=[action],
+            lease_epoch=claimed.lease.epoch,
+            expected_version=renewed.decision.version,
+        )
+    assert done.status == decision_pb2.DECISION_STATUS_APPROVED
+
+
 async def test_rejecting_escalating_and_stats_through_the_client(server: Harness) -> None:
     async with await _client(server, Role.SERVICE) as candi:
         first, second, third = [
