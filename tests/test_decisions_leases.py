@@ -222,3 +222,54 @@ async def test_a_lapsed_lease_cannot_be_renewed(server: Harness) -> None:
     )
     assert err.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "claim it again" in (err.details() or "")
+
+
+async def test_an_open_watch_that_asks_for_it_keeps_the_watchers_lease_alive(
+    make_server: ServerFactory,
+) -> None:
+    lease = timedelta(seconds=4)
+    async with make_server(sweep_interval_s=3600, claim_lease=lease, heartbeat_s=0.2) as server:
+        service = await server.as_role(Role.SERVICE)
+        ana = await server.as_role(Role.ANALYST)
+        bob = await server.as_role(Role.ANALYST)
+        kept = await submit(server, service)
+        left = await submit(server, service)
+        stream = aiter(
+            server.decisions.WatchPending(
+                decision_pb2.WatchPendingRequest(renew_leases=True), metadata=ana
+            )
+        )
+        while not (await next_of(stream)).HasField("snapshot_complete"):
+            pass
+        claimed = await _claim(server, ana, kept.analysis_id)
+        # Bob claims too but watches nothing: his lease runs out.
+        bobs = await _claim(server, bob, left.analysis_id)
+        # Wait, on the stream, for the renewal of Ana's lease: same epoch, later expiry.
+        while True:
+            reply = await next_of(stream)
+            if (
+                reply.HasField("updated")
+                and reply.updated.analysis_id == kept.analysis_id
+                and reply.updated.version > claimed.decision.version
+            ):
+                renewed = reply.updated
+                break
+        assert renewed.lease_epoch == claimed.lease.epoch
+        assert renewed.claimed_by == claimed.decision.claimed_by
+        assert when(renewed.claim_expires_at) > when(claimed.lease.expires_at)
+        # Bob claimed after Ana: once his lease is past, so is her original one.
+        await wait_for_database_time(server, when(bobs.lease.expires_at))
+        assert when(bobs.lease.expires_at) >= when(claimed.lease.expires_at)
+        report = await server.running.sweeper.sweep_once()
+        assert report.released == 1  # Bob's only
+        now = await server.decisions.GetDecision(
+            decision_pb2.GetDecisionRequest(analysis_id=kept.analysis_id), metadata=ana, timeout=10
+        )
+        assert now.decision.status == decision_pb2.DECISION_STATUS_IN_REVIEW
+        assert (
+            await scalar(
+                server,
+                "SELECT count(*) FROM audit_events WHERE kind = 'decision.lease_renew'",
+            )
+            >= 1
+        )

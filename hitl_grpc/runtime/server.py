@@ -243,7 +243,11 @@ async def running_server(
             step_up_actions=settings.step_up_actions,
             step_up=services.step_up,
         )
-        watch = WatchServicer(hub, heartbeat_s=settings.heartbeat_s)
+        watch = WatchServicer(
+            hub,
+            heartbeat_s=settings.heartbeat_s,
+            renew_leases=lambda principal: decisions.renew_held(by=principal),
+        )
         decision_pb2_grpc.add_DecisionServiceServicer_to_server(
             DecisionServicer(
                 decisions,

@@ -327,6 +327,32 @@ class DecisionRepository:
             limit,
         )
 
+    async def held_leases(
+        self, username: str, within: timedelta, limit: int
+    ) -> list[tuple[Decision, datetime]]:
+        """Live leases held by `username` that run out within `within` of the database's now."""
+        c = decisions.c
+        now = _database_clock(self._postgres)
+        soon = _database_clock(self._postgres, _clock_offset(self._postgres, "within"))
+        # _WORKABLE matches ix_decisions_open_sla's predicate: only open rows are scanned.
+        stmt = (
+            select(decisions, now.label(_DB_NOW))
+            .where(
+                _WORKABLE,
+                c.status == int(Status.IN_REVIEW),
+                c.claimed_by == username,
+                c.claim_expires_at > now,
+                c.claim_expires_at <= soon,
+            )
+            .order_by(c.claim_expires_at, c.analysis_id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        rows = (
+            await self._conn.execute(stmt, {"within": _offset_value(self._postgres, within)})
+        ).all()
+        return [(_decision(r), _utc(r.db_now)) for r in rows]
+
     async def stats(self) -> QueueStats:
         """Counts and times to decision, aggregated by the database."""
         c = decisions.c

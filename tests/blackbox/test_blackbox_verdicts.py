@@ -227,3 +227,41 @@ def test_the_claimer_reassigns_and_the_old_epoch_is_fenced(served: Served) -> No
     [event] = json.loads(trail.stdout)["events"]
     assert event["details"]["to_claimer"] == bob_name
     assert event["details"]["from_claimer"] == claimed.decision.claimed_by
+
+
+def test_an_open_watch_keeps_its_analysts_lease_past_its_first_expiry(
+    make_served: ServedFactory,
+) -> None:
+    served = make_served(
+        HITL_CLAIM_LEASE_S="2", HITL_HEARTBEAT_S="0.2", HITL_SWEEP_INTERVAL_S="0.2"
+    )
+    service = bearer(served.token(access_pb2.ROLE_SERVICE))
+    ana = bearer(served.token(access_pb2.ROLE_ANALYST))
+    submitted = served.submit(service)
+    lease_s = 2.0
+    with served.channel() as channel:
+        stub = decision_pb2_grpc.DecisionServiceStub(channel)
+        stream = stub.WatchPending(
+            decision_pb2.WatchPendingRequest(renew_leases=True), metadata=ana, timeout=CALL_S
+        )
+        claimed = stub.ClaimDecision(
+            decision_pb2.ClaimDecisionRequest(analysis_id=submitted.analysis_id),
+            metadata=ana,
+            timeout=CALL_S,
+        )
+        first_expiry = claimed.lease.expires_at.ToNanoseconds()
+        # A renewal made after the first expiry (its expiry minus the lease is when it was
+        # made, on the server's clock) shows the lease never lapsed while the sweeper ran.
+        for reply in stream:
+            if reply.HasField("removed") and reply.removed.analysis_id == submitted.analysis_id:
+                raise AssertionError("the decision left the queue")
+            changed = reply.updated
+            if changed.analysis_id != submitted.analysis_id:
+                continue
+            assert changed.status == decision_pb2.DECISION_STATUS_IN_REVIEW, changed
+            assert changed.lease_epoch == claimed.lease.epoch
+            made_ns = changed.claim_expires_at.ToNanoseconds() - int(lease_s * 1e9)
+            if made_ns > first_expiry:
+                break
+        stream.cancel()
+    served.assert_alive()

@@ -569,8 +569,13 @@ class WatchPendingRequest(_message.Message):
 
     PRIORITIES_FIELD_NUMBER: _builtins.int
     RESUME_CURSOR_FIELD_NUMBER: _builtins.int
+    RENEW_LEASES_FIELD_NUMBER: _builtins.int
     resume_cursor: _builtins.str
     """resume_cursor is the last cursor seen; empty starts with a snapshot."""
+    renew_leases: _builtins.bool
+    """renew_leases keeps the caller's review leases alive while this stream is open: each
+    past half its length is renewed (same epoch) at the stream's heartbeat pace.
+    """
     @_builtins.property
     def priorities(self) -> _containers.RepeatedScalarFieldContainer[Global___Priority.ValueType]:
         """priorities filters the stream; empty means all."""
@@ -580,10 +585,11 @@ class WatchPendingRequest(_message.Message):
         *,
         priorities: _abc.Iterable[Global___Priority.ValueType] | None = ...,
         resume_cursor: _builtins.str = ...,
+        renew_leases: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["priorities", b"priorities", "resume_cursor", b"resume_cursor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["priorities", b"priorities", "renew_leases", b"renew_leases", "resume_cursor", b"resume_cursor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
