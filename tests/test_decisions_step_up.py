@@ -125,3 +125,21 @@ async def test_an_analyst_without_mfa_cannot_approve_a_killswitch(server: Harnes
     done = await approve(server, plain, submitted.analysis_id, BLOCK)
     assert done.status == APPROVED
     assert list(done.resolution.approved_actions) == [BLOCK]
+
+
+async def test_wrong_step_up_codes_count_towards_the_second_factor_lockout(
+    make_server: ServerFactory,
+) -> None:
+    async with make_server(login_max_failures=3) as server:
+        service = await server.as_role(Role.SERVICE)
+        ana = await enrolled(server)
+        submitted = await submit(server, service, recommended_actions=[KILL])
+        who = bearer(ana.access_token)
+        right = totp_code(server, ana.secret)
+        wrong = "000000" if right != "000000" else "111111"
+        for _ in range(3):
+            err = await rpc_error(approve(server, who, submitted.analysis_id, KILL, otp=wrong))
+            assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+        # Locked: even the right code is refused until the lockout ends.
+        err = await rpc_error(approve(server, who, submitted.analysis_id, KILL, otp=right))
+        assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED

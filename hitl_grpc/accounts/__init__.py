@@ -76,5 +76,5 @@ def build(
         mfa=MfaEnrolment(uow, clock, trail, throttle, codes, passwords),
         users=UserAdmin(uow, passwords, clock, trail),
         trail=trail,
-        step_up=StepUpCodes(uow, codes, trail),
+        step_up=StepUpCodes(uow, codes, trail, throttle),
     )
