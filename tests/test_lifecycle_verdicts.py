@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hitl_grpc.domain import errors, lifecycle
-from hitl_grpc.domain.values import Action, ActionType, ActionVerdictStatus, Decision, Role, Status
+from hitl_grpc.domain.values import (
+    Action,
+    ActionType,
+    ActionVerdictStatus,
+    Decision,
+    Principal,
+    Role,
+    Status,
+)
 from tests.lifecycle_support import ADMIN, ANA, BLOCK, BOB, LEASE, at, pending, principal, verdict
 
 KILL = Action(ActionType.ACTIVATE_KILLSWITCH, "dc-1")
@@ -112,3 +123,88 @@ def test_reassigning_fences_the_previous_holder() -> None:
         "from_claimer": "",
         "to_claimer": "bob",
     }
+
+
+def _fenced(who: Principal, stale: bool) -> Callable[[Decision, datetime], lifecycle.Transition]:
+    def step(d: Decision, now: datetime) -> lifecycle.Transition:
+        epoch = d.lease_epoch - 1 if stale else d.lease_epoch
+        return lifecycle.decide(d, verdict(Status.APPROVED, BLOCK, KILL), who, now, RULES, epoch)
+
+    return step
+
+
+def _claim_by(who: Principal) -> Callable[[Decision, datetime], lifecycle.Transition]:
+    return lambda d, now: lifecycle.claim(d, who, now, LEASE, f"l-{who.username}-{now:%H%M}")
+
+
+def _approve_both_by(who: Principal) -> Callable[[Decision, datetime], lifecycle.Transition]:
+    return lambda d, now: lifecycle.decide(
+        d, verdict(Status.APPROVED, BLOCK, KILL), who, now, RULES
+    )
+
+
+# Every attempt of several people on a decision that recommends BLOCK_IP and a killswitch.
+TWO_PERSON_STEPS: dict[str, Callable[[Decision, datetime], lifecycle.Transition]] = {
+    **{f"claim by {p.username}": _claim_by(p) for p in (ANA, BOB, CAROL)},
+    **{f"approve both by {p.username}": _approve_both_by(p) for p in (ANA, BOB, CAROL, ADMIN)},
+    "approve kill by bob": lambda d, now: lifecycle.decide(
+        d, verdict(Status.APPROVED, KILL), BOB, now, RULES
+    ),
+    "approve block only by carol": lambda d, now: lifecycle.decide(
+        d, verdict(Status.APPROVED, BLOCK), CAROL, now, RULES
+    ),
+    "fenced approve by ana": _fenced(ANA, stale=False),
+    "stale approve by bob": _fenced(BOB, stale=True),
+    "reject by carol": lambda d, now: lifecycle.decide(
+        d, verdict(Status.REJECTED), CAROL, now, RULES
+    ),
+    "renew by ana": lambda d, now: lifecycle.renew(d, ANA, now, LEASE, d.lease_epoch),
+    "reassign to bob by admin": lambda d, now: lifecycle.reassign(d, ADMIN, "bob", now, LEASE, "r"),
+    "reassign to carol by ana": lambda d, now: lifecycle.reassign(d, ANA, "carol", now, LEASE, "r"),
+    "escalate by ana": lambda d, now: lifecycle.escalate(d, "senior", ANA, now),
+    "sweep: lease": lifecycle.lease_lapsed,
+}
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    run=st.lists(
+        st.tuples(st.sampled_from(sorted(TWO_PERSON_STEPS)), st.integers(min_value=0, max_value=7)),
+        max_size=30,
+    )
+)
+def test_no_run_counts_an_approver_twice_or_lets_one_person_fire_the_killswitch(
+    run: list[tuple[str, int]],
+) -> None:
+    decision = with_kill()
+    now = at(0)
+    for name, minutes in run:
+        now += timedelta(minutes=minutes)
+        before = decision
+        try:
+            decision = TWO_PERSON_STEPS[name](decision, now).decision
+        except (errors.WrongState, errors.PermissionDenied):
+            continue
+        assert lifecycle.is_allowed(before.status, decision.status), name
+        # The fence only moves forward, and a lease id exists exactly while claimed.
+        assert decision.lease_epoch >= before.lease_epoch, name
+        assert bool(decision.lease_id) == (decision.status is Status.IN_REVIEW), name
+        for v in decision.action_verdicts:
+            assert len(set(v.approved_by)) == len(v.approved_by), name
+            assert len(v.approved_by) <= v.required_approvals, name
+            assert decision.submitted_by not in v.approved_by or v.required_approvals == 1
+            if v.status is ActionVerdictStatus.APPROVED:
+                assert len(v.approved_by) == v.required_approvals, name
+        if decision.status is Status.APPROVED:
+            assert decision.resolution is not None
+            assert all(
+                v.status is not ActionVerdictStatus.PENDING for v in decision.action_verdicts
+            )
+            approved = {
+                (v.action.type, v.action.target)
+                for v in decision.action_verdicts
+                if v.status is ActionVerdictStatus.APPROVED
+            }
+            assert {(a.type, a.target) for a in decision.resolution.approved_actions} == approved
+        if decision.status is Status.REJECTED:
+            assert {v.status for v in decision.action_verdicts} == {ActionVerdictStatus.REJECTED}
