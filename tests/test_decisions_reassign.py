@@ -3,7 +3,8 @@ keeps both, and the old holder's lease epoch is fenced off."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 import grpc
 import pytest
@@ -112,3 +113,31 @@ async def test_the_assignee_must_be_an_active_reviewer(server: Harness) -> None:
     assert err.code() is grpc.StatusCode.NOT_FOUND
     err = await rpc_error(reassign(server, admin, submitted.analysis_id, ""))
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("role", [Role.VIEWER, Role.SERVICE])
+async def test_the_new_rpcs_are_for_analysts_and_admins_only(server: Harness, role: Role) -> None:
+    who = await server.as_role(role)
+    calls: list[Awaitable[Any]] = [
+        server.decisions.RenewLease(
+            decision_pb2.RenewLeaseRequest(analysis_id="an-1", lease_epoch=1),
+            metadata=who,
+            timeout=10,
+        ),
+        server.decisions.ReassignDecision(
+            decision_pb2.ReassignDecisionRequest(analysis_id="an-1", assignee="bob"),
+            metadata=who,
+            timeout=10,
+        ),
+        server.decisions.MakeDecisions(
+            decision_pb2.MakeDecisionsRequest(
+                items=[decision_pb2.MakeDecisionsItem(analysis_id="an-1")],
+                status=decision_pb2.DECISION_STATUS_REJECTED,
+            ),
+            metadata=who,
+            timeout=10,
+        ),
+    ]
+    for call in calls:
+        err = await rpc_error(call)
+        assert err.code() is grpc.StatusCode.PERMISSION_DENIED
