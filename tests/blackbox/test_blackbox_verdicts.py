@@ -114,9 +114,10 @@ def test_a_killswitch_takes_two_approvers_each_with_a_fresh_code(served: Served)
         assert partial.status == decision_pb2.DECISION_STATUS_PENDING
         kill = next(v for v in partial.action_verdicts if v.type == KILL.type)
         assert (kill.required_approvals, len(kill.approved_by)) == (2, 1)
-        # Ana again, even with a fresh code: one person counts once.
+        # Ana again with an older code: a step at or before the last one spent never
+        # counts again (that one person never counts twice is tested in-process).
         err = _refusal(approve, ana, ana_totp.at(time.time() - 30), KILL)
-        assert err.code() is grpc.StatusCode.PERMISSION_DENIED  # the previous step is spent
+        assert err.code() is grpc.StatusCode.PERMISSION_DENIED
         bob_code = bob_totp.at(time.time() + 30)
         done = approve(bob, bob_code, KILL)
         assert done.status == APPROVED
