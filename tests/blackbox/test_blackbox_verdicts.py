@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pyotp
@@ -265,4 +266,55 @@ def test_an_open_watch_keeps_its_analysts_lease_past_its_first_expiry(
             if made_ns > first_expiry:
                 break
         stream.cancel()
+    served.assert_alive()
+
+
+def test_the_two_person_rule_holds_for_racing_outside_clients(make_served: ServedFactory) -> None:
+    served = make_served(HITL_STEP_UP_ACTIONS="none")
+    service = bearer(served.token(access_pb2.ROLE_SERVICE))
+    ana = bearer(served.token(access_pb2.ROLE_ANALYST))
+    racers = [bearer(served.token(access_pb2.ROLE_ANALYST)) for _ in range(2)]
+    submitted = served.submit(service, recommended_actions=[KILL])
+    request = decision_pb2.MakeDecisionRequest(
+        analysis_id=submitted.analysis_id, status=APPROVED, approved_actions=[KILL]
+    )
+
+    def approve(who: Metadata) -> decision_pb2.Decision | grpc.RpcError:
+        # One channel per thread: each racer is its own client.
+        with served.channel() as channel:
+            stub = decision_pb2_grpc.DecisionServiceStub(channel)
+            try:
+                return stub.MakeDecision(request, metadata=who, timeout=CALL_S).decision
+            except grpc.RpcError as err:
+                return err
+
+    first = approve(ana)
+    assert isinstance(first, decision_pb2.Decision)
+    assert first.status == decision_pb2.DECISION_STATUS_PENDING
+    again = approve(ana)
+    assert isinstance(again, grpc.RpcError)
+    assert again.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "already approved" in (again.details() or "")
+    # The admin who submitted another one may not approve it.
+    own = served.submit(served.admin(), recommended_actions=[KILL])
+    with served.channel() as channel:
+        err = _refusal(
+            decision_pb2_grpc.DecisionServiceStub(channel).MakeDecision,
+            decision_pb2.MakeDecisionRequest(
+                analysis_id=own.analysis_id, status=APPROVED, approved_actions=[KILL]
+            ),
+            metadata=served.admin(),
+            timeout=CALL_S,
+        )
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(approve, racers))
+    won = [r for r in results if isinstance(r, decision_pb2.Decision)]
+    lost = [r for r in results if isinstance(r, grpc.RpcError)]
+    assert len(won) == 1 and len(lost) == 1, results
+    assert lost[0].code() is grpc.StatusCode.FAILED_PRECONDITION
+    [kill] = won[0].action_verdicts
+    assert won[0].status == APPROVED
+    assert len(set(kill.approved_by)) == 2 == len(kill.approved_by)
     served.assert_alive()
