@@ -18,6 +18,7 @@ Only the generated contract, grpc and grpcio-status are imported, so the module 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
@@ -224,6 +225,39 @@ def _error(exc: grpc.aio.AioRpcError) -> HitlClientError:
         status = None  # details that contradict the status line are not trusted
     details = [_unpacked(d) for d in status.details] if status is not None else []
     return HitlClientError(code, message, details=details, status=status)
+
+
+def action_hash(action: decision_pb2.Action) -> str:
+    """The hex SHA-256 the service records for an action: over its canonical type and target.
+
+    The text hashed is {"target":<target>,"type":"ACTION_TYPE_<NAME>"}: keys sorted, no
+    spaces, UTF-8, non-ASCII not escaped.
+    """
+    canonical = {"type": decision_pb2.ActionType.Name(action.type), "target": action.target}
+    encoded = json.dumps(canonical, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def executable_actions(decision: decision_pb2.Decision) -> list[decision_pb2.Action]:
+    """The actions CANDI may run: those of an APPROVED decision whose verdict is APPROVED
+    and whose hash, computed here, is the one recorded. Raises ValueError on a mismatch."""
+    if decision.status != decision_pb2.DECISION_STATUS_APPROVED:
+        return []
+    if not decision.action_verdicts:  # a decision from before per-action verdicts
+        return list(decision.resolution.approved_actions)
+    actions = []
+    for verdict in decision.action_verdicts:
+        if verdict.status != decision_pb2.ACTION_VERDICT_STATUS_APPROVED:
+            continue
+        index = verdict.recommended_index
+        action = verdict.action if index < 0 else decision.recommended_actions[index]
+        if action.type != verdict.type or action_hash(action) != verdict.action_hash:
+            raise ValueError(
+                f"decision {decision.analysis_id}: the approved "
+                f"{decision_pb2.ActionType.Name(verdict.type)} does not match its recorded hash"
+            )
+        actions.append(action)
+    return actions
 
 
 def _expected(version: int | None) -> dict[str, int]:
@@ -434,6 +468,40 @@ class HitlClient:
         )
         return (await self._call(self._decisions.ClaimDecision, request)).decision
 
+    async def claim_lease(self, analysis_id: str) -> decision_pb2.ClaimDecisionResponse:
+        """Claims a decision and returns it with the caller's lease (id, epoch, expiry)."""
+        request = decision_pb2.ClaimDecisionRequest(analysis_id=analysis_id)
+        return await self._call(self._decisions.ClaimDecision, request)
+
+    async def renew_lease(self, analysis_id: str, epoch: int) -> decision_pb2.RenewLeaseResponse:
+        """Extends the caller's live lease of this epoch."""
+        request = decision_pb2.RenewLeaseRequest(analysis_id=analysis_id, lease_epoch=epoch)
+        return await self._call(self._decisions.RenewLease, request)
+
+    async def reassign_decision(
+        self, analysis_id: str, assignee: str, *, expected_version: int | None = None
+    ) -> decision_pb2.ReassignDecisionResponse:
+        """Hands a decision to another analyst on a new lease (the claimer or an admin)."""
+        request = decision_pb2.ReassignDecisionRequest(
+            analysis_id=analysis_id, assignee=assignee, **_expected(expected_version)
+        )
+        return await self._call(self._decisions.ReassignDecision, request)
+
+    async def make_decisions(
+        self,
+        items: Iterable[decision_pb2.MakeDecisionsItem],
+        status: decision_pb2.DecisionStatus.ValueType,
+        *,
+        notes: str = "",
+        escalation_reason: str = "",
+        otp: str = "",
+    ) -> list[decision_pb2.MakeDecisionsResult]:
+        """One verdict and note for up to 100 items; one result per item, in order."""
+        request = decision_pb2.MakeDecisionsRequest(
+            items=items, status=status, notes=notes, escalation_reason=escalation_reason, otp=otp
+        )
+        return list((await self._call(self._decisions.MakeDecisions, request)).results)
+
     async def release_decision(
         self, analysis_id: str, *, expected_version: int | None = None
     ) -> decision_pb2.Decision:
@@ -452,16 +520,26 @@ class HitlClient:
         notes: str = "",
         escalation_reason: str = "",
         expected_version: int | None = None,
+        lease_epoch: int | None = None,
+        otp: str = "",
     ) -> decision_pb2.Decision:
-        """Resolves a decision: APPROVED, REJECTED, or ESCALATED (with a reason)."""
+        """Resolves a decision: APPROVED, REJECTED, or ESCALATED (with a reason).
+
+        `lease_epoch` fences the verdict to the caller's live lease; `otp` is the fresh TOTP
+        code that approving a high-impact action needs.
+        """
         request = decision_pb2.MakeDecisionRequest(
             analysis_id=analysis_id,
             status=status,
             approved_actions=approved_actions,
             notes=notes,
             escalation_reason=escalation_reason,
-            **_expected(expected_version),
+            otp=otp,
         )
+        if expected_version is not None:
+            request.expected_version = expected_version
+        if lease_epoch is not None:
+            request.lease_epoch = lease_epoch
         return (await self._call(self._decisions.MakeDecision, request)).decision
 
     async def approve(

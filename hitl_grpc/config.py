@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from hitl_grpc.domain.values import Priority
+from hitl_grpc.domain.values import ActionType, Priority
 
 T = TypeVar("T")
 
@@ -40,6 +40,16 @@ def _default_sla() -> dict[Priority, timedelta]:
     }
 
 
+# The two-person rule's defaults: the actions that can take a network or a plant down.
+HIGH_IMPACT_ACTIONS: Final = frozenset(
+    {ActionType.ACTIVATE_KILLSWITCH, ActionType.DEPLOY_COUNTERMEASURE}
+)
+
+
+def _default_approvals() -> dict[ActionType, int]:
+    return {action: 2 for action in HIGH_IMPACT_ACTIONS}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server is built from; tests build their own."""
@@ -61,6 +71,10 @@ class Settings:
     refresh_token_ttl: timedelta = timedelta(days=7)
     mfa_challenge_ttl: timedelta = timedelta(minutes=5)
     claim_lease: timedelta = timedelta(minutes=10)
+    # Distinct approvers per action type (unlisted types need one).
+    approvals_required: Mapping[ActionType, int] = field(default_factory=_default_approvals)
+    # Action types whose approval needs a fresh TOTP code in the call.
+    step_up_actions: frozenset[ActionType] = HIGH_IMPACT_ACTIONS
     sla: Mapping[Priority, timedelta] = field(default_factory=_default_sla)
     bootstrap_admin_password: str | None = None
     metrics_listen: str | None = "127.0.0.1:9464"
@@ -350,6 +364,38 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _action_type(raw: str) -> ActionType:
+    name = raw.strip().upper().removeprefix("ACTION_TYPE_")
+    try:
+        return ActionType[name]
+    except KeyError:
+        known = ", ".join(a.name for a in ActionType)
+        raise ValueError(f"unknown action type {raw.strip()!r}: one of {known}") from None
+
+
+def _approvals(raw: str) -> dict[ActionType, int]:
+    """TYPE=N,TYPE=N: every type named gets N (1-10) approvers; 'none' turns the rule off."""
+    if raw.strip().lower() == "none":
+        return {}
+    count = _integer(1, 10)
+    result: dict[ActionType, int] = {}
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        name, sep, number = part.partition("=")
+        if not sep:
+            raise ValueError(f"must be TYPE=COUNT pairs, got {part.strip()!r}")
+        result[_action_type(name)] = count(number)
+    return result
+
+
+def _action_types(raw: str) -> frozenset[ActionType]:
+    """TYPE,TYPE,...; 'none' for no step-up."""
+    if raw.strip().lower() == "none":
+        return frozenset()
+    return frozenset(_action_type(part) for part in raw.split(",") if part.strip())
+
+
 # Every setting but the SLA per priority (HITL_SLA_<PRIORITY>_S, read beside it); one row
 # each, in the README's order.
 VARIABLES: Final = (
@@ -369,6 +415,8 @@ VARIABLES: Final = (
     Variable("HITL_REFRESH_TOKEN_TTL_S", "refresh_token_ttl", _seconds(minimum=60)),
     Variable("HITL_MFA_CHALLENGE_TTL_S", "mfa_challenge_ttl", _seconds(minimum=30)),
     Variable("HITL_CLAIM_LEASE_S", "claim_lease", _seconds(minimum=1)),
+    Variable("HITL_APPROVALS_REQUIRED", "approvals_required", _approvals),
+    Variable("HITL_STEP_UP_ACTIONS", "step_up_actions", _action_types),
     Variable("HITL_BOOTSTRAP_ADMIN_PASSWORD", "bootstrap_admin_password", _text),
     Variable("HITL_METRICS_LISTEN", "metrics_listen", _metrics),
     Variable("HITL_OTLP_ENDPOINT", "otlp_endpoint", _otlp_endpoint),

@@ -15,8 +15,10 @@ import pytest
 from google.rpc.error_details_pb2 import BadRequest, RetryInfo
 from hitl.v1 import auth_pb2, decision_pb2
 
+from hitl_grpc import client
 from hitl_grpc.client import Backoff, HitlClient, HitlClientError, PendingChange
-from hitl_grpc.domain.values import Role
+from hitl_grpc.domain import validation
+from hitl_grpc.domain.values import Action, ActionType, Role
 from hitl_grpc.events import cursor as cursors
 from tests.audit_support import audit_rows
 from tests.decisions_support import scalar, wait_until
@@ -322,6 +324,72 @@ async def test_an_analyst_claims_releases_and_approves_through_the_client(
     assert list(approved.resolution.approved_actions) == [action]
     assert approved.resolution.notes == "blocked at the edge"
     assert approved.version > released.version > claimed.version
+
+
+async def test_a_lease_is_claimed_renewed_and_fences_verdicts_through_the_client(
+    server: Harness,
+) -> None:
+    async with await _client(server, Role.SERVICE) as candi:
+        submitted = (await candi.submit_decision(submit_request())).decision
+    action = decision_pb2.Action(type=decision_pb2.ACTION_TYPE_BLOCK_IP, target="203.0.113.7")
+    async with await _client(server, Role.ANALYST) as analyst:
+        claimed = await analyst.claim_lease(submitted.analysis_id)
+        assert claimed.lease.epoch == 1
+        renewed = await analyst.renew_lease(submitted.analysis_id, claimed.lease.epoch)
+        assert renewed.lease.lease_id == claimed.lease.lease_id
+        with pytest.raises(HitlClientError) as stale:
+            await analyst.make_decision(
+                submitted.analysis_id,
+                decision_pb2.DECISION_STATUS_APPROVED,
+                approved_actions=[action],
+                lease_epoch=claimed.lease.epoch + 1,
+            )
+        assert stale.value.code is grpc.StatusCode.FAILED_PRECONDITION
+        done = await analyst.make_decision(
+            submitted.analysis_id,
+            decision_pb2.DECISION_STATUS_APPROVED,
+            approved_actions=[action],
+            lease_epoch=claimed.lease.epoch,
+            expected_version=renewed.decision.version,
+        )
+    assert done.status == decision_pb2.DECISION_STATUS_APPROVED
+
+
+async def test_candi_runs_exactly_the_approved_actions_whose_hash_matches(
+    server: Harness,
+) -> None:
+    block = decision_pb2.Action(type=decision_pb2.ACTION_TYPE_BLOCK_IP, target="203.0.113.7")
+    odd = decision_pb2.Action(type=decision_pb2.ACTION_TYPE_QUARANTINE_SYSTEM, target='höst-熊 "7"')
+    request = submit_request()
+    del request.recommended_actions[:]
+    request.recommended_actions.extend([block, odd])
+    async with await _client(server, Role.SERVICE) as candi:
+        submitted = (await candi.submit_decision(request)).decision
+    assert [v.action_hash for v in submitted.action_verdicts] == [
+        validation.action_hash(Action(ActionType(a.type), a.target)) for a in (block, odd)
+    ]
+    assert [client.action_hash(a) for a in (block, odd)] == [
+        v.action_hash for v in submitted.action_verdicts
+    ]
+    async with await _client(server, Role.ANALYST) as analyst:
+        results = await analyst.make_decisions(
+            [
+                decision_pb2.MakeDecisionsItem(
+                    analysis_id=submitted.analysis_id, approved_actions=[odd]
+                )
+            ],
+            decision_pb2.DECISION_STATUS_APPROVED,
+            notes="only the quarantine",
+        )
+    [result] = results
+    assert result.code == 0
+    assert client.executable_actions(result.decision) == [odd]
+    tampered = decision_pb2.Decision()
+    tampered.CopyFrom(result.decision)
+    tampered.recommended_actions[1].target = "another-host"
+    with pytest.raises(ValueError, match="does not match"):
+        client.executable_actions(tampered)
+    assert client.executable_actions(submitted) == []
 
 
 async def test_rejecting_escalating_and_stats_through_the_client(server: Harness) -> None:

@@ -37,6 +37,9 @@ def test_audit_kinds_keep_the_names_stored_in_the_trail() -> None:
         "decision.expire",
         "decision.sla_escalate",
         "decision.lease_expired",
+        "decision.lease_renew",
+        "decision.approval",
+        "decision.reassign",
     }
 
 

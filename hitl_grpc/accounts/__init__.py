@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from hitl_grpc.accounts.mfa import MfaCodes, MfaEnrolment
+from hitl_grpc.accounts.mfa import MfaCodes, MfaEnrolment, StepUpCodes
 from hitl_grpc.accounts.profile import Profile
 from hitl_grpc.accounts.sessions import Sessions, TokenLifetimes
 from hitl_grpc.accounts.sign_in import OnOutcome, SignIn
@@ -34,6 +34,7 @@ class AccountServices:
     mfa: MfaEnrolment
     users: UserAdmin
     trail: AuditTrail
+    step_up: StepUpCodes
 
 
 def build(
@@ -86,4 +87,5 @@ def build(
         mfa=MfaEnrolment(uow, clock, trail, throttle, codes, passwords),
         users=UserAdmin(uow, passwords, clock, trail),
         trail=trail,
+        step_up=StepUpCodes(uow, codes, trail, throttle),
     )

@@ -90,6 +90,84 @@ class MfaCodes:
         return None
 
 
+class StepUpCodes:
+    """The fresh TOTP code a high-impact approval needs (domain.ports.StepUp).
+
+    Only a TOTP code will do, not a backup code: it proves the device is at hand now. The
+    time step it is spent on is the one sign-in records, so a code used to sign in can't
+    approve, nor one approval's code another. A wrong code counts against the account's
+    second-factor lockout, like one at sign-in: a stolen access token gives no faster way
+    to guess codes.
+    """
+
+    KIND = "decision.step_up"
+
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        codes: MfaCodes,
+        trail: AuditTrail,
+        throttle: LoginThrottle,
+    ) -> None:
+        self._uow = uow
+        self._codes = codes
+        self._trail = trail
+        self._throttle = throttle
+
+    async def verify(self, principal: Principal, code: str, what: str) -> None:
+        """Returns once a valid, unused TOTP code of the caller's is spent; raises otherwise."""
+        async with self._uow(readonly=True) as uow:
+            account = await uow.users.get(principal.user_id)
+        if account is None:
+            raise errors.Unauthenticated("invalid token")
+        if not account.user.mfa_enabled or account.mfa_secret is None:
+            raise errors.WrongState(
+                f"approving {what} needs step-up MFA, and {account.user.username} has no "
+                "MFA: enrol with SetupMfa and ConfirmMfa first"
+            )
+        code = code.strip()
+        if not code:
+            raise errors.PermissionDenied(
+                f"approving {what} needs a fresh TOTP code: send it in the x-hitl-otp "
+                "metadata or the otp field"
+            )
+        refused = self._trail.locked_out(self.KIND, principal.username, principal.peer)
+
+        async def read(uow: UnitOfWork) -> None:
+            return None
+
+        async with (
+            self._throttle.attempt(
+                mfa_subject(principal.username), principal.username, principal.peer, refused, read
+            ) as (attempt, _),
+            self._uow() as uow,
+        ):
+            current = await uow.users.get_for_update(principal.user_id)
+            if current is None:
+                raise errors.Unauthenticated("invalid token")
+            spent = is_totp_code(code) and await self._codes.spend(uow, current, code) == "totp"
+            if spent:
+                await attempt.succeeded(uow)
+            else:
+                await attempt.failed(uow)
+            await uow.audit.append(
+                self._trail.record(
+                    self.KIND,
+                    actor=principal.username,
+                    target=current.user.username,
+                    peer=principal.peer,
+                    outcome=AuditOutcome.SUCCESS if spent else AuditOutcome.DENIED,
+                    actions=what,
+                )
+            )
+            await uow.commit()
+        if not spent:
+            raise errors.PermissionDenied(
+                f"approving {what} needs a fresh TOTP code: this one is wrong, expired or "
+                "already used"
+            )
+
+
 class MfaEnrolment:
     """SetupMfa, ConfirmMfa and DisableMfa for the signed-in caller, and an admin's reset.
 

@@ -15,12 +15,15 @@ from hitl_grpc.accounts.trail import PAGE_DEFAULT as AUDIT_PAGE_DEFAULT
 from hitl_grpc.accounts.trail import PAGE_MAX as AUDIT_PAGE_MAX
 from hitl_grpc.accounts.users import UserUpdate
 from hitl_grpc.domain import opaque
-from hitl_grpc.domain.errors import FieldViolation, InvalidField
+from hitl_grpc.domain.decisions import BulkItem, BulkOutcome
+from hitl_grpc.domain.errors import DomainError, FieldViolation, InvalidField
 from hitl_grpc.domain.ports import AuditQuery
 from hitl_grpc.domain.queue import QueueStats, WindowStats
 from hitl_grpc.domain.validation import ActionDraft, AnalysisDraft, VerdictDraft
 from hitl_grpc.domain.values import (
     Action,
+    ActionVerdict,
+    AnalysisId,
     AuditRecord,
     Decision,
     Priority,
@@ -149,6 +152,65 @@ def decision_to_proto(decision: Decision) -> decision_pb2.Decision:
         claim_expires_at=timestamp(decision.claim_expires_at),
         resolution=resolution_to_proto(decision.resolution) if decision.resolution else None,
         submitted_by=decision.submitted_by,
+        lease_epoch=decision.lease_epoch,
+        action_verdicts=action_verdicts_to_proto(decision),
+    )
+
+
+def action_verdicts_to_proto(decision: Decision) -> list[decision_pb2.ActionVerdict]:
+    """Each action's verdict, pointing into recommended_actions rather than repeating it."""
+    places: dict[tuple[int, str], int] = {}
+    for i, action in enumerate(decision.analysis.recommended_actions):
+        places.setdefault((int(action.type), action.target), i)
+    return [
+        action_verdict_to_proto(v, places.get((int(v.action.type), v.action.target), -1))
+        for v in decision.action_verdicts
+    ]
+
+
+def action_verdict_to_proto(verdict: ActionVerdict, index: int) -> decision_pb2.ActionVerdict:
+    """One action's verdict, with its hash and approvers."""
+    return decision_pb2.ActionVerdict(
+        recommended_index=index,
+        type=decision_pb2.ActionType.ValueType(int(verdict.action.type)),
+        action=action_to_proto(verdict.action) if index < 0 else None,
+        action_hash=verdict.action_hash,
+        status=decision_pb2.ActionVerdictStatus.ValueType(int(verdict.status)),
+        required_approvals=verdict.required_approvals,
+        approved_by=verdict.approved_by,
+        rejected_by=verdict.rejected_by,
+    )
+
+
+def lease_to_proto(decision: Decision) -> decision_pb2.Lease | None:
+    """The review lease a decision is under, or None when nobody holds one."""
+    if not decision.lease_id:
+        return None
+    return decision_pb2.Lease(
+        lease_id=decision.lease_id,
+        epoch=decision.lease_epoch,
+        expires_at=timestamp(decision.claim_expires_at),
+    )
+
+
+def claim_reply(decision: Decision) -> decision_pb2.ClaimDecisionResponse:
+    """A claimed decision and the caller's lease."""
+    return decision_pb2.ClaimDecisionResponse(
+        decision=decision_to_proto(decision), lease=lease_to_proto(decision)
+    )
+
+
+def renew_reply(decision: Decision) -> decision_pb2.RenewLeaseResponse:
+    """A decision whose lease was renewed, and the lease."""
+    return decision_pb2.RenewLeaseResponse(
+        decision=decision_to_proto(decision), lease=lease_to_proto(decision)
+    )
+
+
+def reassign_reply(decision: Decision) -> decision_pb2.ReassignDecisionResponse:
+    """A reassigned decision and the assignee's lease."""
+    return decision_pb2.ReassignDecisionResponse(
+        decision=decision_to_proto(decision), lease=lease_to_proto(decision)
     )
 
 
@@ -258,6 +320,56 @@ def verdict_draft_from_proto(request: decision_pb2.MakeDecisionRequest) -> Verdi
         notes=request.notes,
         escalation_reason=request.escalation_reason,
     )
+
+
+def bulk_items_from_proto(request: decision_pb2.MakeDecisionsRequest) -> list[BulkItem]:
+    """A MakeDecisions request's items, each with the call's shared status and note.
+
+    An id that is not even well-formed stays as sent: its item is refused on its own.
+    """
+    items = []
+    for item in request.items:
+        items.append(
+            BulkItem(
+                analysis_id=AnalysisId(item.analysis_id),
+                draft=VerdictDraft(
+                    status=int(request.status),
+                    approved_actions=[action_draft_from_proto(a) for a in item.approved_actions],
+                    notes=request.notes,
+                    escalation_reason=request.escalation_reason,
+                ),
+                expected_version=(
+                    int(item.expected_version) if item.HasField("expected_version") else None
+                ),
+                lease_epoch=int(item.lease_epoch) if item.HasField("lease_epoch") else None,
+            )
+        )
+    return items
+
+
+def bulk_reply(
+    outcomes: list[BulkOutcome], code_of: Callable[[DomainError], int]
+) -> decision_pb2.MakeDecisionsResponse:
+    """One result per item, in the request's order."""
+    results = []
+    for outcome in outcomes:
+        if outcome.error is not None:
+            results.append(
+                decision_pb2.MakeDecisionsResult(
+                    analysis_id=outcome.analysis_id,
+                    code=code_of(outcome.error),
+                    message=outcome.error.message,
+                )
+            )
+        else:
+            assert outcome.decision is not None, "an outcome is a decision or an error"
+            results.append(
+                decision_pb2.MakeDecisionsResult(
+                    analysis_id=outcome.analysis_id,
+                    decision=decision_to_proto(outcome.decision),
+                )
+            )
+    return decision_pb2.MakeDecisionsResponse(results=results)
 
 
 def duration(value: timedelta | None) -> Duration | None:

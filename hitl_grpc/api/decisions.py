@@ -10,12 +10,14 @@ import grpc
 from hitl.v1 import decision_pb2, decision_pb2_grpc
 
 from hitl_grpc.api import convert
+from hitl_grpc.api.errors import code_number
 from hitl_grpc.api.watch import WatchServicer
 from hitl_grpc.auth.principal import current_principal
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.decisions import DecisionOperations
 from hitl_grpc.domain.queue import parse_page_request
 from hitl_grpc.domain.validation import parse_analysis_id
+from hitl_grpc.domain.values import parse_username
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
@@ -35,8 +37,26 @@ def _entry_bytes(decision: decision_pb2.Decision) -> int:
     return 1 + max(1, (size.bit_length() + 6) // 7) + size
 
 
+# Call metadata that may carry a step-up TOTP code instead of the request's otp field.
+OTP_METADATA: Final = "x-hitl-otp"
+
+
 def _version(request: Any) -> int | None:
     return int(request.expected_version) if request.HasField("expected_version") else None
+
+
+def _epoch(request: Any) -> int | None:
+    return int(request.lease_epoch) if request.HasField("lease_epoch") else None
+
+
+def _otp(request: Any, context: Context) -> str:
+    """The step-up code: the request's field, else the x-hitl-otp metadata."""
+    if request.otp:
+        return str(request.otp)
+    for key, value in context.invocation_metadata() or ():
+        if key == OTP_METADATA:
+            return value if isinstance(value, str) else value.decode("ascii", "replace")
+    return ""
 
 
 class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
@@ -125,7 +145,46 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 analysis_id, by=current_principal(), expected_version=_version(request)
             ),
         )
-        return convert.decision_reply(decision_pb2.ClaimDecisionResponse, decision)
+        return convert.claim_reply(decision)
+
+    async def RenewLease(
+        self, request: decision_pb2.RenewLeaseRequest, context: Context
+    ) -> decision_pb2.RenewLeaseResponse:
+        analysis_id = parse_analysis_id(request.analysis_id)
+        decision = await self._bounded(
+            context,
+            self._decisions.renew(analysis_id, int(request.lease_epoch), by=current_principal()),
+        )
+        return convert.renew_reply(decision)
+
+    async def ReassignDecision(
+        self, request: decision_pb2.ReassignDecisionRequest, context: Context
+    ) -> decision_pb2.ReassignDecisionResponse:
+        analysis_id = parse_analysis_id(request.analysis_id)
+        assignee = parse_username(request.assignee, "assignee")
+        decision = await self._bounded(
+            context,
+            self._decisions.reassign(
+                analysis_id,
+                assignee,
+                by=current_principal(),
+                expected_version=_version(request),
+            ),
+        )
+        return convert.reassign_reply(decision)
+
+    async def MakeDecisions(
+        self, request: decision_pb2.MakeDecisionsRequest, context: Context
+    ) -> decision_pb2.MakeDecisionsResponse:
+        outcomes = await self._bounded(
+            context,
+            self._decisions.make_many(
+                convert.bulk_items_from_proto(request),
+                by=current_principal(),
+                otp=_otp(request, context),
+            ),
+        )
+        return convert.bulk_reply(outcomes, code_number)
 
     async def ReleaseDecision(
         self, request: decision_pb2.ReleaseDecisionRequest, context: Context
@@ -134,7 +193,10 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         decision = await self._bounded(
             context,
             self._decisions.release(
-                analysis_id, by=current_principal(), expected_version=_version(request)
+                analysis_id,
+                by=current_principal(),
+                expected_version=_version(request),
+                lease_epoch=_epoch(request),
             ),
         )
         return convert.decision_reply(decision_pb2.ReleaseDecisionResponse, decision)
@@ -150,6 +212,8 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 convert.verdict_draft_from_proto(request),
                 by=current_principal(),
                 expected_version=_version(request),
+                lease_epoch=_epoch(request),
+                otp=_otp(request, context),
             ),
         )
         return convert.decision_reply(decision_pb2.MakeDecisionResponse, decision)
@@ -165,6 +229,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 request.reason,
                 by=current_principal(),
                 expected_version=_version(request),
+                lease_epoch=_epoch(request),
             ),
         )
         return convert.decision_reply(decision_pb2.EscalateDecisionResponse, decision)

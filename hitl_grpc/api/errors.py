@@ -70,6 +70,17 @@ def status_of(err: errors.DomainError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def code_number(err: errors.DomainError) -> int:
+    """The google.rpc.Code number a domain error is sent as (per item of a bulk reply)."""
+    code = next(
+        (STATUS_OF[cls] for cls in type(err).__mro__ if cls in STATUS_OF),
+        grpc.StatusCode.INTERNAL,
+    )
+    number = code.value[0]
+    assert isinstance(number, int)
+    return number
+
+
 @asynccontextmanager
 async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
     """Sends what escapes a servicer as a status: domain errors by the table, else INTERNAL."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import grpc
@@ -12,11 +14,15 @@ from hitl.v1 import decision_pb2
 
 from hitl_grpc.api import convert
 from hitl_grpc.auth.principal import current_principal
+from hitl_grpc.domain import errors
 from hitl_grpc.domain.decisions import visible_to
 from hitl_grpc.domain.validation import parse_analysis_id
+from hitl_grpc.domain.values import Principal, Role
 from hitl_grpc.events import cursor as cursors
 from hitl_grpc.events.hub import EventHub
 from hitl_grpc.events.streams import PendingItem, watch_decision, watch_pending
+
+log = logging.getLogger("hitl_grpc.api.watch")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -27,10 +33,26 @@ _PROTO_CACHE_SIZE: Final = 2048
 class WatchServicer:
     """The streaming half of DecisionService; DecisionServicer delegates to it."""
 
-    def __init__(self, hub: EventHub, *, heartbeat_s: float) -> None:
+    def __init__(
+        self,
+        hub: EventHub,
+        *,
+        heartbeat_s: float,
+        renew_leases: Callable[[Principal], Awaitable[int]] | None = None,
+    ) -> None:
         self._hub = hub
         self._heartbeat_s = heartbeat_s
+        self._renew_leases = renew_leases
         self._protos: OrderedDict[int, decision_pb2.Decision] = OrderedDict()
+
+    async def _renew(self, principal: Principal) -> None:
+        """The watcher's leases renewed; a database in trouble skips it (the stream goes on)."""
+        if self._renew_leases is None or principal.role not in (Role.ANALYST, Role.ADMIN):
+            return
+        try:
+            await self._renew_leases(principal)
+        except errors.DomainError as exc:
+            log.warning("lease renewal for a watcher skipped: %s", exc.message)
 
     def _proto(self, item: PendingItem) -> decision_pb2.Decision:
         assert item.decision is not None
@@ -50,7 +72,15 @@ class WatchServicer:
     ) -> AsyncIterator[decision_pb2.WatchPendingResponse]:
         priorities = frozenset(convert.priority_from_proto(p) for p in request.priorities)
         after = cursors.decode(request.resume_cursor) if request.resume_cursor else None
+        principal = current_principal()
+        loop = asyncio.get_running_loop()
+        # A message (event or heartbeat) goes out at least every heartbeat_s: the stream's
+        # own pace renews the watcher's leases, no timer of its own needed.
+        renew_at = loop.time()
         async for item in watch_pending(self._hub, priorities, after, self._heartbeat_s):
+            if request.renew_leases and loop.time() >= renew_at:
+                renew_at = loop.time() + self._heartbeat_s
+                await self._renew(principal)
             yield convert.pending_item_reply(item, self._proto)
 
     async def WatchDecision(

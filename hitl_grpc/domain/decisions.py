@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import dataclasses
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, TypeVar
 
 from hitl_grpc.domain import errors, lifecycle, validation
-from hitl_grpc.domain.ports import EventKind, UnitOfWork, UnitOfWorkFactory
+from hitl_grpc.domain.ports import EventKind, StepUp, UnitOfWork, UnitOfWorkFactory
 from hitl_grpc.domain.queue import READ_ROWS_MAX, PageRequest, QueueKey, QueueStats
 from hitl_grpc.domain.validation import AnalysisDraft, VerdictDraft
 from hitl_grpc.domain.values import (
+    ActionType,
     Analysis,
     AnalysisId,
     AuditOutcome,
@@ -28,12 +31,33 @@ T = TypeVar("T")
 # A transition that lost a race is decided again on what is stored now; a decision
 # changing this often under one caller is better answered ABORTED than spun on.
 _RETRIES: Final = 8
+# Items one MakeDecisions call may carry.
+BULK_MAX: Final = 100
 # Rows per sweep transaction (three statements each): a batch ends well inside the
 # database deadline, and replicas sweeping at once interleave their batches.
 SWEEP_BATCH: Final = 50
 
 # One lifecycle step on the decision as stored and the database's time (lifecycle.py).
 Step = Callable[[Decision, datetime], lifecycle.Transition]
+
+
+@dataclass(frozen=True)
+class BulkItem:
+    """One item of a MakeDecisions call: which decision, its own actions and fences."""
+
+    analysis_id: AnalysisId
+    draft: VerdictDraft
+    expected_version: int | None = None
+    lease_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class BulkOutcome:
+    """What became of one item: the stored decision, or the error that refused it."""
+
+    analysis_id: str
+    decision: Decision | None = None
+    error: errors.DomainError | None = None
 
 
 @dataclass(frozen=True)
@@ -65,10 +89,16 @@ class DecisionOperations:
         *,
         claim_lease: timedelta,
         sla: Mapping[Priority, timedelta],
+        rules: lifecycle.ApprovalRules | None = None,
+        step_up_actions: Collection[ActionType] = (),
+        step_up: StepUp | None = None,
     ) -> None:
         self._uow = uow
         self._claim_lease = claim_lease
         self._sla = dict(sla)
+        self._rules = rules or lifecycle.ApprovalRules()
+        self._step_up_actions = frozenset(step_up_actions)
+        self._step_up = step_up
 
     # -- audit and events, written in the transaction of the change ---------------------
 
@@ -82,6 +112,7 @@ class DecisionOperations:
         before: Decision | None,
         after: Decision,
         now: datetime,
+        details: Mapping[str, str] | None = None,
     ) -> None:
         await uow.events.append(after, _event_kind(before.status if before else None, after.status))
         await uow.audit.append(
@@ -96,6 +127,7 @@ class DecisionOperations:
                     "from": before.status.name if before else "",
                     "to": after.status.name,
                     "version": str(after.version),
+                    **(details or {}),
                 },
             )
         )
@@ -112,6 +144,7 @@ class DecisionOperations:
                 digest,
                 submitted_by=by.username,
                 sla=self._sla[analysis.priority],
+                action_verdicts=lifecycle.initial_verdicts(analysis, self._rules),
             )
             if decision is not None:
                 # The INSERT stamped it on the database's clock; judged on the same one.
@@ -221,7 +254,14 @@ class DecisionOperations:
         )
         if stored is not None:
             await self._record(
-                uow, transition.kind, actor=actor, peer=peer, before=current, after=stored, now=now
+                uow,
+                transition.kind,
+                actor=actor,
+                peer=peer,
+                before=current,
+                after=stored,
+                now=now,
+                details=transition.details,
             )
         return stored
 
@@ -255,23 +295,111 @@ class DecisionOperations:
     ) -> Decision:
         """Puts the decision under review by the caller, or renews the caller's lease."""
         lease = self._claim_lease
+        lease_id = str(uuid.uuid4())
         return await self._apply(
             analysis_id,
-            lambda current, now: lifecycle.claim(current, by, now, lease),
+            lambda current, now: lifecycle.claim(current, by, now, lease, lease_id),
+            by=by,
+            expected_version=expected_version,
+        )
+
+    async def renew(self, analysis_id: AnalysisId, epoch: int, *, by: Principal) -> Decision:
+        """Extends the caller's live lease of this epoch by the lease length."""
+        lease = self._claim_lease
+        return await self._apply(
+            analysis_id,
+            lambda current, now: lifecycle.renew(current, by, now, lease, epoch),
+            by=by,
+            expected_version=None,
+        )
+
+    async def renew_held(self, *, by: Principal) -> int:
+        """Renews the caller's live leases that are past half their length; how many.
+
+        An analyst's open WatchPending stream calls this as it runs, so a lease lives as long
+        as its holder is watching the queue. Leases with more than half their length left are
+        not touched: a watching analyst costs one indexed read per call, not a write.
+        """
+        lease = self._claim_lease
+        renewed = 0
+        async with self._uow() as uow:
+            for current, now in await uow.decisions.held_leases(
+                by.username, lease / 2, SWEEP_BATCH
+            ):
+                transition = lifecycle.renew(current, by, now, lease, current.lease_epoch)
+                transition = dataclasses.replace(
+                    transition, details={**transition.details, "by": "watch"}
+                )
+                if await self._store(uow, current, transition, now, by.username, by.peer):
+                    renewed += 1
+            await uow.commit()
+        return renewed
+
+    async def reassign(
+        self,
+        analysis_id: AnalysisId,
+        to: str,
+        *,
+        by: Principal,
+        expected_version: int | None = None,
+    ) -> Decision:
+        """Hands the item to another analyst (or admin) on a new lease; the audit names both."""
+        async with self._uow(readonly=True) as uow:
+            account = await uow.users.by_username(to)
+        if account is None or not account.user.active:
+            raise errors.NotFound(f"no active user {to}")
+        if account.user.role not in (Role.ANALYST, Role.ADMIN):
+            raise errors.WrongState(
+                f"{account.user.username} is a {account.user.role.name.lower()}: only an "
+                "analyst or an admin can review a decision"
+            )
+        assignee = account.user.username
+        lease = self._claim_lease
+        lease_id = str(uuid.uuid4())
+        return await self._apply(
+            analysis_id,
+            lambda current, now: lifecycle.reassign(current, by, assignee, now, lease, lease_id),
             by=by,
             expected_version=expected_version,
         )
 
     async def release(
-        self, analysis_id: AnalysisId, *, by: Principal, expected_version: int | None = None
+        self,
+        analysis_id: AnalysisId,
+        *,
+        by: Principal,
+        expected_version: int | None = None,
+        lease_epoch: int | None = None,
     ) -> Decision:
         """Gives a claimed decision back to the queue."""
         return await self._apply(
             analysis_id,
-            lambda current, now: lifecycle.release(current, by, now),
+            lambda current, now: lifecycle.release(current, by, now, lease_epoch),
             by=by,
             expected_version=expected_version,
         )
+
+    def _needs_step_up(self, verdicts: Sequence[validation.Verdict]) -> list[str]:
+        """The high-impact action types these verdicts approve, as wire names."""
+        return sorted(
+            {
+                f"ACTION_TYPE_{a.type.name}"
+                for v in verdicts
+                if v.status is Status.APPROVED
+                for a in v.approved_actions
+                if a.type in self._step_up_actions
+            }
+        )
+
+    async def _check_step_up(
+        self, verdicts: Sequence[validation.Verdict], by: Principal, otp: str
+    ) -> None:
+        high_impact = self._needs_step_up(verdicts)
+        if not high_impact:
+            return
+        if self._step_up is None:  # pragma: no cover - the server always wires one
+            raise errors.WrongState("step-up MFA is not available on this server")
+        await self._step_up.verify(by, otp, ", ".join(high_impact))
 
     async def make(
         self,
@@ -280,15 +408,73 @@ class DecisionOperations:
         *,
         by: Principal,
         expected_version: int | None = None,
+        lease_epoch: int | None = None,
+        otp: str = "",
     ) -> Decision:
-        """Approves, rejects or escalates, as one compare-and-set."""
+        """Approves, rejects or escalates, as one compare-and-set.
+
+        Approving a high-impact action first spends a fresh TOTP code of the caller's.
+        """
         verdict = validation.validate_verdict(draft)
+        await self._check_step_up([verdict], by, otp)
+        return await self._decide(analysis_id, verdict, by, expected_version, lease_epoch)
+
+    async def _decide(
+        self,
+        analysis_id: AnalysisId,
+        verdict: validation.Verdict,
+        by: Principal,
+        expected_version: int | None,
+        lease_epoch: int | None,
+    ) -> Decision:
+        rules = self._rules
         return await self._apply(
             analysis_id,
-            lambda current, now: lifecycle.decide(current, verdict, by, now),
+            lambda current, now: lifecycle.decide(current, verdict, by, now, rules, lease_epoch),
             by=by,
             expected_version=expected_version,
         )
+
+    async def make_many(
+        self, items: Sequence[BulkItem], *, by: Principal, otp: str = ""
+    ) -> list[BulkOutcome]:
+        """One verdict per item, each its own compare-and-set: some may fail, the rest land.
+
+        A bad request as a whole (too many items, a step-up code that fails) refuses every
+        item; an item's own problem is reported in its outcome only.
+        """
+        if not items:
+            raise errors.InvalidField.one("items", "must hold at least one item")
+        if len(items) > BULK_MAX:
+            raise errors.InvalidField.one(
+                "items", f"must hold at most {BULK_MAX} items, got {len(items)}"
+            )
+        verdicts: list[validation.Verdict | errors.DomainError] = []
+        for i, item in enumerate(items):
+            try:
+                validation.parse_analysis_id(item.analysis_id, f"items[{i}].analysis_id")
+                verdicts.append(validation.validate_verdict(item.draft))
+            except errors.InvalidField as invalid:
+                verdicts.append(invalid)
+        await self._check_step_up(
+            [v for v in verdicts if isinstance(v, validation.Verdict)], by, otp
+        )
+        outcomes = []
+        for item, verdict in zip(items, verdicts, strict=True):
+            if isinstance(verdict, errors.DomainError):
+                outcomes.append(BulkOutcome(item.analysis_id, error=verdict))
+                continue
+            try:
+                stored = await self._decide(
+                    item.analysis_id, verdict, by, item.expected_version, item.lease_epoch
+                )
+            except (errors.Unavailable, errors.Unauthenticated):
+                raise  # not this item's problem: the caller retries the call
+            except errors.DomainError as refused:
+                outcomes.append(BulkOutcome(item.analysis_id, error=refused))
+            else:
+                outcomes.append(BulkOutcome(item.analysis_id, decision=stored))
+        return outcomes
 
     async def escalate(
         self,
@@ -297,12 +483,13 @@ class DecisionOperations:
         *,
         by: Principal,
         expected_version: int | None = None,
+        lease_epoch: int | None = None,
     ) -> Decision:
         """Hands the decision to an admin, with a reason."""
         validation.validate_reason(reason, "reason")
         return await self._apply(
             analysis_id,
-            lambda current, now: lifecycle.escalate(current, reason, by, now),
+            lambda current, now: lifecycle.escalate(current, reason, by, now, "", lease_epoch),
             by=by,
             expected_version=expected_version,
         )

@@ -11,10 +11,12 @@ from typing import Protocol, Self
 from hitl_grpc.domain.queue import QueueFilter, QueueKey, QueueStats
 from hitl_grpc.domain.values import (
     Account,
+    ActionVerdict,
     Analysis,
     AnalysisId,
     AuditRecord,
     Decision,
+    Principal,
     Role,
     UserId,
 )
@@ -186,7 +188,13 @@ class DecisionRepository(Protocol):
     """
 
     async def insert(
-        self, analysis: Analysis, payload_hash: str, *, submitted_by: str, sla: timedelta
+        self,
+        analysis: Analysis,
+        payload_hash: str,
+        *,
+        submitted_by: str,
+        sla: timedelta,
+        action_verdicts: tuple[ActionVerdict, ...] = (),
     ) -> Decision | None: ...
 
     async def now(self) -> datetime: ...
@@ -210,6 +218,9 @@ class DecisionRepository(Protocol):
     async def overdue(self, limit: int) -> list[tuple[Decision, datetime]]: ...
 
     async def lapsed_leases(self, limit: int) -> list[tuple[Decision, datetime]]: ...
+    async def held_leases(
+        self, username: str, within: timedelta, limit: int
+    ) -> list[tuple[Decision, datetime]]: ...
 
     async def stats(self) -> QueueStats: ...
 
@@ -248,6 +259,12 @@ class UnitOfWork(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+class StepUp(Protocol):
+    """Checks a fresh second factor for a high-impact approval, spending the code."""
+
+    async def verify(self, principal: Principal, code: str, what: str) -> None: ...
 
 
 class UnitOfWorkFactory(Protocol):

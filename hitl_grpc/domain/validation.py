@@ -296,3 +296,14 @@ def payload_hash(analysis: Analysis) -> str:
     }
     encoded = json.dumps(canonical, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(encoded.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def action_hash(action: Action) -> str:
+    """SHA-256 (hex) of an action's canonical type and target, what CANDI re-computes.
+
+    The canonical form is the JSON object {"target": <target>, "type": "ACTION_TYPE_<NAME>"}
+    with sorted keys, no spaces and UTF-8 text: the same in every language.
+    """
+    canonical = {"type": f"ACTION_TYPE_{action.type.name}", "target": action.target}
+    encoded = json.dumps(canonical, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode("utf-8", "surrogatepass")).hexdigest()

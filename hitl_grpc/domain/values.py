@@ -93,6 +93,31 @@ class Action:
     description: str = ""
 
 
+class ActionVerdictStatus(enum.IntEnum):
+    """Where one action of a decision stands; values equal the wire enum's."""
+
+    PENDING = 1
+    APPROVED = 2
+    REJECTED = 3
+
+
+@dataclass(frozen=True)
+class ActionVerdict:
+    """The verdict on one action: who approved it, how many must, and the hash CANDI checks.
+
+    `action_hash` is SHA-256 over the action's canonical type and target
+    (validation.action_hash): CANDI executes an action only if its own hash of what it is
+    about to run equals the approved one.
+    """
+
+    action: Action
+    action_hash: str
+    required_approvals: int = 1
+    status: ActionVerdictStatus = ActionVerdictStatus.PENDING
+    approved_by: tuple[str, ...] = ()
+    rejected_by: str = ""
+
+
 @dataclass(frozen=True)
 class Resolution:
     """The human verdict on a decision."""
@@ -138,6 +163,12 @@ class Decision:
     claimed_by: str = ""
     claim_expires_at: datetime | None = None
     resolution: Resolution | None = None
+    # The review lease: its id while someone holds it, and its fencing epoch, which grows
+    # by one on every new claim (never on a renewal) and is never reset.
+    lease_id: str = ""
+    lease_epoch: int = 0
+    # One per action under judgement, in the recommended order (lifecycle.py).
+    action_verdicts: tuple[ActionVerdict, ...] = ()
 
     @property
     def analysis_id(self) -> AnalysisId:

@@ -38,6 +38,7 @@ from hitl_grpc.config import Settings
 from hitl_grpc.domain.clock import Clock, SystemClock
 from hitl_grpc.domain.decisions import DecisionOperations
 from hitl_grpc.domain.errors import InvalidField
+from hitl_grpc.domain.lifecycle import ApprovalRules
 from hitl_grpc.events.hub import EventHub
 from hitl_grpc.runtime import reflection
 from hitl_grpc.runtime.db_probe import DatabaseMonitor
@@ -277,8 +278,19 @@ async def running_server(
             ),
             server,
         )
-        decisions = DecisionOperations(uow, claim_lease=settings.claim_lease, sla=settings.sla)
-        watch = WatchServicer(hub, heartbeat_s=settings.heartbeat_s)
+        decisions = DecisionOperations(
+            uow,
+            claim_lease=settings.claim_lease,
+            sla=settings.sla,
+            rules=ApprovalRules(settings.approvals_required),
+            step_up_actions=settings.step_up_actions,
+            step_up=services.step_up,
+        )
+        watch = WatchServicer(
+            hub,
+            heartbeat_s=settings.heartbeat_s,
+            renew_leases=lambda principal: decisions.renew_held(by=principal),
+        )
         decision_pb2_grpc.add_DecisionServiceServicer_to_server(
             DecisionServicer(
                 decisions,

@@ -9,6 +9,8 @@ from typing import Any, Final
 from hitl_grpc.domain.values import (
     Action,
     ActionType,
+    ActionVerdict,
+    ActionVerdictStatus,
     Analysis,
     AnalysisId,
     Decision,
@@ -53,6 +55,36 @@ def actions_from_json(raw: list[dict[str, Any]] | None) -> tuple[Action, ...]:
     )
 
 
+def verdicts_to_json(verdicts: tuple[ActionVerdict, ...]) -> list[dict[str, Any]]:
+    """Per-action verdicts as JSON-able dicts."""
+    return [
+        {
+            "action": actions_to_json((v.action,))[0],
+            "hash": v.action_hash,
+            "required": v.required_approvals,
+            "status": int(v.status),
+            "approved_by": list(v.approved_by),
+            "rejected_by": v.rejected_by,
+        }
+        for v in verdicts
+    ]
+
+
+def verdicts_from_json(raw: list[dict[str, Any]] | None) -> tuple[ActionVerdict, ...]:
+    """Per-action verdicts back from their JSON form; none for rows from before them."""
+    return tuple(
+        ActionVerdict(
+            action=actions_from_json([v["action"]])[0],
+            action_hash=v["hash"],
+            required_approvals=int(v["required"]),
+            status=ActionVerdictStatus(v["status"]),
+            approved_by=tuple(v.get("approved_by", ())),
+            rejected_by=v.get("rejected_by", ""),
+        )
+        for v in raw or ()
+    )
+
+
 def analysis_to_row(a: Analysis) -> dict[str, Any]:
     """The columns of the decisions table that hold the submitted analysis."""
     return {
@@ -91,6 +123,9 @@ def decision_to_row(d: Decision) -> dict[str, Any]:
         "escalation_reason": r.escalation_reason if r else None,
         "decided_by": r.decided_by if r else None,
         "decided_at": r.decided_at if r else None,
+        "lease_id": d.lease_id or None,
+        "lease_epoch": d.lease_epoch,
+        "action_verdicts": verdicts_to_json(d.action_verdicts) if d.action_verdicts else None,
     }
 
 
@@ -131,6 +166,10 @@ def decision_from_row(row: Mapping[str, Any]) -> Decision:
         claimed_by=row["claimed_by"] or "",
         claim_expires_at=aware(row["claim_expires_at"]),
         resolution=resolution,
+        # .get: outbox payloads written before these columns existed lack them.
+        lease_id=row.get("lease_id") or "",
+        lease_epoch=int(row.get("lease_epoch") or 0),
+        action_verdicts=verdicts_from_json(row.get("action_verdicts")),
     )
 
 

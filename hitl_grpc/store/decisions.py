@@ -29,8 +29,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hitl_grpc.domain import lifecycle
 from hitl_grpc.domain.queue import QueueFilter, QueueKey, QueueStats, WindowStats
-from hitl_grpc.domain.values import Analysis, AnalysisId, Decision, Priority, Status
-from hitl_grpc.store.codec import analysis_to_row, decision_from_row, decision_to_row
+from hitl_grpc.domain.values import (
+    ActionVerdict,
+    Analysis,
+    AnalysisId,
+    Decision,
+    Priority,
+    Status,
+)
+from hitl_grpc.store.codec import (
+    analysis_to_row,
+    decision_from_row,
+    decision_to_row,
+    verdicts_to_json,
+)
 from hitl_grpc.store.tables import TIME, decisions
 
 # Lifecycle columns: what a transition may change. The analysis itself never changes.
@@ -46,6 +58,9 @@ _LIFECYCLE_COLUMNS: Final = (
     "escalation_reason",
     "decided_by",
     "decided_at",
+    "lease_id",
+    "lease_epoch",
+    "action_verdicts",
 )
 
 
@@ -166,7 +181,13 @@ class DecisionRepository:
         self._postgres = conn.dialect.name == "postgresql"
 
     async def insert(
-        self, analysis: Analysis, payload_hash: str, *, submitted_by: str, sla: timedelta
+        self,
+        analysis: Analysis,
+        payload_hash: str,
+        *,
+        submitted_by: str,
+        sla: timedelta,
+        action_verdicts: tuple[ActionVerdict, ...] = (),
     ) -> Decision | None:
         """Queues a new PENDING decision on the database's clock; None if the id is taken."""
         values = {
@@ -176,6 +197,8 @@ class DecisionRepository:
             "status": int(Status.PENDING),
             "version": 1,
             "sla": _offset_value(self._postgres, sla),
+            "lease_epoch": 0,
+            "action_verdicts": verdicts_to_json(action_verdicts) if action_verdicts else None,
         }
         stamped = (await self._conn.execute(_INSERT[self._conn.dialect.name], values)).first()
         if stamped is None:
@@ -189,6 +212,7 @@ class DecisionRepository:
             updated_at=created_at,
             sla_deadline=_utc(stamped.sla_deadline),
             submitted_by=submitted_by,
+            action_verdicts=action_verdicts,
         )
 
     async def now(self) -> datetime:
@@ -302,6 +326,32 @@ class DecisionRepository:
             c.claim_expires_at,
             limit,
         )
+
+    async def held_leases(
+        self, username: str, within: timedelta, limit: int
+    ) -> list[tuple[Decision, datetime]]:
+        """Live leases held by `username` that run out within `within` of the database's now."""
+        c = decisions.c
+        now = _database_clock(self._postgres)
+        soon = _database_clock(self._postgres, _clock_offset(self._postgres, "within"))
+        # _WORKABLE matches ix_decisions_open_sla's predicate: only open rows are scanned.
+        stmt = (
+            select(decisions, now.label(_DB_NOW))
+            .where(
+                _WORKABLE,
+                c.status == int(Status.IN_REVIEW),
+                c.claimed_by == username,
+                c.claim_expires_at > now,
+                c.claim_expires_at <= soon,
+            )
+            .order_by(c.claim_expires_at, c.analysis_id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        rows = (
+            await self._conn.execute(stmt, {"within": _offset_value(self._postgres, within)})
+        ).all()
+        return [(_decision(r), _utc(r.db_now)) for r in rows]
 
     async def stats(self) -> QueueStats:
         """Counts and times to decision, aggregated by the database."""

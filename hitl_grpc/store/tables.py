@@ -151,6 +151,11 @@ decisions = Table(
     Column("escalation_reason", Text),
     Column("decided_by", String(150)),
     Column("decided_at", TIME),
+    # The review lease's id while held, and its fencing epoch (grows on every claim).
+    Column("lease_id", String(36)),
+    Column("lease_epoch", BigInteger, nullable=False, server_default=text("0")),
+    # The per-action verdicts (values.ActionVerdict) as JSON; NULL on rows from before them.
+    Column("action_verdicts", JSON),
     # The queue order, open items only (statuses PENDING, IN_REVIEW, ESCALATED).
     Index(
         "ix_decisions_queue",

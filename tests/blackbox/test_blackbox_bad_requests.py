@@ -18,6 +18,9 @@ UNARY = {
     "/hitl.v1.AuthService/Login": "hitl.v1.LoginRequest",
     "/hitl.v1.DecisionService/GetDecision": "hitl.v1.GetDecisionRequest",
     "/hitl.v1.DecisionService/MakeDecision": "hitl.v1.MakeDecisionRequest",
+    "/hitl.v1.DecisionService/MakeDecisions": "hitl.v1.MakeDecisionsRequest",
+    "/hitl.v1.DecisionService/RenewLease": "hitl.v1.RenewLeaseRequest",
+    "/hitl.v1.DecisionService/ReassignDecision": "hitl.v1.ReassignDecisionRequest",
     "/grpc.health.v1.Health/Check": "grpc.health.v1.HealthCheckRequest",
 }
 

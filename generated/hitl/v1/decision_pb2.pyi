@@ -97,6 +97,28 @@ ACTION_TYPE_NO_ACTION: ActionType.ValueType  # 6
 ACTION_TYPE_CUSTOM: ActionType.ValueType  # 7
 Global___ActionType: _TypeAlias = ActionType  # noqa: Y015
 
+class _ActionVerdictStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ActionVerdictStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionVerdictStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACTION_VERDICT_STATUS_UNSPECIFIED: _ActionVerdictStatus.ValueType  # 0
+    ACTION_VERDICT_STATUS_PENDING: _ActionVerdictStatus.ValueType  # 1
+    """PENDING: not yet judged, or approved by fewer approvers than it needs."""
+    ACTION_VERDICT_STATUS_APPROVED: _ActionVerdictStatus.ValueType  # 2
+    ACTION_VERDICT_STATUS_REJECTED: _ActionVerdictStatus.ValueType  # 3
+
+class ActionVerdictStatus(_ActionVerdictStatus, metaclass=_ActionVerdictStatusEnumTypeWrapper):
+    """ActionVerdictStatus is where one action of a decision stands."""
+
+ACTION_VERDICT_STATUS_UNSPECIFIED: ActionVerdictStatus.ValueType  # 0
+ACTION_VERDICT_STATUS_PENDING: ActionVerdictStatus.ValueType  # 1
+"""PENDING: not yet judged, or approved by fewer approvers than it needs."""
+ACTION_VERDICT_STATUS_APPROVED: ActionVerdictStatus.ValueType  # 2
+ACTION_VERDICT_STATUS_REJECTED: ActionVerdictStatus.ValueType  # 3
+Global___ActionVerdictStatus: _TypeAlias = ActionVerdictStatus  # noqa: Y015
+
 @_typing.final
 class Action(_message.Message):
     """Action is one recommended or approved response."""
@@ -125,6 +147,92 @@ class Action(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Action: _TypeAlias = Action  # noqa: Y015
+
+@_typing.final
+class ActionVerdict(_message.Message):
+    """ActionVerdict is the verdict on one action of a decision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECOMMENDED_INDEX_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    ACTION_HASH_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REQUIRED_APPROVALS_FIELD_NUMBER: _builtins.int
+    APPROVED_BY_FIELD_NUMBER: _builtins.int
+    REJECTED_BY_FIELD_NUMBER: _builtins.int
+    recommended_index: _builtins.int
+    """recommended_index is the action's place in the decision's recommended_actions, or -1
+    for an action an approver added (then `action` holds it).
+    """
+    type: Global___ActionType.ValueType
+    action_hash: _builtins.str
+    """action_hash is the hex SHA-256 of {"target":<target>,"type":"ACTION_TYPE_<NAME>"}
+    (sorted keys, no spaces, UTF-8): execute an action only if its hash matches.
+    """
+    status: Global___ActionVerdictStatus.ValueType
+    required_approvals: _builtins.int
+    """required_approvals is how many distinct approvers (never the submitter) it needs."""
+    rejected_by: _builtins.str
+    """rejected_by is who rejected it, if anyone."""
+    @_builtins.property
+    def action(self) -> Global___Action:
+        """action is set only when recommended_index is -1: the actions themselves are not
+        repeated here, so a decision's size stays within its documented limits.
+        """
+
+    @_builtins.property
+    def approved_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """approved_by lists the approvers so far, in order."""
+
+    def __init__(
+        self,
+        *,
+        recommended_index: _builtins.int = ...,
+        type: Global___ActionType.ValueType = ...,
+        action: Global___Action | None = ...,
+        action_hash: _builtins.str = ...,
+        status: Global___ActionVerdictStatus.ValueType = ...,
+        required_approvals: _builtins.int = ...,
+        approved_by: _abc.Iterable[_builtins.str] | None = ...,
+        rejected_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "action_hash", b"action_hash", "approved_by", b"approved_by", "recommended_index", b"recommended_index", "rejected_by", b"rejected_by", "required_approvals", b"required_approvals", "status", b"status", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionVerdict: _TypeAlias = ActionVerdict  # noqa: Y015
+
+@_typing.final
+class Lease(_message.Message):
+    """Lease is a review lease: its epoch grows on every claim and fences stale verdicts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    epoch: _builtins.int
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "expires_at", b"expires_at", "lease_id", b"lease_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Lease: _TypeAlias = Lease  # noqa: Y015
 
 @_typing.final
 class Resolution(_message.Message):
@@ -193,6 +301,8 @@ class Decision(_message.Message):
     CLAIM_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     RESOLUTION_FIELD_NUMBER: _builtins.int
     SUBMITTED_BY_FIELD_NUMBER: _builtins.int
+    LEASE_EPOCH_FIELD_NUMBER: _builtins.int
+    ACTION_VERDICTS_FIELD_NUMBER: _builtins.int
     analysis_id: _builtins.str
     incident_id: _builtins.str
     threat_level: _builtins.str
@@ -209,6 +319,8 @@ class Decision(_message.Message):
     """claimed_by is the username holding the review lease, if any."""
     submitted_by: _builtins.str
     """submitted_by is the username of the account that submitted it."""
+    lease_epoch: _builtins.int
+    """lease_epoch is the epoch of the latest review lease (0: never claimed)."""
     @_builtins.property
     def iocs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -229,6 +341,10 @@ class Decision(_message.Message):
     def claim_expires_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def resolution(self) -> Global___Resolution: ...
+    @_builtins.property
+    def action_verdicts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActionVerdict]:
+        """action_verdicts holds one verdict per action, partial approvals included."""
+
     def __init__(
         self,
         *,
@@ -254,10 +370,12 @@ class Decision(_message.Message):
         claim_expires_at: _timestamp_pb2.Timestamp | None = ...,
         resolution: Global___Resolution | None = ...,
         submitted_by: _builtins.str = ...,
+        lease_epoch: _builtins.int = ...,
+        action_verdicts: _abc.Iterable[Global___ActionVerdict] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["claim_expires_at", b"claim_expires_at", "created_at", b"created_at", "detected_at", b"detected_at", "expires_at", b"expires_at", "resolution", b"resolution", "sla_deadline", b"sla_deadline", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_id", b"analysis_id", "attributed_actor", b"attributed_actor", "claim_expires_at", b"claim_expires_at", "claimed_by", b"claimed_by", "confidence", b"confidence", "created_at", b"created_at", "detected_at", b"detected_at", "expires_at", b"expires_at", "forensic_summary", b"forensic_summary", "incident_id", b"incident_id", "iocs", b"iocs", "priority", b"priority", "recommended_actions", b"recommended_actions", "resolution", b"resolution", "sla_deadline", b"sla_deadline", "source_ip", b"source_ip", "status", b"status", "submitted_by", b"submitted_by", "threat_level", b"threat_level", "ttps", b"ttps", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_verdicts", b"action_verdicts", "analysis_id", b"analysis_id", "attributed_actor", b"attributed_actor", "claim_expires_at", b"claim_expires_at", "claimed_by", b"claimed_by", "confidence", b"confidence", "created_at", b"created_at", "detected_at", b"detected_at", "expires_at", b"expires_at", "forensic_summary", b"forensic_summary", "incident_id", b"incident_id", "iocs", b"iocs", "lease_epoch", b"lease_epoch", "priority", b"priority", "recommended_actions", b"recommended_actions", "resolution", b"resolution", "sla_deadline", b"sla_deadline", "source_ip", b"source_ip", "status", b"status", "submitted_by", b"submitted_by", "threat_level", b"threat_level", "ttps", b"ttps", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -451,8 +569,13 @@ class WatchPendingRequest(_message.Message):
 
     PRIORITIES_FIELD_NUMBER: _builtins.int
     RESUME_CURSOR_FIELD_NUMBER: _builtins.int
+    RENEW_LEASES_FIELD_NUMBER: _builtins.int
     resume_cursor: _builtins.str
     """resume_cursor is the last cursor seen; empty starts with a snapshot."""
+    renew_leases: _builtins.bool
+    """renew_leases keeps the caller's review leases alive while this stream is open: each
+    past half its length is renewed (same epoch) at the stream's heartbeat pace.
+    """
     @_builtins.property
     def priorities(self) -> _containers.RepeatedScalarFieldContainer[Global___Priority.ValueType]:
         """priorities filters the stream; empty means all."""
@@ -462,10 +585,11 @@ class WatchPendingRequest(_message.Message):
         *,
         priorities: _abc.Iterable[Global___Priority.ValueType] | None = ...,
         resume_cursor: _builtins.str = ...,
+        renew_leases: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["priorities", b"priorities", "resume_cursor", b"resume_cursor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["priorities", b"priorities", "renew_leases", b"renew_leases", "resume_cursor", b"resume_cursor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -648,16 +772,22 @@ class ClaimDecisionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DECISION_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def decision(self) -> Global___Decision: ...
+    @_builtins.property
+    def lease(self) -> Global___Lease:
+        """lease is the caller's lease: a new epoch, or the same one renewed."""
+
     def __init__(
         self,
         *,
         decision: Global___Decision | None = ...,
+        lease: Global___Lease | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "lease", b"lease"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -669,21 +799,30 @@ class ReleaseDecisionRequest(_message.Message):
 
     ANALYSIS_ID_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    LEASE_EPOCH_FIELD_NUMBER: _builtins.int
     analysis_id: _builtins.str
     expected_version: _builtins.int
+    lease_epoch: _builtins.int
+    """lease_epoch, when set, must be the caller's live lease or the call is FAILED_PRECONDITION."""
     def __init__(
         self,
         *,
         analysis_id: _builtins.str = ...,
         expected_version: _builtins.int | None = ...,
+        lease_epoch: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "_lease_epoch", b"_lease_epoch", "expected_version", b"expected_version", "lease_epoch", b"lease_epoch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "analysis_id", b"analysis_id", "expected_version", b"expected_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "_lease_epoch", b"_lease_epoch", "analysis_id", b"analysis_id", "expected_version", b"expected_version", "lease_epoch", b"lease_epoch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    _WhichOneofReturnType__lease_epoch: _TypeAlias = _typing.Literal["lease_epoch"]  # noqa: Y015
+    _WhichOneofArgType__lease_epoch: _TypeAlias = _typing.Literal["_lease_epoch", b"_lease_epoch"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lease_epoch) -> _WhichOneofReturnType__lease_epoch | None: ...
 
 Global___ReleaseDecisionRequest: _TypeAlias = ReleaseDecisionRequest  # noqa: Y015
 
@@ -717,6 +856,8 @@ class MakeDecisionRequest(_message.Message):
     NOTES_FIELD_NUMBER: _builtins.int
     ESCALATION_REASON_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    LEASE_EPOCH_FIELD_NUMBER: _builtins.int
+    OTP_FIELD_NUMBER: _builtins.int
     analysis_id: _builtins.str
     status: Global___DecisionStatus.ValueType
     """status is APPROVED, REJECTED or ESCALATED."""
@@ -724,6 +865,10 @@ class MakeDecisionRequest(_message.Message):
     escalation_reason: _builtins.str
     """escalation_reason is required when status is ESCALATED."""
     expected_version: _builtins.int
+    lease_epoch: _builtins.int
+    """lease_epoch, when set, must be the caller's live lease or the call is FAILED_PRECONDITION."""
+    otp: _builtins.str
+    """otp is a fresh TOTP code, needed to approve a high-impact action (or metadata x-hitl-otp)."""
     @_builtins.property
     def approved_actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Action]: ...
     def __init__(
@@ -735,14 +880,21 @@ class MakeDecisionRequest(_message.Message):
         notes: _builtins.str = ...,
         escalation_reason: _builtins.str = ...,
         expected_version: _builtins.int | None = ...,
+        lease_epoch: _builtins.int | None = ...,
+        otp: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "_lease_epoch", b"_lease_epoch", "expected_version", b"expected_version", "lease_epoch", b"lease_epoch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "analysis_id", b"analysis_id", "approved_actions", b"approved_actions", "escalation_reason", b"escalation_reason", "expected_version", b"expected_version", "notes", b"notes", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "_lease_epoch", b"_lease_epoch", "analysis_id", b"analysis_id", "approved_actions", b"approved_actions", "escalation_reason", b"escalation_reason", "expected_version", b"expected_version", "lease_epoch", b"lease_epoch", "notes", b"notes", "otp", b"otp", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    _WhichOneofReturnType__lease_epoch: _TypeAlias = _typing.Literal["lease_epoch"]  # noqa: Y015
+    _WhichOneofArgType__lease_epoch: _TypeAlias = _typing.Literal["_lease_epoch", b"_lease_epoch"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lease_epoch) -> _WhichOneofReturnType__lease_epoch | None: ...
 
 Global___MakeDecisionRequest: _TypeAlias = MakeDecisionRequest  # noqa: Y015
 
@@ -773,23 +925,32 @@ class EscalateDecisionRequest(_message.Message):
     ANALYSIS_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    LEASE_EPOCH_FIELD_NUMBER: _builtins.int
     analysis_id: _builtins.str
     reason: _builtins.str
     expected_version: _builtins.int
+    lease_epoch: _builtins.int
+    """lease_epoch, when set, must be the caller's live lease or the call is FAILED_PRECONDITION."""
     def __init__(
         self,
         *,
         analysis_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         expected_version: _builtins.int | None = ...,
+        lease_epoch: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "_lease_epoch", b"_lease_epoch", "expected_version", b"expected_version", "lease_epoch", b"lease_epoch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "analysis_id", b"analysis_id", "expected_version", b"expected_version", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "_lease_epoch", b"_lease_epoch", "analysis_id", b"analysis_id", "expected_version", b"expected_version", "lease_epoch", b"lease_epoch", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    _WhichOneofReturnType__lease_epoch: _TypeAlias = _typing.Literal["lease_epoch"]  # noqa: Y015
+    _WhichOneofArgType__lease_epoch: _TypeAlias = _typing.Literal["_lease_epoch", b"_lease_epoch"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lease_epoch) -> _WhichOneofReturnType__lease_epoch | None: ...
 
 Global___EscalateDecisionRequest: _TypeAlias = EscalateDecisionRequest  # noqa: Y015
 
@@ -812,6 +973,239 @@ class EscalateDecisionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EscalateDecisionResponse: _TypeAlias = EscalateDecisionResponse  # noqa: Y015
+
+@_typing.final
+class RenewLeaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANALYSIS_ID_FIELD_NUMBER: _builtins.int
+    LEASE_EPOCH_FIELD_NUMBER: _builtins.int
+    analysis_id: _builtins.str
+    lease_epoch: _builtins.int
+    """lease_epoch is the epoch of the caller's lease, from ClaimDecision."""
+    def __init__(
+        self,
+        *,
+        analysis_id: _builtins.str = ...,
+        lease_epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_id", b"analysis_id", "lease_epoch", b"lease_epoch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewLeaseRequest: _TypeAlias = RenewLeaseRequest  # noqa: Y015
+
+@_typing.final
+class RenewLeaseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decision(self) -> Global___Decision: ...
+    @_builtins.property
+    def lease(self) -> Global___Lease: ...
+    def __init__(
+        self,
+        *,
+        decision: Global___Decision | None = ...,
+        lease: Global___Lease | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "lease", b"lease"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewLeaseResponse: _TypeAlias = RenewLeaseResponse  # noqa: Y015
+
+@_typing.final
+class ReassignDecisionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANALYSIS_ID_FIELD_NUMBER: _builtins.int
+    ASSIGNEE_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    analysis_id: _builtins.str
+    assignee: _builtins.str
+    """assignee is the username of the analyst or admin who takes the item over."""
+    expected_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        analysis_id: _builtins.str = ...,
+        assignee: _builtins.str = ...,
+        expected_version: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "analysis_id", b"analysis_id", "assignee", b"assignee", "expected_version", b"expected_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
+    _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
+
+Global___ReassignDecisionRequest: _TypeAlias = ReassignDecisionRequest  # noqa: Y015
+
+@_typing.final
+class ReassignDecisionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decision(self) -> Global___Decision: ...
+    @_builtins.property
+    def lease(self) -> Global___Lease:
+        """lease is the assignee's new lease."""
+
+    def __init__(
+        self,
+        *,
+        decision: Global___Decision | None = ...,
+        lease: Global___Lease | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "lease", b"lease"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReassignDecisionResponse: _TypeAlias = ReassignDecisionResponse  # noqa: Y015
+
+@_typing.final
+class MakeDecisionsItem(_message.Message):
+    """MakeDecisionsItem is one decision of a MakeDecisions call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANALYSIS_ID_FIELD_NUMBER: _builtins.int
+    APPROVED_ACTIONS_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    LEASE_EPOCH_FIELD_NUMBER: _builtins.int
+    analysis_id: _builtins.str
+    expected_version: _builtins.int
+    lease_epoch: _builtins.int
+    @_builtins.property
+    def approved_actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Action]:
+        """approved_actions are this decision's actions to approve when the status is APPROVED."""
+
+    def __init__(
+        self,
+        *,
+        analysis_id: _builtins.str = ...,
+        approved_actions: _abc.Iterable[Global___Action] | None = ...,
+        expected_version: _builtins.int | None = ...,
+        lease_epoch: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "_lease_epoch", b"_lease_epoch", "expected_version", b"expected_version", "lease_epoch", b"lease_epoch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "_lease_epoch", b"_lease_epoch", "analysis_id", b"analysis_id", "approved_actions", b"approved_actions", "expected_version", b"expected_version", "lease_epoch", b"lease_epoch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
+    _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    _WhichOneofReturnType__lease_epoch: _TypeAlias = _typing.Literal["lease_epoch"]  # noqa: Y015
+    _WhichOneofArgType__lease_epoch: _TypeAlias = _typing.Literal["_lease_epoch", b"_lease_epoch"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lease_epoch) -> _WhichOneofReturnType__lease_epoch | None: ...
+
+Global___MakeDecisionsItem: _TypeAlias = MakeDecisionsItem  # noqa: Y015
+
+@_typing.final
+class MakeDecisionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    ESCALATION_REASON_FIELD_NUMBER: _builtins.int
+    OTP_FIELD_NUMBER: _builtins.int
+    status: Global___DecisionStatus.ValueType
+    """status is APPROVED, REJECTED or ESCALATED, for every item."""
+    notes: _builtins.str
+    """notes is the one note recorded on every item."""
+    escalation_reason: _builtins.str
+    otp: _builtins.str
+    """otp is a fresh TOTP code, needed when any item approves a high-impact action."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___MakeDecisionsItem]:
+        """items holds 1 to 100 decisions."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___MakeDecisionsItem] | None = ...,
+        status: Global___DecisionStatus.ValueType = ...,
+        notes: _builtins.str = ...,
+        escalation_reason: _builtins.str = ...,
+        otp: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["escalation_reason", b"escalation_reason", "items", b"items", "notes", b"notes", "otp", b"otp", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MakeDecisionsRequest: _TypeAlias = MakeDecisionsRequest  # noqa: Y015
+
+@_typing.final
+class MakeDecisionsResult(_message.Message):
+    """MakeDecisionsResult is what became of one item, in the order of the request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANALYSIS_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    analysis_id: _builtins.str
+    code: _builtins.int
+    """code is the item's google.rpc.Code: 0 (OK) when its verdict was stored."""
+    message: _builtins.str
+    """message says why the item was refused; empty when code is 0."""
+    @_builtins.property
+    def decision(self) -> Global___Decision:
+        """decision is the decision as stored, when code is 0."""
+
+    def __init__(
+        self,
+        *,
+        analysis_id: _builtins.str = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        decision: Global___Decision | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_id", b"analysis_id", "code", b"code", "decision", b"decision", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MakeDecisionsResult: _TypeAlias = MakeDecisionsResult  # noqa: Y015
+
+@_typing.final
+class MakeDecisionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___MakeDecisionsResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___MakeDecisionsResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MakeDecisionsResponse: _TypeAlias = MakeDecisionsResponse  # noqa: Y015
 
 @_typing.final
 class GetDecisionStatsRequest(_message.Message):

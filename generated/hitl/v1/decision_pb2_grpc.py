@@ -80,6 +80,21 @@ class DecisionServiceStub:
                 request_serializer=hitl_dot_v1_dot_decision__pb2.EscalateDecisionRequest.SerializeToString,
                 response_deserializer=hitl_dot_v1_dot_decision__pb2.EscalateDecisionResponse.FromString,
                 _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/hitl.v1.DecisionService/RenewLease',
+                request_serializer=hitl_dot_v1_dot_decision__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=hitl_dot_v1_dot_decision__pb2.RenewLeaseResponse.FromString,
+                _registered_method=True)
+        self.ReassignDecision = channel.unary_unary(
+                '/hitl.v1.DecisionService/ReassignDecision',
+                request_serializer=hitl_dot_v1_dot_decision__pb2.ReassignDecisionRequest.SerializeToString,
+                response_deserializer=hitl_dot_v1_dot_decision__pb2.ReassignDecisionResponse.FromString,
+                _registered_method=True)
+        self.MakeDecisions = channel.unary_unary(
+                '/hitl.v1.DecisionService/MakeDecisions',
+                request_serializer=hitl_dot_v1_dot_decision__pb2.MakeDecisionsRequest.SerializeToString,
+                response_deserializer=hitl_dot_v1_dot_decision__pb2.MakeDecisionsResponse.FromString,
+                _registered_method=True)
         self.GetDecisionStats = channel.unary_unary(
                 '/hitl.v1.DecisionService/GetDecisionStats',
                 request_serializer=hitl_dot_v1_dot_decision__pb2.GetDecisionStatsRequest.SerializeToString,
@@ -154,6 +169,27 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewLease(self, request, context):
+        """RenewLease extends the caller's live review lease of the given epoch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReassignDecision(self, request, context):
+        """ReassignDecision hands a decision to another analyst on a new lease; the claimer or an admin may.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MakeDecisions(self, request, context):
+        """MakeDecisions gives one verdict and note to up to 100 decisions, each its own compare-and-set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDecisionStats(self, request, context):
         """GetDecisionStats summarises the queue and time to decision.
         """
@@ -208,6 +244,21 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.EscalateDecision,
                     request_deserializer=hitl_dot_v1_dot_decision__pb2.EscalateDecisionRequest.FromString,
                     response_serializer=hitl_dot_v1_dot_decision__pb2.EscalateDecisionResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=hitl_dot_v1_dot_decision__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=hitl_dot_v1_dot_decision__pb2.RenewLeaseResponse.SerializeToString,
+            ),
+            'ReassignDecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReassignDecision,
+                    request_deserializer=hitl_dot_v1_dot_decision__pb2.ReassignDecisionRequest.FromString,
+                    response_serializer=hitl_dot_v1_dot_decision__pb2.ReassignDecisionResponse.SerializeToString,
+            ),
+            'MakeDecisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.MakeDecisions,
+                    request_deserializer=hitl_dot_v1_dot_decision__pb2.MakeDecisionsRequest.FromString,
+                    response_serializer=hitl_dot_v1_dot_decision__pb2.MakeDecisionsResponse.SerializeToString,
             ),
             'GetDecisionStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDecisionStats,
@@ -459,6 +510,87 @@ class DecisionService:
             '/hitl.v1.DecisionService/EscalateDecision',
             hitl_dot_v1_dot_decision__pb2.EscalateDecisionRequest.SerializeToString,
             hitl_dot_v1_dot_decision__pb2.EscalateDecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hitl.v1.DecisionService/RenewLease',
+            hitl_dot_v1_dot_decision__pb2.RenewLeaseRequest.SerializeToString,
+            hitl_dot_v1_dot_decision__pb2.RenewLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReassignDecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hitl.v1.DecisionService/ReassignDecision',
+            hitl_dot_v1_dot_decision__pb2.ReassignDecisionRequest.SerializeToString,
+            hitl_dot_v1_dot_decision__pb2.ReassignDecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MakeDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hitl.v1.DecisionService/MakeDecisions',
+            hitl_dot_v1_dot_decision__pb2.MakeDecisionsRequest.SerializeToString,
+            hitl_dot_v1_dot_decision__pb2.MakeDecisionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,12 @@ class DecisionServiceStub:
     """MakeDecision approves, rejects or escalates; an atomic compare-and-set."""
     EscalateDecision: _grpc.UnaryUnaryMultiCallable[_decision_pb2.EscalateDecisionRequest, _decision_pb2.EscalateDecisionResponse]
     """EscalateDecision hands a decision to an admin, with a reason."""
+    RenewLease: _grpc.UnaryUnaryMultiCallable[_decision_pb2.RenewLeaseRequest, _decision_pb2.RenewLeaseResponse]
+    """RenewLease extends the caller's live review lease of the given epoch."""
+    ReassignDecision: _grpc.UnaryUnaryMultiCallable[_decision_pb2.ReassignDecisionRequest, _decision_pb2.ReassignDecisionResponse]
+    """ReassignDecision hands a decision to another analyst on a new lease; the claimer or an admin may."""
+    MakeDecisions: _grpc.UnaryUnaryMultiCallable[_decision_pb2.MakeDecisionsRequest, _decision_pb2.MakeDecisionsResponse]
+    """MakeDecisions gives one verdict and note to up to 100 decisions, each its own compare-and-set."""
     GetDecisionStats: _grpc.UnaryUnaryMultiCallable[_decision_pb2.GetDecisionStatsRequest, _decision_pb2.GetDecisionStatsResponse]
     """GetDecisionStats summarises the queue and time to decision."""
 
@@ -77,6 +83,12 @@ class DecisionServiceAsyncStub(DecisionServiceStub):
     """MakeDecision approves, rejects or escalates; an atomic compare-and-set."""
     EscalateDecision: _aio.UnaryUnaryMultiCallable[_decision_pb2.EscalateDecisionRequest, _decision_pb2.EscalateDecisionResponse]  # type: ignore[assignment]
     """EscalateDecision hands a decision to an admin, with a reason."""
+    RenewLease: _aio.UnaryUnaryMultiCallable[_decision_pb2.RenewLeaseRequest, _decision_pb2.RenewLeaseResponse]  # type: ignore[assignment]
+    """RenewLease extends the caller's live review lease of the given epoch."""
+    ReassignDecision: _aio.UnaryUnaryMultiCallable[_decision_pb2.ReassignDecisionRequest, _decision_pb2.ReassignDecisionResponse]  # type: ignore[assignment]
+    """ReassignDecision hands a decision to another analyst on a new lease; the claimer or an admin may."""
+    MakeDecisions: _aio.UnaryUnaryMultiCallable[_decision_pb2.MakeDecisionsRequest, _decision_pb2.MakeDecisionsResponse]  # type: ignore[assignment]
+    """MakeDecisions gives one verdict and note to up to 100 decisions, each its own compare-and-set."""
     GetDecisionStats: _aio.UnaryUnaryMultiCallable[_decision_pb2.GetDecisionStatsRequest, _decision_pb2.GetDecisionStatsResponse]  # type: ignore[assignment]
     """GetDecisionStats summarises the queue and time to decision."""
 
@@ -154,6 +166,30 @@ class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_decision_pb2.EscalateDecisionResponse, _abc.Awaitable[_decision_pb2.EscalateDecisionResponse]]:
         """EscalateDecision hands a decision to an admin, with a reason."""
+
+    @_abc_1.abstractmethod
+    def RenewLease(
+        self,
+        request: _decision_pb2.RenewLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_decision_pb2.RenewLeaseResponse, _abc.Awaitable[_decision_pb2.RenewLeaseResponse]]:
+        """RenewLease extends the caller's live review lease of the given epoch."""
+
+    @_abc_1.abstractmethod
+    def ReassignDecision(
+        self,
+        request: _decision_pb2.ReassignDecisionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_decision_pb2.ReassignDecisionResponse, _abc.Awaitable[_decision_pb2.ReassignDecisionResponse]]:
+        """ReassignDecision hands a decision to another analyst on a new lease; the claimer or an admin may."""
+
+    @_abc_1.abstractmethod
+    def MakeDecisions(
+        self,
+        request: _decision_pb2.MakeDecisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_decision_pb2.MakeDecisionsResponse, _abc.Awaitable[_decision_pb2.MakeDecisionsResponse]]:
+        """MakeDecisions gives one verdict and note to up to 100 decisions, each its own compare-and-set."""
 
     @_abc_1.abstractmethod
     def GetDecisionStats(
