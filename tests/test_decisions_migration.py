@@ -39,7 +39,7 @@ async def test_0004_goes_down_and_up_again(database_url: str) -> None:
     engine = make_engine(database_url, timeout_s=10)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(_to("0002", down=True))
+            await conn.run_sync(_to("0003", down=True))
             columns = await conn.run_sync(
                 lambda sync: {c["name"] for c in inspect(sync).get_columns("decisions")}
             )

@@ -6,14 +6,14 @@ fencing epoch (grows by one on every claim, never reset), and its per-action ver
 which read as every recommended action still pending.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
