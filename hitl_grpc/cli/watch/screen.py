@@ -327,6 +327,7 @@ class WatchApp(App[None]):
     """The queue, its selected item, the connection's state; keys to work the queue."""
 
     TITLE = "hitl-grpc watch"
+    ENABLE_COMMAND_PALETTE = False
     CSS = """
     #status { height: 1; padding: 0 1; background: $panel; }
     #queue { height: 1fr; }
