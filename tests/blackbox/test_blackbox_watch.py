@@ -24,6 +24,7 @@ from tests.harness import Metadata, bearer
 WATCH: Final = (sys.executable, "-m", "hitl_grpc.cli", "watch")
 # A reconnect is a backoff of at most a few seconds plus grpc's own reconnect delay.
 RECONNECT_S: Final = 20.0
+APPROVE_HINT: Final = "Enter: on to the note"
 
 
 @pytest.fixture
@@ -135,8 +136,11 @@ def test_claim_and_approve_from_the_screen(served: Served, terminal: Terminal) -
     assert claimed.claimed_by == analyst
 
     terminal.send("a")
-    terminal.wait_for("Enter in the note: approve", "the approve dialog")
-    terminal.send("Down", "Space", "Tab")  # the second action only
+    terminal.wait_for(APPROVE_HINT, "the approve dialog")
+    terminal.send("Down", "Space")  # the second action only
+    terminal.wait_for("chosen: QUARANTINE_SYSTEM host-7", "the ticked action")
+    terminal.send("Enter")
+    terminal.wait_for(f"Approve {item.analysis_id} with: QUARANTINE_SYSTEM host-7", "the note")
     terminal.type("seen on [b]host-7[/b]")
     terminal.wait_for("seen on [b]host-7[/b]", "the note as typed")
     terminal.send("Enter")
@@ -165,8 +169,12 @@ def test_a_killswitch_on_a_critical_item_asks_before_it_is_sent(
 
     for answer in ("n", "y"):
         terminal.send("a")
-        terminal.wait_for("Enter in the note: approve", "the approve dialog")
-        terminal.send("Space", "Tab", "Enter")
+        terminal.wait_for(APPROVE_HINT, "the approve dialog")
+        terminal.send("Space")
+        terminal.wait_for("chosen: ACTIVATE_KILLSWITCH segment-9", "the ticked action")
+        terminal.send("Enter")
+        terminal.wait_for(f"Approve {item.analysis_id} with:", "the note")
+        terminal.send("Enter")
         screen = terminal.wait_for("y: go ahead", "the confirmation")
         assert "ACTIVATE_KILLSWITCH segment-9" in screen
         terminal.send(answer)
@@ -274,10 +282,10 @@ def test_markup_and_escapes_in_a_decision_show_literally(
     after = served.submit(served.admin(), priority=decision_pb2.PRIORITY_CRITICAL)
     terminal.wait_for(lambda s: bool(_row(s, after.analysis_id)), "a later item")
     terminal.send("a")
-    dialog = terminal.wait_for("Enter in the note: approve", "the approve dialog")
+    dialog = terminal.wait_for(APPROVE_HINT, "the approve dialog")
     assert "CUSTOM [/] — [bold]do[/]" in dialog
     terminal.send("Escape")
-    terminal.wait_for(lambda s: "Enter in the note" not in s, "the dialog closing")
+    terminal.wait_for(lambda s: APPROVE_HINT not in s, "the dialog closing")
     _quit(terminal)
 
 

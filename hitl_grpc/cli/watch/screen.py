@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import ClassVar, Final
 
@@ -171,14 +170,6 @@ def detail(decision: decision_pb2.Decision, now: datetime) -> Text:
     return out
 
 
-@dataclass(frozen=True)
-class Approval:
-    """What the analyst chose in the approve dialog."""
-
-    actions: tuple[decision_pb2.Action, ...]
-    note: str
-
-
 class CodeScreen(ModalScreen[str]):
     """Asks for an MFA code; the input is not echoed."""
 
@@ -226,8 +217,24 @@ class NoteScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class ApproveScreen(ModalScreen[Approval | None]):
-    """Chooses among the recommended actions, then a note; Enter in the note approves."""
+class ActionList(SelectionList[int]):
+    """The recommended actions: Space ticks one, Enter takes the ticked ones."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "take", "approve these")]
+
+    def action_take(self) -> None:
+        screen = self.screen
+        if isinstance(screen, ApproveScreen):
+            screen.take()
+
+
+class ApproveScreen(ModalScreen[tuple[decision_pb2.Action, ...] | None]):
+    """Chooses among the recommended actions; the note is asked for next, on its own.
+
+    Two steps rather than a list and a note field side by side: keys typed right after Tab
+    would still reach the list (textual moves focus only once it has handled the Tab), so a
+    space meant for the note could tick or untick an action.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "cancel")]
 
@@ -241,7 +248,7 @@ class ApproveScreen(ModalScreen[Approval | None]):
             yield Label(
                 Text(f"Approve {shown(self._decision.analysis_id)}: the actions to carry out")
             )
-            yield SelectionList[int](
+            yield ActionList(
                 *(
                     Selection(
                         Text(
@@ -253,23 +260,28 @@ class ApproveScreen(ModalScreen[Approval | None]):
                 ),
                 id="actions",
             )
-            yield Input(placeholder="note (optional)", id="note")
+            yield Static(self._chosen_text(), id="chosen")
             yield Label(
-                "Space: toggle an action · Tab: to the note · Enter in the note: approve"
-                " · Esc: cancel",
-                classes="hint",
+                "Space: tick an action · Enter: on to the note · Esc: cancel", classes="hint"
             )
 
-    def on_mount(self) -> None:
-        if not self._decision.recommended_actions:
-            self.query_one("#note", Input).focus()
-
-    @on(Input.Submitted)
-    def _submitted(self, event: Input.Submitted) -> None:
-        chosen = self.query_one("#actions", SelectionList).selected
+    def _picked(self) -> tuple[decision_pb2.Action, ...]:
         actions = self._decision.recommended_actions
-        picked = tuple(actions[i] for i in sorted(chosen) if isinstance(i, int))
-        self.dismiss(Approval(picked, event.value.strip()))
+        chosen = self.query_one(ActionList).selected if self.is_mounted else []
+        return tuple(actions[i] for i in sorted(chosen))
+
+    def _chosen_text(self) -> Text:
+        picked = self._picked()
+        names = "; ".join(action_name(a) for a in picked) if picked else "none (approve only)"
+        return Text(f"chosen: {names}")
+
+    @on(SelectionList.SelectedChanged)
+    def _changed(self) -> None:
+        self.query_one("#chosen", Static).update(self._chosen_text())
+
+    def take(self) -> None:
+        """Ends the dialog with the ticked actions."""
+        self.dismiss(self._picked())
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -534,11 +546,20 @@ class WatchApp(App[None]):
     def action_approve(self) -> None:
         async def work(d: decision_pb2.Decision) -> None:
             assert self._client is not None
-            choice = await self.push_screen_wait(ApproveScreen(d))
-            if choice is None:
+            actions = await self.push_screen_wait(ApproveScreen(d))
+            if actions is None:
                 return
-            if high_impact(d, choice.actions):
-                chosen = "; ".join(action_name(a) for a in choice.actions) or "no actions"
+            chosen = "; ".join(action_name(a) for a in actions) or "no actions"
+            note = await self.push_screen_wait(
+                NoteScreen(
+                    f"Approve {shown(d.analysis_id)} with: {chosen}",
+                    "note (optional)",
+                    required=False,
+                )
+            )
+            if note is None:
+                return
+            if high_impact(d, actions):
                 name = PRIORITY_STYLE.get(d.priority, ("?", ""))[0]
                 if not await self._confirmed(
                     f"Approve {shown(d.analysis_id)} ({name}) and carry out: {chosen}?"
@@ -548,7 +569,7 @@ class WatchApp(App[None]):
                 "approved",
                 d,
                 self._client.approve(
-                    d.analysis_id, choice.actions, notes=choice.note, expected_version=d.version
+                    d.analysis_id, actions, notes=note, expected_version=d.version
                 ),
             )
 
