@@ -199,6 +199,7 @@ def test_transport_failures_are_named_in_plain_words() -> None:
     denied = named(grpc.StatusCode.PERMISSION_DENIED, "account is deactivated")
     assert denied == "permission denied: account is deactivated"
     assert len(named(grpc.StatusCode.INTERNAL, "x" * 500)) <= 120
+    assert named(grpc.StatusCode.NOT_FOUND, "no \x1b[2Jid") == "not found: no \\x1b[2Jid"
 
 
 def test_watch_subcommand_takes_address_and_priorities() -> None:

@@ -160,3 +160,18 @@ async def test_the_mfa_code_is_asked_on_the_screen_and_never_shown(server: Harne
         await pilot.press("enter")
         await _until(pilot, lambda: app.view.live and item.analysis_id in app.view.items, "live")
         await pilot.press("q")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_ctrl_c_leaves_even_from_a_dialog(server: Harness) -> None:
+    analyst = await server.create_user(Role.ANALYST)
+    item = await _submit(server)
+    app = _app(server, analyst.username)
+    async with app.run_test(size=SIZE) as pilot:
+        await _until(pilot, lambda: item.analysis_id in app.view.items, "the item")
+        await pilot.press("e")
+        await _until(pilot, lambda: isinstance(app.screen, NoteScreen), "note dialog")
+        assert app.return_code is None
+        await pilot.press("ctrl+c")
+        await _until(pilot, lambda: app.return_code == 0, "the exit")
+    assert (await _get(server, item.analysis_id)).status == decision_pb2.DECISION_STATUS_PENDING

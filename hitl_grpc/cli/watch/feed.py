@@ -11,6 +11,7 @@ import grpc
 from hitl.v1 import decision_pb2
 
 from hitl_grpc.cli.watch.queue import QueueView
+from hitl_grpc.cli.watch.text import shown
 from hitl_grpc.client import WATCH_RETRYABLE, Backoff, HitlClient, HitlClientError
 
 # Between attempts to reopen the stream: fast after a blip, at most a few seconds apart.
@@ -33,8 +34,11 @@ MAX_ERROR_CHARS: Final = 120
 
 
 def describe(error: HitlClientError) -> str:
-    """A failure as the status line names it: "connection refused", "cannot resolve x"."""
-    message = error.message
+    """A failure as the status line names it: "connection refused", "cannot resolve x".
+
+    The server's message is text from afar too: its control characters are spelled out.
+    """
+    message = shown(error.message)
     for pattern, words in _CAUSES:
         if pattern.search(message):
             if words:

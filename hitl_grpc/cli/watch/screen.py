@@ -359,7 +359,8 @@ class WatchApp(App[None]):
         Binding("e", "escalate", "escalate"),
         Binding("question_mark", "help", "keys"),
         Binding("q", "quit", "quit"),
-        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
+        # Ctrl+C leaves from anywhere, a dialog included.
+        Binding("ctrl+c", "leave", "quit", show=False, priority=True),
     ]
     # Queue keys act on the main screen only: in a dialog they are typed or ignored.
     QUEUE_ACTIONS: ClassVar[frozenset[str]] = frozenset(
@@ -395,7 +396,9 @@ class WatchApp(App[None]):
 
     def on_mount(self) -> None:
         self._client = self._connect(self._mfa_code)
-        self.run_worker(self._feed(), name="feed", exit_on_error=False)
+        # A failure the feed does not expect ends the screen loudly: a screen that went on
+        # saying "live" with nothing feeding it would be lying.
+        self.run_worker(self._feed(), name="feed")
         self.set_interval(TICK_S, self._tick)
         self.query_one(DataTable).focus()
         self._redraw()
@@ -497,7 +500,7 @@ class WatchApp(App[None]):
         if decision is None:
             self.notify("no item selected", severity="warning")
             return
-        self.run_worker(work(decision), group="act", exit_on_error=False)
+        self.run_worker(work(decision), group="act")
 
     async def _send(
         self, verb: str, decision: decision_pb2.Decision, call: Awaitable[decision_pb2.Decision]
@@ -506,7 +509,7 @@ class WatchApp(App[None]):
             result = await call
         except HitlClientError as exc:
             self.notify(
-                f"{verb} {shown(decision.analysis_id)} failed: {shown(describe(exc))}",
+                f"{verb} {shown(decision.analysis_id)} failed: {describe(exc)}",
                 severity="error",
                 markup=False,
                 timeout=8,
@@ -618,6 +621,9 @@ class WatchApp(App[None]):
             )
 
         self._start(work)
+
+    def action_leave(self) -> None:
+        self.exit()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
