@@ -12,7 +12,7 @@ from rich.cells import cell_len
 from hitl_grpc.cli.main import _parser
 from hitl_grpc.cli.watch.feed import describe
 from hitl_grpc.cli.watch.queue import Phase, QueueView
-from hitl_grpc.cli.watch.screen import high_impact, row
+from hitl_grpc.cli.watch.screen import COLUMNS, column_widths, high_impact, row
 from hitl_grpc.cli.watch.text import countdown, cut, shown, span
 from hitl_grpc.client import HitlClientError, PendingChange
 
@@ -166,6 +166,16 @@ def test_a_row_shows_sla_age_and_claimer_within_its_columns() -> None:
     assert cells[5].endswith("…")
     assert cells[6].startswith("[/]xx")
     assert cells[6].endswith("…")
+
+
+def test_every_column_fits_an_80_column_terminal() -> None:
+    wide = column_widths(160)
+    assert wide["analysis"] == 36  # a whole generated id
+    assert wide["actor"] > 36
+    narrow = column_widths(80)
+    assert sum(narrow.values()) + 2 * len(COLUMNS) + 1 <= 80
+    assert narrow["analysis"] >= 10
+    assert narrow["actor"] >= 8
 
 
 def test_high_impact_means_killswitch_countermeasure_or_critical() -> None:

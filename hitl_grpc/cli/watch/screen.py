@@ -38,17 +38,34 @@ PRIORITY_STYLE: Final = {
 HIGH_IMPACT: Final = frozenset(
     {decision_pb2.ACTION_TYPE_ACTIVATE_KILLSWITCH, decision_pb2.ACTION_TYPE_DEPLOY_COUNTERMEASURE}
 )
-# (key, label, width): widths in terminal cells; longer text ends in an ellipsis.
+# (key, label, width): widths in terminal cells; longer text ends in an ellipsis. The id
+# and actor columns share what the terminal has left (see `column_widths`).
 COLUMNS: Final = (
     ("priority", "priority", 8),
     ("analysis", "analysis", 36),
     ("status", "status", 9),
     ("sla", "SLA left", 11),
     ("age", "age", 7),
-    ("claimed", "claimed by", 14),
+    ("claimed", "claimed by", 12),
     ("actor", "actor", 28),
 )
 WIDTH: Final = {key: width for key, _, width in COLUMNS}
+# Each cell's padding, and the table's vertical scrollbar.
+_CELL_PADDING: Final = 2
+_SCROLLBAR: Final = 1
+_MIN_ANALYSIS: Final = 10
+_MIN_ACTOR: Final = 8
+
+
+def column_widths(total: int) -> dict[str, int]:
+    """Column widths for a terminal `total` cells wide: the id up to its usual 36, then the
+    actor takes the rest, so that narrow terminals still show every column."""
+    fixed = sum(WIDTH[k] for k in ("priority", "status", "sla", "age", "claimed"))
+    spare = total - fixed - _CELL_PADDING * len(COLUMNS) - _SCROLLBAR
+    analysis = max(_MIN_ANALYSIS, min(WIDTH["analysis"], spare - _MIN_ACTOR))
+    return {**WIDTH, "analysis": analysis, "actor": max(_MIN_ACTOR, spare - analysis)}
+
+
 TICK_S: Final = 1.0
 KEYS: Final = (
     ("↑ ↓ PgUp PgDn Home End", "move through the queue"),
@@ -93,17 +110,19 @@ def high_impact(
     )
 
 
-def row(decision: decision_pb2.Decision, now: datetime) -> list[Text]:
+def row(
+    decision: decision_pb2.Decision, now: datetime, widths: dict[str, int] = WIDTH
+) -> list[Text]:
     """The queue row of one decision, each cell cut to its column."""
     name, style = PRIORITY_STYLE.get(decision.priority, ("?", ""))
     return [
         Text(name, style=style),
-        Text(cut(decision.analysis_id, WIDTH["analysis"])),
+        Text(cut(decision.analysis_id, widths["analysis"])),
         Text(status_name(decision.status)),
         sla_cell(decision, now),
         age_cell(decision, now),
-        Text(cut(decision.claimed_by, WIDTH["claimed"]) or "-"),
-        Text(cut(decision.attributed_actor, WIDTH["actor"])),
+        Text(cut(decision.claimed_by, widths["claimed"]) or "-"),
+        Text(cut(decision.attributed_actor, widths["actor"])),
     ]
 
 
@@ -383,13 +402,11 @@ class WatchApp(App[None]):
         self.view = QueueView()
         self._client: HitlClient | None = None
         self._shown: list[str] = []  # the analysis ids in the table's order
+        self._widths: dict[str, int] = {}
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
-        table = QueueTable(id="queue", cursor_type="row", zebra_stripes=True)
-        for key, label, width in COLUMNS:
-            table.add_column(label, width=width, key=key)
-        yield table
+        yield QueueTable(id="queue", cursor_type="row", zebra_stripes=True)
         with VerticalScroll(id="detail-box"):
             yield Static(id="detail")
         yield Footer()
@@ -445,9 +462,14 @@ class WatchApp(App[None]):
         index = table.cursor_row
         now = datetime.now(UTC)
         ordered = self.view.ordered()
-        table.clear()
+        widths = column_widths(table.size.width or self.size.width)
+        table.clear(columns=widths != self._widths)
+        if widths != self._widths:
+            self._widths = widths
+            for key, label, _ in COLUMNS:
+                table.add_column(label, width=widths[key], key=key)
         for decision in ordered:
-            table.add_row(*row(decision, now), key=decision.analysis_id)
+            table.add_row(*row(decision, now, widths), key=decision.analysis_id)
         self._shown = [d.analysis_id for d in ordered]
         if ordered:
             if chosen is not None and chosen.analysis_id in self.view.items:
@@ -459,6 +481,9 @@ class WatchApp(App[None]):
     def _tick(self) -> None:
         """Ages and countdowns move every second, events or not."""
         table: DataTable[Text] = self.query_one(DataTable)
+        if column_widths(table.size.width) != self._widths:
+            self._redraw()  # the terminal was resized
+            return
         now = datetime.now(UTC)
         for analysis_id in self._shown:
             decision = self.view.items.get(analysis_id)
