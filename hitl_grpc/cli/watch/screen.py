@@ -360,7 +360,7 @@ class WatchApp(App[None]):
     TITLE = "hitl-grpc watch"
     ENABLE_COMMAND_PALETTE = False
     CSS = """
-    #status { height: 1; padding: 0 1; background: $panel; }
+    #status { height: auto; max-height: 3; padding: 0 1; background: $panel; }
     #queue { height: 1fr; }
     #detail-box { height: 45%; border-top: solid $accent; padding: 0 1; }
     .dialog { width: 90; max-width: 95%; height: auto; max-height: 90%;
