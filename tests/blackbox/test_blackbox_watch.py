@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+import pyotp
 import pytest
-from hitl.v1 import access_pb2, decision_pb2, decision_pb2_grpc
+from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
 from tests.blackbox.conftest import ServedFactory
 from tests.blackbox.harness import CALL_S, Served
@@ -333,4 +334,33 @@ def test_keys_move_without_breaking_the_screen(served: Served, terminal: Termina
     # The first row is selected after Home: its id heads the detail pane.
     first = lines[2].split()[1]
     assert any(line.strip().startswith(first) for line in lines[3:])
+    _quit(terminal)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_mfa_code_is_asked_on_the_screen_and_not_echoed(
+    served: Served, terminal: Terminal
+) -> None:
+    analyst, password = served.create_user(access_pb2.ROLE_ANALYST)
+    token = bearer(served.login(analyst, password))
+    with served.channel() as channel:
+        auth = auth_pb2_grpc.AuthServiceStub(channel)
+        setup = auth.SetupMfa(
+            auth_pb2.SetupMfaRequest(password=password), metadata=token, timeout=CALL_S
+        )
+        auth.ConfirmMfa(
+            auth_pb2.ConfirmMfaRequest(code=pyotp.TOTP(setup.secret).now()),
+            metadata=token,
+            timeout=CALL_S,
+        )
+    item = served.submit(served.admin())
+    _watch(terminal, served.address, analyst, password)
+    terminal.wait_for("MFA code", "the code prompt")
+    # A backup code: the TOTP step that confirmed enrolment is spent until the next one.
+    code = setup.backup_codes[0]
+    terminal.type(code)
+    screen = terminal.wait_for("•" * len(code), "the code, masked")
+    assert code not in screen
+    terminal.send("Enter")
+    terminal.wait_for(lambda s: _live(s) and bool(_row(s, item.analysis_id)), "the item, live")
     _quit(terminal)
