@@ -73,11 +73,11 @@ async def test_reject_and_escalate_from_the_screen(server: Harness) -> None:
     second = await _submit(server)
     app = _app(server, analyst.username)
     async with app.run_test(size=SIZE) as pilot:
-        await _until(pilot, lambda: app.view.live and len(app.view.items) == 2, "live queue")
+        await _until(pilot, lambda: app.view.live and len(app.shown) == 2, "live queue")
 
         await pilot.press("r")
         await _answer(pilot, app, "benign scanner")
-        await _until(pilot, lambda: first.analysis_id not in app.view.items, "the rejection")
+        await _until(pilot, lambda: first.analysis_id not in app.shown, "the rejection")
 
         await pilot.press("e")
         await _answer(pilot, app, "")  # a reason is required: the dialog stays
@@ -107,7 +107,7 @@ async def test_claim_then_release_gives_it_back(server: Harness) -> None:
     item = await _submit(server)
     app = _app(server, analyst.username)
     async with app.run_test(size=SIZE) as pilot:
-        await _until(pilot, lambda: item.analysis_id in app.view.items, "the item")
+        await _until(pilot, lambda: item.analysis_id in app.shown, "the item")
         await pilot.press("c")
         await _until(pilot, lambda: app.view.items[item.analysis_id].claimed_by != "", "the claim")
         assert (await _get(server, item.analysis_id)).claimed_by == analyst.username
@@ -126,7 +126,7 @@ async def test_rejecting_a_critical_item_asks_first(server: Harness) -> None:
     item = await _submit(server, priority=decision_pb2.PRIORITY_CRITICAL)
     app = _app(server, analyst.username)
     async with app.run_test(size=SIZE) as pilot:
-        await _until(pilot, lambda: item.analysis_id in app.view.items, "the item")
+        await _until(pilot, lambda: item.analysis_id in app.shown, "the item")
         await pilot.press("r")
         await _answer(pilot, app, "")
         await _until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
@@ -158,7 +158,7 @@ async def test_the_mfa_code_is_asked_on_the_screen_and_never_shown(server: Harne
         await _until(pilot, lambda: field.value == code, "the typed code")
         assert code not in app.export_screenshot()
         await pilot.press("enter")
-        await _until(pilot, lambda: app.view.live and item.analysis_id in app.view.items, "live")
+        await _until(pilot, lambda: app.view.live and item.analysis_id in app.shown, "live")
         await pilot.press("q")
 
 
@@ -168,7 +168,7 @@ async def test_ctrl_c_leaves_even_from_a_dialog(server: Harness) -> None:
     item = await _submit(server)
     app = _app(server, analyst.username)
     async with app.run_test(size=SIZE) as pilot:
-        await _until(pilot, lambda: item.analysis_id in app.view.items, "the item")
+        await _until(pilot, lambda: item.analysis_id in app.shown, "the item")
         await pilot.press("e")
         await _until(pilot, lambda: isinstance(app.screen, NoteScreen), "note dialog")
         assert app.return_code is None

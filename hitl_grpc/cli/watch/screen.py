@@ -67,6 +67,8 @@ def column_widths(total: int) -> dict[str, int]:
 
 
 TICK_S: Final = 1.0
+# How long changes gather before the table is rebuilt.
+REDRAW_S: Final = 0.05
 KEYS: Final = (
     ("↑ ↓ PgUp PgDn Home End", "move through the queue"),
     ("c", "claim the selected item"),
@@ -403,6 +405,7 @@ class WatchApp(App[None]):
         self._client: HitlClient | None = None
         self._shown: list[str] = []  # the analysis ids in the table's order
         self._widths: dict[str, int] = {}
+        self._redraw_due = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
@@ -432,7 +435,7 @@ class WatchApp(App[None]):
     async def _feed(self) -> None:
         assert self._client is not None
         try:
-            await follow(self._client, self.view, self._redraw, self._priorities)
+            await follow(self._client, self.view, self._changed, self._priorities)
         except HitlClientError as exc:
             self.exit(return_code=1, message=Text(f"hitl-grpc watch: {describe(exc)}"))
 
@@ -448,6 +451,11 @@ class WatchApp(App[None]):
 
     # -- drawing --------------------------------------------------------------------------
 
+    @property
+    def shown(self) -> tuple[str, ...]:
+        """The analysis ids in the table, top to bottom: what the keys act on."""
+        return tuple(self._shown)
+
     def _selected(self) -> decision_pb2.Decision | None:
         table = self.query_one(DataTable)
         index = table.cursor_row
@@ -455,8 +463,16 @@ class WatchApp(App[None]):
             return None
         return self.view.items.get(self._shown[index])
 
+    def _changed(self) -> None:
+        """The view changed: one redraw soon for however many changes arrive meanwhile (a
+        snapshot of a thousand items is one redraw, not a thousand)."""
+        if not self._redraw_due:
+            self._redraw_due = True
+            self.set_timer(REDRAW_S, self._redraw)
+
     def _redraw(self) -> None:
         """Rebuilds the table from the view, keeping the selection on the same item."""
+        self._redraw_due = False
         table: DataTable[Text] = self.query_one(DataTable)
         chosen = self._selected()
         index = table.cursor_row
