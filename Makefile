@@ -75,6 +75,7 @@ typecheck: $(STAMP)
 
 # The floor is checked by coverage itself, after the serve/CLI subprocess data is combined.
 pytest: $(STAMP) $(NODE_DEPS)
+	deploy/need.sh tmux tmux
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m pytest -n 2 -p no:cacheprovider --cov=hitl_grpc --cov-report= $(PYTEST_ARGS)
 	$(BIN)/coverage combine -q 2>/dev/null || true

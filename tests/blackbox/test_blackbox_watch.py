@@ -1,0 +1,366 @@
+"""`hitl-grpc watch` in a real terminal (tmux) against `hitl-grpc serve` child processes.
+
+The screen is typed at with send-keys and read with capture-pane; what it did is checked
+over the API from this process.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import pyotp
+import pytest
+from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
+
+from tests.blackbox.conftest import ServedFactory
+from tests.blackbox.harness import CALL_S, Served
+from tests.blackbox.terminal import Terminal
+from tests.harness import Metadata, bearer
+
+WATCH: Final = (sys.executable, "-m", "hitl_grpc.cli", "watch")
+# A reconnect is a backoff of at most a few seconds plus grpc's own reconnect delay.
+RECONNECT_S: Final = 20.0
+APPROVE_HINT: Final = "Enter: on to the note"
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[Terminal]:
+    """A tmux pane of its own, ended after the test."""
+    term = Terminal(tmp_path)
+    try:
+        yield term
+    finally:
+        term.close()
+
+
+def _watch(terminal: Terminal, address: str, username: str, password: str) -> Terminal:
+    return terminal.start(
+        [*WATCH, "--address", address],
+        {
+            "PYTHONFAULTHANDLER": "1",
+            "HITL_USERNAME": username,
+            "HITL_PASSWORD": password,
+            "TERM": "xterm-256color",
+        },
+    )
+
+
+def _status(screen: str) -> str:
+    return screen.split("\n", 1)[0]
+
+
+def _live(screen: str) -> bool:
+    return _status(screen).lstrip().startswith("live")
+
+
+def _row(screen: str, analysis_id: str) -> str:
+    """The queue row of that decision ("" if it is not in the table)."""
+    header = screen.find("claimed by")
+    rule = screen.find("────", header)
+    table = screen[header:rule]
+    return next((line for line in table.split("\n") if analysis_id in line), "")
+
+
+def _get(served: Served, metadata: Metadata, analysis_id: str) -> decision_pb2.Decision:
+    with served.channel() as channel:
+        stub = decision_pb2_grpc.DecisionServiceStub(channel)
+        request = decision_pb2.GetDecisionRequest(analysis_id=analysis_id)
+        return stub.GetDecision(request, metadata=metadata, timeout=CALL_S).decision
+
+
+def _quit(terminal: Terminal) -> None:
+    terminal.send("q")
+    assert terminal.wait_for_exit() == "exit=0"
+    assert "Traceback" not in terminal.screen()
+
+
+def test_a_decision_submitted_elsewhere_appears_and_its_age_ticks(
+    served: Served, terminal: Terminal
+) -> None:
+    analyst, password = served.create_user(access_pb2.ROLE_ANALYST)
+    _watch(terminal, served.address, analyst, password)
+    terminal.wait_for(_live, "the live state")
+
+    submitted = served.submit(served.admin(), priority=decision_pb2.PRIORITY_CRITICAL)
+    screen = terminal.wait_for(lambda s: bool(_row(s, submitted.analysis_id)), "the new row")
+    row = _row(screen, submitted.analysis_id)
+    assert "CRITICAL" in row
+    assert "PENDING" in row
+    assert "1 open" in _status(screen)
+
+    # With no event at all, the age moves on by itself.
+    def age(text: str) -> str:
+        found = re.search(r"PENDING\s+\S+\s+(\d+s)", _row(text, submitted.analysis_id))
+        return found.group(1) if found else ""
+
+    first = age(screen)
+    assert first
+    terminal.wait_for(lambda s: age(s) not in ("", first), "the age ticking", timeout_s=5)
+
+    # A claim by someone else shows up live with who holds it.
+    other, other_password = served.create_user(access_pb2.ROLE_ANALYST)
+    with served.channel() as channel:
+        decision_pb2_grpc.DecisionServiceStub(channel).ClaimDecision(
+            decision_pb2.ClaimDecisionRequest(analysis_id=submitted.analysis_id),
+            metadata=bearer(served.login(other, other_password)),
+            timeout=CALL_S,
+        )
+    terminal.wait_for(
+        lambda s: "IN_REVIEW" in _row(s, submitted.analysis_id) and other in s,
+        "the claim by another analyst",
+    )
+    _quit(terminal)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_claim_and_approve_from_the_screen(served: Served, terminal: Terminal) -> None:
+    analyst, password = served.create_user(access_pb2.ROLE_ANALYST)
+    block = decision_pb2.Action(
+        type=decision_pb2.ACTION_TYPE_BLOCK_IP, target="203.0.113.7", description="block"
+    )
+    quarantine = decision_pb2.Action(
+        type=decision_pb2.ACTION_TYPE_QUARANTINE_SYSTEM, target="host-7"
+    )
+    item = served.submit(served.admin(), recommended_actions=[block, quarantine])
+    _watch(terminal, served.address, analyst, password)
+    terminal.wait_for(lambda s: _live(s) and bool(_row(s, item.analysis_id)), "the item, live")
+
+    terminal.send("c")
+    terminal.wait_for(lambda s: "IN_REVIEW" in _row(s, item.analysis_id), "the claim")
+    claimed = _get(served, served.admin(), item.analysis_id)
+    assert claimed.status == decision_pb2.DECISION_STATUS_IN_REVIEW
+    assert claimed.claimed_by == analyst
+
+    terminal.send("a")
+    terminal.wait_for(APPROVE_HINT, "the approve dialog")
+    terminal.send("Down", "Space")  # the second action only
+    terminal.wait_for("chosen: QUARANTINE_SYSTEM host-7", "the ticked action")
+    terminal.send("Enter")
+    terminal.wait_for(f"Approve {item.analysis_id} with: QUARANTINE_SYSTEM host-7", "the note")
+    terminal.type("seen on [b]host-7[/b]")
+    terminal.wait_for("seen on [b]host-7[/b]", "the note as typed")
+    terminal.send("Enter")
+    terminal.wait_for(lambda s: not _row(s, item.analysis_id), "the item leaving the queue")
+    verdict = _get(served, served.admin(), item.analysis_id)
+    assert verdict.status == decision_pb2.DECISION_STATUS_APPROVED
+    assert list(verdict.resolution.approved_actions) == [quarantine]
+    assert verdict.resolution.notes == "seen on [b]host-7[/b]"
+    assert verdict.resolution.decided_by == analyst
+    _quit(terminal)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_killswitch_on_a_critical_item_asks_before_it_is_sent(
+    served: Served, terminal: Terminal
+) -> None:
+    analyst, password = served.create_user(access_pb2.ROLE_ANALYST)
+    killswitch = decision_pb2.Action(
+        type=decision_pb2.ACTION_TYPE_ACTIVATE_KILLSWITCH, target="segment-9"
+    )
+    item = served.submit(
+        served.admin(), priority=decision_pb2.PRIORITY_CRITICAL, recommended_actions=[killswitch]
+    )
+    _watch(terminal, served.address, analyst, password)
+    terminal.wait_for(lambda s: _live(s) and bool(_row(s, item.analysis_id)), "the item, live")
+
+    for answer in ("n", "y"):
+        terminal.send("a")
+        terminal.wait_for(APPROVE_HINT, "the approve dialog")
+        terminal.send("Space")
+        terminal.wait_for("chosen: ACTIVATE_KILLSWITCH segment-9", "the ticked action")
+        terminal.send("Enter")
+        terminal.wait_for(f"Approve {item.analysis_id} with:", "the note")
+        terminal.send("Enter")
+        screen = terminal.wait_for("y: go ahead", "the confirmation")
+        assert "ACTIVATE_KILLSWITCH segment-9" in screen
+        terminal.send(answer)
+        if answer == "n":
+            terminal.wait_for(lambda s: "y: go ahead" not in s, "the dialog closing")
+            current = _get(served, served.admin(), item.analysis_id)
+            assert current.status == decision_pb2.DECISION_STATUS_PENDING
+    terminal.wait_for(lambda s: not _row(s, item.analysis_id), "the item leaving the queue")
+    verdict = _get(served, served.admin(), item.analysis_id)
+    assert verdict.status == decision_pb2.DECISION_STATUS_APPROVED
+    assert list(verdict.resolution.approved_actions) == [killswitch]
+    _quit(terminal)
+
+
+def test_the_screen_says_when_the_server_is_gone_and_catches_up_when_it_is_back(
+    database_url: str, tmp_path: Path, make_served: ServedFactory, terminal: Terminal
+) -> None:
+    first = Served.start(database_url, tmp_path)
+    try:
+        analyst, password = first.create_user(access_pb2.ROLE_ANALYST)
+        gone = first.submit(first.admin())
+        kept = first.submit(first.admin())
+        _watch(terminal, first.address, analyst, password)
+        terminal.wait_for(
+            lambda s: (
+                _live(s) and bool(_row(s, gone.analysis_id)) and bool(_row(s, kept.analysis_id))
+            ),
+            "both items, live",
+        )
+    finally:
+        first.stop()
+    screen = terminal.wait_for(
+        lambda s: "reconnecting: connection refused" in _status(s), "the named error", RECONNECT_S
+    )
+    assert re.search(r"out of date since \d\d:\d\d:\d\d", _status(screen))
+    assert _row(screen, gone.analysis_id)  # the last known queue stays on screen
+
+    # While this screen is away, another replica changes the queue.
+    other = Served.start(database_url, tmp_path)
+    try:
+        approved = decision_pb2.MakeDecisionRequest(
+            analysis_id=gone.analysis_id, status=decision_pb2.DECISION_STATUS_APPROVED
+        )
+        with other.channel() as channel:
+            decision_pb2_grpc.DecisionServiceStub(channel).MakeDecision(
+                approved, metadata=other.admin(), timeout=CALL_S
+            )
+        added = other.submit(other.admin())
+    finally:
+        other.stop()
+    assert "reconnecting" in _status(terminal.screen())
+
+    back = make_served(HITL_LISTEN=first.address)
+    screen = terminal.wait_for(_live, "the live state again", RECONNECT_S)
+    assert "out of date" not in _status(screen)
+    assert not _row(screen, gone.analysis_id)
+    assert _row(screen, kept.analysis_id)
+    assert _row(screen, added.analysis_id)
+    assert "2 open" in _status(screen)
+    # And the stream flows again.
+    later = back.submit(back.admin())
+    terminal.wait_for(lambda s: bool(_row(s, later.analysis_id)), "a change after the return")
+    _quit(terminal)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_markup_and_escapes_in_a_decision_show_literally(
+    served: Served, terminal: Terminal
+) -> None:
+    analyst, password = served.create_user(access_pb2.ROLE_ANALYST)
+    hostile = served.submit(
+        served.admin(),
+        priority=decision_pb2.PRIORITY_CRITICAL,
+        attributed_actor="[/] [bold red]APT[/bold red] \x1b[2J\x1b[31mRED",
+        threat_level="[blink]high",
+        forensic_summary="one [/]\x1b]0;pwned\x07 \u202eevil\ntwo [link=http://x]y[/link]\x1b[H",
+        iocs=["[/]", "\x1b[1;1H\x1b[2Kgone"],
+        recommended_actions=[
+            decision_pb2.Action(
+                type=decision_pb2.ACTION_TYPE_CUSTOM, target="[/]", description="[bold]do[/]"
+            )
+        ],
+    )
+    _watch(terminal, served.address, analyst, password)
+    screen = terminal.wait_for(
+        lambda s: _live(s) and bool(_row(s, hostile.analysis_id)), "the item, live"
+    )
+    terminal.wait_for("\\u202eevil", "the detail pane")
+    screen = terminal.screen()
+    for literal in (
+        "[/] [bold red]APT[/bold red] \\x1b[2J\\x1b[31mRED",
+        "[blink]high",
+        "one [/]\\x1b]0;pwned\\x07 \\u202eevil",
+        "two [link=http://x]y[/link]\\x1b[H",
+        "[/], \\x1b[1;1H\\x1b[2Kgone",
+        "CUSTOM [/] — [bold]do[/]",
+    ):
+        assert literal in screen, literal
+    assert "[/] [bold red]APT" in _row(screen, hostile.analysis_id)
+    assert "pwned" not in terminal.title()
+    assert _live(screen)
+    assert "claimed by" in screen.split("\n")[1]  # the header is still in its place
+
+    # The screen still works: a new item appears, and the approve dialog shows the text too.
+    after = served.submit(served.admin(), priority=decision_pb2.PRIORITY_CRITICAL)
+    terminal.wait_for(lambda s: bool(_row(s, after.analysis_id)), "a later item")
+    terminal.send("a")
+    dialog = terminal.wait_for(APPROVE_HINT, "the approve dialog")
+    assert "CUSTOM [/] — [bold]do[/]" in dialog
+    terminal.send("Escape")
+    terminal.wait_for(lambda s: APPROVE_HINT not in s, "the dialog closing")
+    _quit(terminal)
+
+
+def test_a_wrong_address_names_the_error(tmp_path: Path, terminal: Terminal) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    # Closed again: nothing listens there.
+    _watch(terminal, address, "ana", "a-long-password-for-nobody")
+    screen = terminal.wait_for(
+        lambda s: "reconnecting: connection refused" in _status(s), "the named error"
+    )
+    assert "no data yet" in _status(screen)
+    assert "loading" not in screen
+    _quit(terminal)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_refused_sign_in_ends_the_screen_with_the_reason(
+    served: Served, terminal: Terminal
+) -> None:
+    _watch(terminal, served.address, "nobody-here", "a-long-password-for-nobody")
+    status = terminal.wait_for_exit()
+    assert status == "exit=1"
+    assert "unauthenticated" in terminal.screen().lower()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_keys_move_without_breaking_the_screen(served: Served, terminal: Terminal) -> None:
+    analyst, password = served.create_user(access_pb2.ROLE_ANALYST)
+    items = [served.submit(served.admin()) for _ in range(3)]
+    _watch(terminal, served.address, analyst, password)
+    terminal.wait_for(
+        lambda s: _live(s) and all(_row(s, d.analysis_id) for d in items), "the items, live"
+    )
+    terminal.send("Enter", "Down", "Down", "PageDown", "Up", "PageUp", "End", "Home", "Enter")
+    terminal.send("?")
+    terminal.wait_for("any key closes this", "the keys")
+    terminal.send("Escape")
+    screen = terminal.wait_for(lambda s: "any key closes this" not in s, "the keys closing")
+    lines = screen.split("\n")
+    assert _live(screen)
+    assert "claimed by" in lines[1]
+    assert all(_row(screen, d.analysis_id) for d in items)
+    # The first row is selected after Home: its id heads the detail pane.
+    first = lines[2].split()[1]
+    assert any(line.strip().startswith(first) for line in lines[3:])
+    _quit(terminal)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_mfa_code_is_asked_on_the_screen_and_not_echoed(
+    served: Served, terminal: Terminal
+) -> None:
+    analyst, password = served.create_user(access_pb2.ROLE_ANALYST)
+    token = bearer(served.login(analyst, password))
+    with served.channel() as channel:
+        auth = auth_pb2_grpc.AuthServiceStub(channel)
+        setup = auth.SetupMfa(
+            auth_pb2.SetupMfaRequest(password=password), metadata=token, timeout=CALL_S
+        )
+        auth.ConfirmMfa(
+            auth_pb2.ConfirmMfaRequest(code=pyotp.TOTP(setup.secret).now()),
+            metadata=token,
+            timeout=CALL_S,
+        )
+    item = served.submit(served.admin())
+    _watch(terminal, served.address, analyst, password)
+    terminal.wait_for("MFA code", "the code prompt")
+    # A backup code: the TOTP step that confirmed enrolment is spent until the next one.
+    code = setup.backup_codes[0]
+    terminal.type(code)
+    screen = terminal.wait_for("•" * len(code), "the code, masked")
+    assert code not in screen
+    terminal.send("Enter")
+    terminal.wait_for(lambda s: _live(s) and bool(_row(s, item.analysis_id)), "the item, live")
+    _quit(terminal)
