@@ -50,6 +50,8 @@ class Settings:
     jwt_previous_secrets: tuple[str, ...] = ()
     jwt_issuer: str = "hitl-grpc"
     jwt_audience: str = "hitl-grpc"
+    # The name an authenticator app shows beside the account (e.g. "hitl-grpc staging").
+    mfa_issuer: str = "hitl-grpc"
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     access_token_ttl: timedelta = timedelta(minutes=15)
@@ -342,6 +344,7 @@ VARIABLES: Final = (
     Variable("HITL_ACCESS_TOKEN_TTL_S", "access_token_ttl", _seconds(minimum=30)),
     Variable("HITL_REFRESH_TOKEN_TTL_S", "refresh_token_ttl", _seconds(minimum=60)),
     Variable("HITL_MFA_CHALLENGE_TTL_S", "mfa_challenge_ttl", _seconds(minimum=30)),
+    Variable("HITL_MFA_ISSUER", "mfa_issuer", _non_empty),
     Variable("HITL_CLAIM_LEASE_S", "claim_lease", _seconds(minimum=1)),
     Variable("HITL_BOOTSTRAP_ADMIN_PASSWORD", "bootstrap_admin_password", _text),
     Variable("HITL_METRICS_LISTEN", "metrics_listen", _metrics),

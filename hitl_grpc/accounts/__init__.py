@@ -72,7 +72,7 @@ def build(
         sign_in=SignIn(uow, passwords, tokens, throttle, sessions, codes, trail),
         sessions=sessions,
         profile=Profile(uow, passwords, clock, throttle, trail),
-        mfa=MfaEnrolment(uow, clock, trail, throttle, codes, passwords),
+        mfa=MfaEnrolment(uow, clock, trail, throttle, codes, passwords, settings.mfa_issuer),
         users=UserAdmin(uow, passwords, clock, trail),
         trail=trail,
     )
