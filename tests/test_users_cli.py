@@ -1,4 +1,6 @@
-"""`hitl-grpc users ...` works on the configured database, for the first admin and recovery."""
+"""`hitl-grpc users --direct ...` works on the configured database, for the first admin and
+recovery (without --direct the same commands go over the API: tests/blackbox/test_blackbox_cli.py).
+"""
 
 import asyncio
 import os
@@ -15,7 +17,7 @@ TIMEOUT_S = 60
 
 
 async def _users(database_url: str, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of `hitl-grpc users ...`."""
+    """Exit code, stdout and stderr of `hitl-grpc users --direct ...`."""
     env = {
         **os.environ,
         "HITL_DATABASE_URL": database_url,
@@ -30,6 +32,7 @@ async def _users(database_url: str, *args: str, stdin: str | None = None) -> tup
         "-m",
         "hitl_grpc.cli",
         "users",
+        "--direct",
         *args,
         env=env,
         stdin=asyncio.subprocess.PIPE,
