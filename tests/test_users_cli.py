@@ -3,6 +3,7 @@ recovery (without --direct the same commands go over the API: tests/blackbox/tes
 """
 
 import asyncio
+import json
 import os
 import sys
 
@@ -81,6 +82,21 @@ async def test_list_shows_every_account(server: Harness, database_url: str) -> N
     assert code == 0, err
     names = [line.split("\t")[0] for line in out.splitlines()]
     assert names == ["admin", "viewer-one"]
+
+
+async def test_list_json_is_the_api_shape_and_stderr_stays_quiet(
+    server: Harness, database_url: str
+) -> None:
+    await server.create_user(Role.VIEWER, "viewer-two")
+    code, out, err = await _users(database_url, "list", "--json")
+    assert code == 0, err
+    assert err == ""  # no alembic INFO lines, no log noise
+    rows = json.loads(out)
+    assert [(r["username"], r["role"], r["active"], r["mfa_enabled"]) for r in rows] == [
+        ("admin", "ROLE_ADMIN", True, False),
+        ("viewer-two", "ROLE_VIEWER", True, False),
+    ]
+    assert all(r["created_at"].endswith("Z") for r in rows)
 
 
 async def test_set_role_and_deactivate_take_effect_on_live_tokens(
