@@ -65,9 +65,6 @@ RETRIED_METHODS: Final = (
     ("hitl.v1.DecisionService", "GetDecision"),
     ("hitl.v1.DecisionService", "ListPendingDecisions"),
     ("hitl.v1.DecisionService", "GetDecisionStats"),
-    ("hitl.v1.AuthService", "GetCurrentUser"),
-    ("hitl.v1.AuthService", "ListUsers"),
-    ("hitl.v1.AuditService", "ListAuditEvents"),
 )
 # grpc caps a retry policy at five attempts.
 MAX_ATTEMPTS: Final = 5
