@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import grpc
 import pyotp
+import pytest
 from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc, decision_pb2
 
 from tests.blackbox.conftest import ServedFactory
@@ -171,6 +172,48 @@ def test_a_short_lived_access_token_is_renewed_silently_and_the_file_follows(
     assert _refresh_refused(served, current) is grpc.StatusCode.UNAUTHENTICATED
     shell.login()
     assert shell.ok("whoami").startswith("admin ")
+    # Commands at once each renew in turn, under the file's lock, from the pair the one
+    # before kept: none replays a rotated token (which would end the session for all).
+    together = [shell.start("whoami") for _ in range(4)]
+    for proc, lines in together:
+        code, out, err = _finish(proc, lines)
+        assert (code, out.startswith("admin ")) == (0, True), err
+    assert shell.ok("whoami").startswith("admin ")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_login_over_tls_keeps_what_to_trust(make_served: ServedFactory, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=hitl.internal",
+         "-addext", "subjectAltName=DNS:hitl.internal"],
+        capture_output=True, check=True, timeout=RUN_S,
+    )  # fmt: skip
+    served = make_served(HITL_TLS_CERT_FILE=str(cert), HITL_TLS_KEY_FILE=str(key))
+    shell = Shell(served, tmp_path / "ana")
+    del shell.env["HITL_ADDRESS"]
+    address = served.address
+    plain = shell.run("login", "--address", address, "--username", "admin", stdin=ADMIN_PASSWORD)
+    _one_line_error(plain, 3, "unavailable")
+    # The certificate names hitl.internal, not the address dialled.
+    wrong = shell.run(
+        "login", "--address", address, "--ca-file", str(cert), "--username", "admin",
+        stdin=ADMIN_PASSWORD,
+    )  # fmt: skip
+    _one_line_error(wrong, 3, "unavailable")
+    shell.ok(
+        "login", "--address", address, "--ca-file", str(cert), "--server-name", "hitl.internal",
+        "--username", "admin", stdin=ADMIN_PASSWORD,
+    )  # fmt: skip
+    kept = shell.kept()["connection"]
+    assert kept == {
+        "address": address,
+        "tls": True,
+        "ca_file": str(cert.resolve()),
+        "server_name": "hitl.internal",
+    }
+    assert shell.ok("whoami").startswith("admin ")  # no options: the session's
 
 
 def test_logout_revokes_the_kept_refresh_token(served: Served, tmp_path: Path) -> None:
