@@ -79,7 +79,7 @@ def connection(
         address = base.address if base else env.get("HITL_LISTEN") or DEFAULT_ADDRESS
     ca_file = str(Path(args.ca_file).resolve()) if args.ca_file else ""
     tls = bool(args.tls or ca_file or args.server_name)
-    if base is not None and not (tls or args.tls is False):
+    if base is not None and not tls:
         return session.Connection(address, base.tls, base.ca_file, base.server_name)
     return session.Connection(address, tls, ca_file, args.server_name or "")
 
@@ -127,12 +127,14 @@ async def signed_in(
     """A signed-in client for a command's options (see the module's docstring)."""
     env = os.environ if env is None else env
     file = session.path(env)
+    username, password = env.get("HITL_USERNAME", ""), env.get("HITL_PASSWORD", "")
     try:
         kept = session.load(file)
     except session.SessionFileError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+        if not (username and password):
+            raise CliError(str(exc), EXIT_USAGE) from None
+        kept = None  # not needed: the environment signs in
     conn = connection(args, kept, env)
-    username, password = env.get("HITL_USERNAME", ""), env.get("HITL_PASSWORD", "")
     if username and password:
         async with client(conn, username=username, password=password, mfa_code=ask_mfa_code) as c:
             yield c
