@@ -24,17 +24,25 @@ import logging
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import aclosing
+from contextlib import AbstractContextManager, aclosing
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Self, TypeVar
+from typing import Any, Final, Literal, Protocol, Self, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from google.rpc.error_details_pb2 import BadRequest, RetryInfo
 from grpc_status import rpc_status
-from hitl.v1 import auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
+from hitl.v1 import (
+    access_pb2,
+    audit_pb2,
+    audit_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    decision_pb2,
+    decision_pb2_grpc,
+)
 
 log = logging.getLogger("hitl_grpc.client")
 
@@ -134,6 +142,24 @@ class HitlClientError(Exception):
         """google.rpc.RetryInfo of a lockout: how long to wait before trying again."""
         retry = self.detail(RetryInfo)
         return None if retry is None else retry.retry_delay.ToMilliseconds() / 1000
+
+
+class TokenStore(Protocol):
+    """Where a session's token pair is kept across processes, e.g. a file in the user's home.
+
+    Refresh tokens rotate and the server revokes the whole session when a rotated one comes
+    back: so the client reads the pair afresh before renewing it (another process may have
+    rotated it since), renews only while holding `exclusive()`, and saves each new pair.
+    """
+
+    def load(self) -> auth_pb2.TokenPair | None:
+        """The pair kept now, if any."""
+
+    def save(self, tokens: auth_pb2.TokenPair) -> None:
+        """Keeps a new pair (sign-in or rotation)."""
+
+    def exclusive(self) -> AbstractContextManager[object]:
+        """Held while the pair is read and renewed: one renewal at a time."""
 
 
 @dataclass(frozen=True)
@@ -265,16 +291,23 @@ def _expected(version: int | None) -> dict[str, int]:
 
 
 class HitlClient:
-    """One channel, one signed-in identity, one deadline on every call."""
+    """One channel, one signed-in identity, one deadline on every call.
+
+    Signs in with `username` and `password`, or carries on the session kept in `store`
+    (see TokenStore): with no password, a refresh token the server no longer accepts ends
+    the session with UNAUTHENTICATED instead of signing in anew.
+    """
 
     def __init__(
         self,
         address: str,
         *,
-        username: str,
-        password: str,
+        username: str = "",
+        password: str = "",
+        store: TokenStore | None = None,
         mfa_code: MfaCode | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        server_name: str = "",
         timeout_s: float = 10.0,
         backoff: Backoff | None = None,
         stream_deadline_s: float = 3600.0,
@@ -292,6 +325,8 @@ class HitlClient:
             # The retry policy is the client's: a resolver's (DNS TXT) config does not replace it.
             ("grpc.service_config_disable_resolution", 1),
         ]
+        if server_name:  # the name the server's certificate carries, if not the address's
+            options.append(("grpc.ssl_target_name_override", server_name))
         self._channel = (
             grpc.aio.secure_channel(address, credentials, options=options)
             if credentials is not None
@@ -299,12 +334,14 @@ class HitlClient:
         )
         self._auth = auth_pb2_grpc.AuthServiceStub(self._channel)
         self._decisions = decision_pb2_grpc.DecisionServiceStub(self._channel)
+        self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)
         self._username = username
         self._password = password
         self._mfa_code = mfa_code
         self._timeout_s = timeout_s
         self._stream_deadline_s = stream_deadline_s
         self._tokens: auth_pb2.TokenPair | None = None
+        self._store = store
         self._signing_in = asyncio.Lock()
         self._closed = False
 
@@ -326,6 +363,8 @@ class HitlClient:
         await self._login(_Deadline(self._timeout_s))
 
     async def _login(self, deadline: _Deadline) -> None:
+        if not self._password:
+            raise HitlClientError(grpc.StatusCode.UNAUTHENTICATED, "not signed in")
         request = auth_pb2.LoginRequest(username=self._username, password=self._password)
         reply = await self._unary(self._auth.Login, request, deadline)
         if reply.HasField("mfa_challenge"):
@@ -337,9 +376,14 @@ class HitlClient:
             verify = auth_pb2.VerifyMfaRequest(
                 challenge_token=reply.mfa_challenge.challenge_token, code=code
             )
-            self._tokens = (await self._unary(self._auth.VerifyMfa, verify, deadline)).tokens
+            self._set_tokens((await self._unary(self._auth.VerifyMfa, verify, deadline)).tokens)
         else:
-            self._tokens = reply.tokens
+            self._set_tokens(reply.tokens)
+
+    def _set_tokens(self, tokens: auth_pb2.TokenPair) -> None:
+        self._tokens = tokens
+        if self._store is not None:
+            self._store.save(tokens)
 
     async def _refresh(self, deadline: _Deadline) -> None:
         """Rotates the refresh token, once: a rotation is never retried.
@@ -355,12 +399,22 @@ class HitlClient:
         try:
             reply = await self._auth.RefreshToken(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
+            if not self._password:
+                # A kept session and nothing to sign in with: the caller decides. Refused,
+                # it is over; otherwise (unreachable) the same token may be tried again.
+                if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
+                    self._tokens = None
+                    raise HitlClientError(
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        f"session expired or revoked ({exc.details() or 'refused'})",
+                    ) from None
+                raise _error(exc) from None
             self._tokens = None
             if exc.code() is not grpc.StatusCode.UNAUTHENTICATED:  # not a plain expiry
                 log.warning("refresh failed with %s; signing in again", exc.code().name)
             await self._login(deadline)
             return
-        self._tokens = reply.tokens
+        self._set_tokens(reply.tokens)
 
     def _bearer(self) -> Metadata:
         assert self._tokens is not None
@@ -369,21 +423,49 @@ class HitlClient:
     async def _metadata(self, deadline: _Deadline, *, rejected: Metadata | None = None) -> Metadata:
         """Credentials for a call; `rejected` is what the server just refused as expired."""
         async with self._signing_in:
-            if self._tokens is None:
-                await self._login(deadline)
-            elif rejected is not None and rejected == self._bearer():
-                # Only the first of several calls refused together renews the token.
-                await self._refresh(deadline)
+            if self._store is None:
+                await self._renew(deadline, rejected)
             else:
-                expires = self._tokens.access_expires_at.seconds
-                if expires and expires - time.time() < REFRESH_MARGIN_S:
-                    await self._refresh(deadline)
+                with self._store.exclusive():
+                    kept = self._store.load()
+                    if kept is not None and (
+                        self._tokens is None or kept.refresh_token != self._tokens.refresh_token
+                    ):
+                        self._tokens = kept  # another process rotated it, or first use
+                    await self._renew(deadline, rejected)
             return self._bearer()
+
+    async def _renew(self, deadline: _Deadline, rejected: Metadata | None) -> None:
+        if self._tokens is None:
+            await self._login(deadline)
+        elif rejected is not None and rejected == self._bearer():
+            # Only the first of several calls refused together renews the token.
+            await self._refresh(deadline)
+        else:
+            expires = self._tokens.access_expires_at.seconds
+            if expires and expires - time.time() < REFRESH_MARGIN_S:
+                await self._refresh(deadline)
 
     @property
     def tokens(self) -> auth_pb2.TokenPair | None:
         """The current token pair, if signed in."""
         return self._tokens
+
+    async def signed_in(self) -> auth_pb2.TokenPair:
+        """Signs in, or renews an access token about to expire; the pair then in use."""
+        await self._metadata(_Deadline(self._timeout_s))
+        assert self._tokens is not None
+        return self._tokens
+
+    async def logout(self) -> None:
+        """Revokes this session's refresh token on the server; the client is signed out."""
+        if self._tokens is None and self._store is None:
+            return
+        # The refresh token current after any renewal the call itself would make.
+        tokens = await self.signed_in()
+        request = auth_pb2.LogoutRequest(refresh_token=tokens.refresh_token)
+        await self._call(self._auth.Logout, request)
+        self._tokens = None
 
     # -- calls --------------------------------------------------------------------------
 
@@ -585,6 +667,115 @@ class HitlClient:
             self._decisions.GetDecisionStats, decision_pb2.GetDecisionStatsRequest()
         )
 
+    # -- accounts -----------------------------------------------------------------------
+
+    async def current_user(self) -> auth_pb2.User:
+        """The signed-in account."""
+        return (await self._call(self._auth.GetCurrentUser, auth_pb2.GetCurrentUserRequest())).user
+
+    async def setup_mfa(self, password: str) -> auth_pb2.SetupMfaResponse:
+        """Starts MFA enrolment: a secret, its otpauth:// URI and backup codes (shown once)."""
+        return await self._call(self._auth.SetupMfa, auth_pb2.SetupMfaRequest(password=password))
+
+    async def confirm_mfa(self, code: str) -> auth_pb2.User:
+        """Turns MFA on with a code from the authenticator."""
+        request = auth_pb2.ConfirmMfaRequest(code=code)
+        return (await self._call(self._auth.ConfirmMfa, request)).user
+
+    async def create_user(
+        self,
+        username: str,
+        password: str,
+        role: access_pb2.Role.ValueType,
+        *,
+        email: str = "",
+        full_name: str = "",
+    ) -> auth_pb2.User:
+        """Creates an account (admin)."""
+        request = auth_pb2.CreateUserRequest(
+            username=username, password=password, role=role, email=email, full_name=full_name
+        )
+        return (await self._call(self._auth.CreateUser, request)).user
+
+    async def list_users(self, *, page_size: int = 0) -> AsyncIterator[auth_pb2.User]:
+        """Every account, page after page (admin)."""
+        token = ""
+        while True:
+            request = auth_pb2.ListUsersRequest(page_size=page_size, page_token=token)
+            page = await self._call(self._auth.ListUsers, request)
+            for user in page.users:
+                yield user
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def update_user(
+        self,
+        user_id: str,
+        *,
+        role: access_pb2.Role.ValueType | None = None,
+        active: bool | None = None,
+        email: str | None = None,
+        full_name: str | None = None,
+        new_password: str | None = None,
+    ) -> auth_pb2.User:
+        """Changes the given fields of an account, and only those (admin)."""
+        request = auth_pb2.UpdateUserRequest(user_id=user_id)
+        if role is not None:
+            request.role = role
+        if active is not None:
+            request.active = active
+        if email is not None:
+            request.email = email
+        if full_name is not None:
+            request.full_name = full_name
+        if new_password is not None:
+            request.new_password = new_password
+        given = (role, active, email, full_name, new_password)
+        names = ("role", "active", "email", "full_name", "new_password")
+        request.update_mask.paths.extend(
+            n for n, v in zip(names, given, strict=True) if v is not None
+        )
+        return (await self._call(self._auth.UpdateUser, request)).user
+
+    async def unlock_user(self, username: str, *, peer: str = "") -> auth_pb2.User:
+        """Lifts an account's sign-in lockout, and that client address's if given (admin)."""
+        request = auth_pb2.UnlockUserRequest(username=username, peer=peer)
+        return (await self._call(self._auth.UnlockUser, request)).user
+
+    async def reset_user_mfa(self, user_id: str) -> auth_pb2.User:
+        """Turns an account's MFA off and ends its sessions (admin)."""
+        request = auth_pb2.ResetUserMfaRequest(user_id=user_id)
+        return (await self._call(self._auth.ResetUserMfa, request)).user
+
+    async def list_audit_events_page(
+        self, request: audit_pb2.ListAuditEventsRequest
+    ) -> audit_pb2.ListAuditEventsResponse:
+        """One page of the audit trail; its next_page_token, if any, follows (admin)."""
+        return await self._call(self._audit.ListAuditEvents, request)
+
+    async def list_audit_events(
+        self,
+        *,
+        actor: str = "",
+        kind: str = "",
+        target: str = "",
+        since: timestamp_pb2.Timestamp | None = None,
+        until: timestamp_pb2.Timestamp | None = None,
+        page_size: int = 0,
+    ) -> AsyncIterator[audit_pb2.AuditEvent]:
+        """The audit events matching every filter given, page after page (admin)."""
+        request = audit_pb2.ListAuditEventsRequest(
+            actor=actor, kind=kind, target=target, since=since, until=until, page_size=page_size
+        )
+        while True:
+            page = await self.list_audit_events_page(request)
+            for event in page.events:
+                yield event
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
     # -- watching -----------------------------------------------------------------------
 
     async def _resuming(
@@ -678,6 +869,30 @@ class HitlClient:
                     raise
                 state["cursor"] = ""
                 yield PendingChange("resync", "")
+
+    async def watch_decision(self, analysis_id: str) -> AsyncIterator[decision_pb2.Decision]:
+        """A decision's state now, then each change, until it reaches a terminal state.
+
+        Resumes like `watch_pending`; a state seen before a reconnect is not repeated.
+        """
+        request = decision_pb2.WatchDecisionRequest(analysis_id=analysis_id)
+
+        def open_call(
+            md: Metadata,
+        ) -> grpc.aio.UnaryStreamCall[Any, decision_pb2.WatchDecisionResponse]:
+            return self._decisions.WatchDecision(
+                request, metadata=md, timeout=self._stream_deadline_s
+            )
+
+        seen = -1
+        async with aclosing(self._resuming(open_call)) as messages:
+            async for message in messages:
+                if message.decision.version <= seen:
+                    continue
+                seen = message.decision.version
+                yield message.decision
+                if message.decision.status in TERMINAL:
+                    return
 
     async def wait_for_verdict(
         self, analysis_id: str, *, timeout_s: float | None = None

@@ -61,6 +61,8 @@ class Settings:
     jwt_previous_secrets: tuple[str, ...] = ()
     jwt_issuer: str = "hitl-grpc"
     jwt_audience: str = "hitl-grpc"
+    # The name an authenticator app shows beside the account (e.g. "hitl-grpc staging").
+    mfa_issuer: str = "hitl-grpc"
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     # Client certificates signed by this CA are verified (and required) on the listener
@@ -414,6 +416,7 @@ VARIABLES: Final = (
     Variable("HITL_ACCESS_TOKEN_TTL_S", "access_token_ttl", _seconds(minimum=30)),
     Variable("HITL_REFRESH_TOKEN_TTL_S", "refresh_token_ttl", _seconds(minimum=60)),
     Variable("HITL_MFA_CHALLENGE_TTL_S", "mfa_challenge_ttl", _seconds(minimum=30)),
+    Variable("HITL_MFA_ISSUER", "mfa_issuer", _non_empty),
     Variable("HITL_CLAIM_LEASE_S", "claim_lease", _seconds(minimum=1)),
     Variable("HITL_APPROVALS_REQUIRED", "approvals_required", _approvals),
     Variable("HITL_STEP_UP_ACTIONS", "step_up_actions", _action_types),

@@ -34,6 +34,7 @@ def test_every_setting_is_read() -> None:
             "HITL_METRICS_LISTEN": "off",
             "HITL_LOG_LEVEL": "debug",
             "HITL_LOGIN_MAX_FAILURES": "3",
+            "HITL_MFA_ISSUER": " hitl-grpc staging ",
         }
     )
     assert not settings.is_sqlite
@@ -47,6 +48,7 @@ def test_every_setting_is_read() -> None:
     assert settings.metrics_listen is None
     assert settings.log_level == "DEBUG"
     assert settings.login_max_failures == 3
+    assert settings.mfa_issuer == "hitl-grpc staging"
 
 
 @pytest.mark.parametrize(
@@ -63,6 +65,7 @@ def test_every_setting_is_read() -> None:
         ({"HITL_SLA_LOW_S": "0"}, "HITL_SLA_LOW_S"),
         ({"HITL_DB_TIMEOUT_S": "NaN-ish"}, "HITL_DB_TIMEOUT_S"),
         ({"HITL_LOG_LEVEL": "LOUD"}, "HITL_LOG_LEVEL"),
+        ({"HITL_MFA_ISSUER": "   "}, "HITL_MFA_ISSUER"),
         ({"HITL_DATABASE_URL": "postgresql://u@h/db"}, "HITL_JWT_SECRET"),
     ],
 )

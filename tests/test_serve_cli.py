@@ -6,12 +6,15 @@ import signal
 import socket
 import stat
 import sys
+import uuid
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import auth_pb2, auth_pb2_grpc
+from psycopg import sql
 
 from tests.harness import bearer
 
@@ -171,8 +174,38 @@ async def test_postgres_without_a_signing_key_is_refused(tmp_path: Path) -> None
 async def test_migrate_brings_a_new_database_up_to_date(tmp_path: Path) -> None:
     code, output = await _run(tmp_path, "migrate")
     assert code == 0, output
-    assert "current" in output
+    # One line of its own, and none of alembic's INFO lines.
+    assert output.splitlines() == ["created the database schema (now current)"]
     assert (tmp_path / "hitl.db").is_file()
+    code, output = await _run(tmp_path, "migrate")
+    assert code == 0, output
+    assert output.splitlines() == ["database schema is current: nothing to do"]
+
+
+async def test_migrate_says_it_created_a_postgres_schema(tmp_path: Path) -> None:
+    admin = os.environ.get(
+        "HITL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    name = f"hitl_migrate_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is mandatory on CI and unreachable: {exc}")
+        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    url = admin.rsplit("/", 1)[0] + "/" + name
+    try:
+        code, output = await _run(
+            tmp_path, "migrate", HITL_DATABASE_URL=url, HITL_JWT_SECRET="k" * 40
+        )
+        assert code == 0, output
+        assert output.splitlines() == ["created the database schema (now current)"]
+    finally:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 async def test_health_command_fails_when_nothing_listens(tmp_path: Path) -> None:

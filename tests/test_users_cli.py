@@ -1,6 +1,9 @@
-"""`hitl-grpc users ...` works on the configured database, for the first admin and recovery."""
+"""`hitl-grpc users --direct ...` works on the configured database, for the first admin and
+recovery (without --direct the same commands go over the API: tests/blackbox/test_blackbox_cli.py).
+"""
 
 import asyncio
+import json
 import os
 import sys
 
@@ -15,7 +18,7 @@ TIMEOUT_S = 60
 
 
 async def _users(database_url: str, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of `hitl-grpc users ...`."""
+    """Exit code, stdout and stderr of `hitl-grpc users --direct ...`."""
     env = {
         **os.environ,
         "HITL_DATABASE_URL": database_url,
@@ -30,6 +33,7 @@ async def _users(database_url: str, *args: str, stdin: str | None = None) -> tup
         "-m",
         "hitl_grpc.cli",
         "users",
+        "--direct",
         *args,
         env=env,
         stdin=asyncio.subprocess.PIPE,
@@ -78,6 +82,21 @@ async def test_list_shows_every_account(server: Harness, database_url: str) -> N
     assert code == 0, err
     names = [line.split("\t")[0] for line in out.splitlines()]
     assert names == ["admin", "viewer-one"]
+
+
+async def test_list_json_is_the_api_shape_and_stderr_stays_quiet(
+    server: Harness, database_url: str
+) -> None:
+    await server.create_user(Role.VIEWER, "viewer-two")
+    code, out, err = await _users(database_url, "list", "--json")
+    assert code == 0, err
+    assert err == ""  # no alembic INFO lines, no log noise
+    rows = json.loads(out)
+    assert [(r["username"], r["role"], r["active"], r["mfa_enabled"]) for r in rows] == [
+        ("admin", "ROLE_ADMIN", True, False),
+        ("viewer-two", "ROLE_VIEWER", True, False),
+    ]
+    assert all(r["created_at"].endswith("Z") for r in rows)
 
 
 async def test_set_role_and_deactivate_take_effect_on_live_tokens(

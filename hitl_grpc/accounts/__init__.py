@@ -84,7 +84,7 @@ def build(
         ),
         sessions=sessions,
         profile=Profile(uow, passwords, clock, throttle, trail),
-        mfa=MfaEnrolment(uow, clock, trail, throttle, codes, passwords),
+        mfa=MfaEnrolment(uow, clock, trail, throttle, codes, passwords, settings.mfa_issuer),
         users=UserAdmin(uow, passwords, clock, trail),
         trail=trail,
         step_up=StepUpCodes(uow, codes, trail, throttle),

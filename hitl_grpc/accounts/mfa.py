@@ -26,6 +26,7 @@ BACKUP_CODE_COUNT = 10
 BACKUP_CODE_CHARS = 16
 BACKUP_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 TOTP_WINDOW = 1  # accept the previous and the next 30 s step too (clock drift)
+# The issuer an authenticator app shows when none is configured (HITL_MFA_ISSUER).
 ISSUER = "hitl-grpc"
 INVALID_CODE = "invalid code"
 
@@ -183,7 +184,9 @@ class MfaEnrolment:
         throttle: LoginThrottle,
         codes: MfaCodes,
         passwords: Passwords,
+        issuer: str = ISSUER,
     ) -> None:
+        self._issuer = issuer
         self._uow = uow
         self._clock = clock
         self._trail = trail
@@ -220,7 +223,9 @@ class MfaEnrolment:
                 )
                 await uow.audit.append(self._audit(kind, account.user, principal))
                 await uow.commit()
-        uri = pyotp.TOTP(secret).provisioning_uri(name=account.user.username, issuer_name=ISSUER)
+        uri = pyotp.TOTP(secret).provisioning_uri(
+            name=account.user.username, issuer_name=self._issuer
+        )
         return secret, uri, codes
 
     async def confirm(self, principal: Principal, code: str) -> User:

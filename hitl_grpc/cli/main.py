@@ -1,20 +1,31 @@
-"""`hitl-grpc serve | migrate | health | users`: the operator's entry points."""
+"""hitl-grpc: the human-in-the-loop decision service.
+
+Run the server (serve, migrate, health), sign in (login, logout, whoami, mfa) and work over
+its API (decisions, users, audit, watch). `users --direct` is the recovery mode: it edits
+the database itself, with no server or sign-in.
+
+Exit statuses of the commands over the API: 0 done, 1 refused by the server, 2 usage or
+configuration, 3 server unavailable, 4 not signed in or session expired, 5 not allowed,
+6 not found, 130 interrupted; `decisions follow` also exits 10 rejected, 11 expired.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import faulthandler
+import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hitl_grpc.cli import users, watch
+from hitl_grpc.cli import audit, decisions, login, users, users_api, watch
 from hitl_grpc.config import ConfigError, Settings
 from hitl_grpc.runtime.observability import configure_logging
 from hitl_grpc.runtime.server import SHUTDOWN_MARGIN_S, StartupError, running_server
@@ -69,10 +80,17 @@ async def _serve(settings: Settings) -> None:
 async def _migrate(settings: Settings) -> None:
     engine = make_engine(settings.database_url, timeout_s=settings.db_timeout_s)
     try:
+        before = await schema.state(engine)
         await schema.upgrade(engine)
-        print(f"database schema is {(await schema.state(engine)).value}")
+        after = await schema.state(engine)
     finally:
         await engine.dispose()
+    if before is schema.SchemaState.EMPTY:
+        print(f"created the database schema (now {after.value})")
+    elif before is schema.SchemaState.BEHIND:
+        print(f"upgraded the database schema (now {after.value})")
+    else:
+        print(f"database schema is {after.value}: nothing to do")
 
 
 def _health_channel(args: argparse.Namespace, address: str) -> grpc.aio.Channel:
@@ -120,9 +138,19 @@ def _run_health(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _version() -> str:
+    try:
+        return metadata.version("hitl-grpc")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hitl-grpc", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="hitl-grpc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"hitl-grpc {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("serve", help="run the server (configured by HITL_* variables)")
     sub.add_parser("migrate", help="bring the database schema up to date")
     health = sub.add_parser("health", help="ask a server's gRPC health service; exit 0 if SERVING")
@@ -146,8 +174,11 @@ def _parser() -> argparse.ArgumentParser:
         "--cert-file", help="client certificate (PEM), for a listener that requires one"
     )
     health.add_argument("--key-file", help="the client certificate's key (PEM)")
-    watch.add_parser(sub)
+    login.add_parsers(sub)
+    decisions.add_parser(sub)
     users.add_parser(sub)
+    audit.add_parser(sub)
+    watch.add_parser(sub)
     return parser
 
 
@@ -158,8 +189,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_health(args)
     if args.command == "watch":
         return watch.run(args)
+    if args.command in ("login", "logout", "whoami", "mfa"):
+        return login.run(args)
+    if args.command == "decisions":
+        return decisions.run(args)
+    if args.command == "audit":
+        return audit.run(args)
+    if args.command == "users" and not args.direct:
+        return users_api.run(args)
     settings = _settings()
     logs = configure_logging(settings.log_level)
+    if args.command in ("users", "migrate"):
+        # A one-shot command speaks for itself; alembic's INFO lines are noise here.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     code, startup, config = 0, None, None
     try:
         if args.command == "users":

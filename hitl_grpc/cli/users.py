@@ -1,13 +1,18 @@
-"""`hitl-grpc users ...`: account administration on the configured database, no server needed.
+"""`hitl-grpc users ...`: account administration, over the API or (`--direct`) on the database.
 
-For the first admin and for recovery (a locked-out or forgotten admin). Every change is
-audited like its RPC, with actor `cli` and peer `local`.
+Over the API (the default) it is an admin's everyday tool: signed in like every remote
+command, each change made and audited by the server as that admin.
+
+`--direct` is the recovery mode: it opens the configured database (HITL_DATABASE_URL) with no
+server, for the first admin and for a locked-out or forgotten one. Every change is audited
+like its RPC, with actor `cli` and peer `local`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import secrets
 import sys
 from collections.abc import AsyncIterator
@@ -16,6 +21,7 @@ from typing import Any
 
 from hitl_grpc import accounts
 from hitl_grpc.accounts.users import NewUser, UserAdmin, UserUpdate
+from hitl_grpc.cli import remote
 from hitl_grpc.config import Settings
 from hitl_grpc.domain.clock import SystemClock
 from hitl_grpc.domain.errors import DomainError
@@ -30,33 +36,48 @@ ROLES = [r.name.lower() for r in Role]
 
 def add_parser(sub: Any) -> None:
     """Adds `users` and its subcommands to the top-level parser."""
-    users = sub.add_parser("users", help="manage accounts on the configured database")
-    cmd = users.add_subparsers(dest="users_command", required=True)
-    create = cmd.add_parser("create", help="create an account")
+    users = sub.add_parser(
+        "users",
+        help="manage accounts over the API (admin), or --direct on the database (recovery)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    users.add_argument(
+        "--direct",
+        action="store_true",
+        help="RECOVERY: work on the database HITL_DATABASE_URL names, no server or sign-in",
+    )
+    cmd = users.add_subparsers(dest="users_command", required=True, metavar="COMMAND")
+
+    def leaf(name: str, text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = cmd.add_parser(name, help=text, description=text)
+        remote.add_options(parser)
+        return parser
+
+    create = leaf("create", "create an account")
     create.add_argument("username")
     create.add_argument("--role", choices=ROLES, required=True)
     create.add_argument("--email", default="")
     create.add_argument("--full-name", default="")
     _password_option(create)
-    cmd.add_parser("list", help="list every account")
-    set_role = cmd.add_parser("set-role", help="change an account's role")
+    listing = leaf("list", "list every account")
+    listing.add_argument("--json", action="store_true", help="print JSON for scripts")
+    set_role = leaf("set-role", "change an account's role")
     set_role.add_argument("username")
     set_role.add_argument("role", choices=ROLES)
     for name, text in (("deactivate", "deactivate"), ("activate", "reactivate")):
-        parser = cmd.add_parser(name, help=f"{text} an account (ends its sessions at once)")
+        parser = leaf(name, f"{text} an account (ends its sessions at once)")
         parser.add_argument("username")
-    reset = cmd.add_parser(
-        "reset-password", help="set a new password; ends every session and lifts the lockout"
-    )
+    reset = leaf("reset-password", "set a new password; ends every session and lifts the lockout")
     reset.add_argument("username")
     _password_option(reset)
-    unlock = cmd.add_parser("unlock", help="lift an account's sign-in lockout (password and MFA)")
+    unlock = leaf("unlock", "lift an account's sign-in lockout (password and MFA)")
     unlock.add_argument("username")
     unlock.add_argument(
         "--peer", default="", help="also lift this client address's lock (e.g. 10.0.0.7)"
     )
-    reset_mfa = cmd.add_parser(
-        "reset-mfa", help="turn an account's MFA off, drop its backup codes, end its sessions"
+    reset_mfa = leaf(
+        "reset-mfa", "turn an account's MFA off, drop its backup codes, end its sessions"
     )
     reset_mfa.add_argument("username")
 
@@ -69,7 +90,8 @@ def _password_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _password(args: argparse.Namespace) -> tuple[str, bool]:
+def read_password(args: argparse.Namespace) -> tuple[str, bool]:
+    """The password from stdin, or a generated one (and True: print it once)."""
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\r\n"), False
     return secrets.token_urlsafe(18), True
@@ -87,6 +109,20 @@ async def _admin(settings: Settings) -> AsyncIterator[UserAdmin]:
         await door.engine.dispose()
 
 
+def user_json(user: User) -> dict[str, object]:
+    """An account as `users list --json` prints it, in both modes: the proto JSON names."""
+    return {
+        "id": str(user.id),
+        "username": user.username,
+        "role": f"ROLE_{user.role.name}",
+        "email": user.email,
+        "full_name": user.full_name,
+        "active": user.active,
+        "mfa_enabled": user.mfa_enabled,
+        "created_at": user.created_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
 def _line(user: User) -> str:
     state = "active" if user.active else "inactive"
     mfa = "mfa" if user.mfa_enabled else "-"
@@ -98,14 +134,20 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
         command = args.users_command
         if command == "list":
             after: str | None = None
+            found: list[User] = []
             while True:
                 page, after = await admin.list_page(500, after)
-                for user in page:
-                    print(_line(user))
+                found += page
                 if after is None:
-                    return
+                    break
+            if args.json:
+                print(json.dumps([user_json(u) for u in found], ensure_ascii=False, indent=2))
+            else:
+                for user in found:
+                    print(_line(user))
+            return
         if command == "create":
-            password, generated = _password(args)
+            password, generated = read_password(args)
             user = await admin.create(
                 NewUser(
                     username=args.username,
@@ -134,7 +176,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
         elif command in ("deactivate", "activate"):
             change = UserUpdate(active=command == "activate")
         else:
-            password, generated = _password(args)
+            password, generated = read_password(args)
             change = UserUpdate(new_password=password)
         updated = await admin.update(user.id, change, actor=ACTOR, peer=PEER)
         print(f"updated {_line(updated)}")
