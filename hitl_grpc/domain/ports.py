@@ -167,6 +167,10 @@ class AuditLog(Protocol):
 
     async def query(self, query: AuditQuery) -> list[AuditRecord]: ...
 
+    async def after(self, seq: int, limit: int) -> list[AuditRecord]: ...
+
+    async def last_seq(self) -> int: ...
+
 
 class EventLog(Protocol):
     """The decision outbox: appended in the same transaction as the change."""

@@ -108,11 +108,30 @@ audit_events = Table(
     Column("peer", String(128), nullable=False),
     Column("outcome", SmallInteger, nullable=False),
     Column("details", JSON, nullable=False),
+    # The x-request-id of the call that caused the row ('' for none; "sweep-..." for a sweep).
+    Column("request_id", String(128), nullable=False, server_default=""),
+    # The tamper-evident chain (store/audit_chain.py): the row's place, its content's
+    # digest, the previous row's hash and its own. seq and the hashes are given at COMMIT.
+    Column("chain", String(32), nullable=False, server_default="audit"),
+    Column("seq", BigInteger),
+    Column("digest", String(64), nullable=False, server_default=""),
+    Column("prev_hash", String(64)),
+    Column("hash", String(64)),
     Index("ix_audit_events_time", "time"),
     Index("ix_audit_events_actor_id", "actor", "id"),
     Index("ix_audit_events_kind_id", "kind", "id"),
     Index("ix_audit_events_target_id", "target", "id"),
+    Index("ix_audit_events_chain_seq", "chain", "seq", unique=True),
     sqlite_autoincrement=True,
+)
+
+# One row per chain: its last seq and hash, so rows cut from the end are noticed too.
+audit_chain_heads = Table(
+    "audit_chain_heads",
+    metadata,
+    Column("chain", String(32), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
 )
 
 decisions = Table(

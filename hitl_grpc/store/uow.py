@@ -50,7 +50,9 @@ class UnitOfWork(Passage):
 
     async def commit(self) -> None:
         """Makes every change of this unit durable at once."""
-        # The events go last, in one statement; PostgreSQL publishes them in the COMMIT.
+        # The audit rows, then the events, each in one statement; on PostgreSQL the COMMIT
+        # links the rows into the audit chain and publishes the events, in that order.
+        await self.audit.flush()
         await self.events.flush()
         await super().commit()
         if self.events.appended and self._after_commit is not None:
