@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -27,3 +28,10 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             events=[convert.audit_event_to_proto(e) for e in events],
             next_page_token=convert.page_token("a", str(next_before or "")),
         )
+
+    async def ExportAuditEvents(
+        self, request: audit_pb2.ExportAuditEventsRequest, context: Context
+    ) -> AsyncIterator[audit_pb2.ExportAuditEventsResponse]:
+        after = convert.export_cursor_from_proto(request)
+        async for record in self._trail.export(after):
+            yield convert.audit_export_to_proto(record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
@@ -388,17 +389,59 @@ def audit_query_from_proto(request: audit_pb2.ListAuditEventsRequest) -> AuditQu
 
 def _audit_cursor(token: str) -> int | None:
     """The audit id a page token continues below; only ids this service can have issued."""
-    before = from_page_token(token, "a")
-    if before is None:
+    return _numbered_token(token, "a", "page_token")
+
+
+def _numbered_token(
+    token: str, kind: str, field: str, refusal: str = "is not a token this method returned"
+) -> int | None:
+    """The positive 64-bit number inside a token of `kind`; None for an empty token."""
+    try:
+        number = from_page_token(token, kind)
+    except InvalidField:
+        raise InvalidField.one(field, refusal) from None
+    if number is None:
         return None
     # isdigit() alone admits '²' and Arabic-Indic digits, which int() refuses; the length
     # bound keeps int() cheap and the id within a 64-bit column on both backends.
-    if not (before.isascii() and before.isdigit() and len(before) <= _ID_DIGITS_MAX):
-        raise InvalidField.one("page_token", "is not a token this method returned")
-    value = int(before)
+    if not (number.isascii() and number.isdigit() and len(number) <= _ID_DIGITS_MAX):
+        raise InvalidField.one(field, refusal)
+    value = int(number)
     if not 0 < value <= _ID_MAX:
-        raise InvalidField.one("page_token", "is not a token this method returned")
+        raise InvalidField.one(field, refusal)
     return value
+
+
+EXPORT_CURSOR: Final = "x"
+
+
+def export_cursor_from_proto(request: audit_pb2.ExportAuditEventsRequest) -> int:
+    """The chain seq an export resumes after (0 from the start), or InvalidField."""
+    refusal = "is not a cursor this method returned"
+    return _numbered_token(request.resume_cursor, EXPORT_CURSOR, "resume_cursor", refusal) or 0
+
+
+def audit_export_to_proto(record: AuditRecord) -> audit_pb2.ExportAuditEventsResponse:
+    """One exported event: its JSON line, and the cursor that resumes after it."""
+    line = {
+        "id": record.id,
+        "seq": record.seq,
+        "time": record.time.astimezone(UTC).isoformat(timespec="microseconds"),
+        "actor": record.actor,
+        "kind": record.kind,
+        "target": record.target,
+        "peer": record.peer,
+        "outcome": record.outcome.name,
+        "details": record.details,
+        "request_id": record.request_id,
+        "digest": record.digest,
+        "prev_hash": record.prev_hash,
+        "hash": record.hash,
+    }
+    return audit_pb2.ExportAuditEventsResponse(
+        json_line=json.dumps(line, ensure_ascii=False, separators=(",", ":")),
+        cursor=page_token(EXPORT_CURSOR, str(record.seq)),
+    )
 
 
 def audit_event_to_proto(record: AuditRecord) -> audit_pb2.AuditEvent:
@@ -412,4 +455,5 @@ def audit_event_to_proto(record: AuditRecord) -> audit_pb2.AuditEvent:
         peer=record.peer,
         outcome=audit_pb2.AuditOutcome.ValueType(int(record.outcome)),
         details=record.details,
+        request_id=record.request_id,
     )

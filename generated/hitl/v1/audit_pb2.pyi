@@ -74,6 +74,7 @@ class AuditEvent(_message.Message):
     PEER_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     actor: _builtins.str
     """actor is the username that acted, or the username tried on a failed login."""
@@ -84,6 +85,10 @@ class AuditEvent(_message.Message):
     peer: _builtins.str
     """peer is the client address as the server saw it."""
     outcome: Global___AuditOutcome.ValueType
+    request_id: _builtins.str
+    """request_id is the x-request-id of the call that caused the event (the id its access
+    log line shows; generated when the caller sent none), "sweep-..." for the sweeper's.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -99,10 +104,11 @@ class AuditEvent(_message.Message):
         peer: _builtins.str = ...,
         outcome: Global___AuditOutcome.ValueType = ...,
         details: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "details", b"details", "id", b"id", "kind", b"kind", "outcome", b"outcome", "peer", b"peer", "target", b"target", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "details", b"details", "id", b"id", "kind", b"kind", "outcome", b"outcome", "peer", b"peer", "request_id", b"request_id", "target", b"target", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -170,3 +176,51 @@ class ListAuditEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class ExportAuditEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESUME_CURSOR_FIELD_NUMBER: _builtins.int
+    resume_cursor: _builtins.str
+    """resume_cursor is a cursor from an earlier response: the export goes on after it.
+    Empty starts at the first event.
+    """
+    def __init__(
+        self,
+        *,
+        resume_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resume_cursor", b"resume_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportAuditEventsRequest: _TypeAlias = ExportAuditEventsRequest  # noqa: Y015
+
+@_typing.final
+class ExportAuditEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JSON_LINE_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    json_line: _builtins.str
+    """json_line is one event as a single line of JSON (no newline): id, seq, time, actor,
+    kind, target, peer, outcome, details, request_id, digest, prev_hash, hash.
+    """
+    cursor: _builtins.str
+    """cursor resumes the export after this event."""
+    def __init__(
+        self,
+        *,
+        json_line: _builtins.str = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "json_line", b"json_line"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportAuditEventsResponse: _TypeAlias = ExportAuditEventsResponse  # noqa: Y015
