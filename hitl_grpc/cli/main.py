@@ -1,4 +1,4 @@
-"""`hitl-grpc serve | migrate | health | users`: the operator's entry points."""
+"""`hitl-grpc serve | migrate | health | users | audit`: the operator's entry points."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hitl_grpc.cli import users, watch
+from hitl_grpc.cli import audit_verify, users, watch
 from hitl_grpc.config import ConfigError, Settings
 from hitl_grpc.runtime.observability import configure_logging
 from hitl_grpc.runtime.server import SHUTDOWN_MARGIN_S, StartupError, running_server
@@ -133,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     watch.add_parser(sub)
     users.add_parser(sub)
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_verify.add_parser(audit.add_subparsers(dest="audit_command", required=True))
     return parser
 
 
@@ -149,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "users":
             code = users.run(args, settings)
+        elif args.command == "audit" and args.audit_command == "verify":
+            code = audit_verify.run(args, settings)
         elif args.command == "serve":
             asyncio.run(_serve(settings))
         elif args.command == "migrate":
