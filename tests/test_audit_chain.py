@@ -105,6 +105,12 @@ async def test_rows_the_sweeper_writes_carry_one_id_per_sweep(
         assert re.fullmatch(r"sweep-[0-9a-f]{32}", rows[0].request_id)
 
 
+async def test_the_bootstrap_admin_row_carries_a_start_up_id(server: Harness) -> None:
+    [row] = await audit_rows(server, "user.created", "admin")
+    assert row.actor == "system"
+    assert re.fullmatch(r"startup-[0-9a-f]{32}", row.request_id)
+
+
 # -- the chain ---------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -35,6 +36,7 @@ from hitl_grpc.api.watch import WatchServicer
 from hitl_grpc.auth.interceptor import AuthInterceptor
 from hitl_grpc.auth.policy import load_policies
 from hitl_grpc.config import Settings
+from hitl_grpc.domain import request_id
 from hitl_grpc.domain.clock import Clock, SystemClock
 from hitl_grpc.domain.decisions import DecisionOperations
 from hitl_grpc.domain.errors import InvalidField
@@ -209,9 +211,11 @@ async def running_server(
         stack.callback(cpu_pool.shutdown, wait=False, cancel_futures=True)
         services = accounts.build(settings, uow, clock, cpu_pool)
         try:
-            generated = await services.users.bootstrap_admin(
-                settings.bootstrap_admin_password, may_generate=not settings.production
-            )
+            # No call: the audit row of a bootstrap admin carries an id of the start-up.
+            with request_id.bound(f"startup-{uuid.uuid4().hex}"):
+                generated = await services.users.bootstrap_admin(
+                    settings.bootstrap_admin_password, may_generate=not settings.production
+                )
         except InvalidField as exc:
             raise StartupError(f"HITL_BOOTSTRAP_ADMIN_PASSWORD: {exc.message}") from None
 
