@@ -17,6 +17,7 @@ from hitl_grpc.accounts.trail import PAGE_MAX as AUDIT_PAGE_MAX
 from hitl_grpc.accounts.users import UserUpdate
 from hitl_grpc.domain import opaque
 from hitl_grpc.domain.errors import FieldViolation, InvalidField
+from hitl_grpc.domain.notifications import Delivery, DeliveryState
 from hitl_grpc.domain.ports import AuditQuery
 from hitl_grpc.domain.queue import QueueStats, WindowStats
 from hitl_grpc.domain.validation import ActionDraft, AnalysisDraft, VerdictDraft
@@ -456,4 +457,56 @@ def audit_event_to_proto(record: AuditRecord) -> audit_pb2.AuditEvent:
         outcome=audit_pb2.AuditOutcome.ValueType(int(record.outcome)),
         details=record.details,
         request_id=record.request_id,
+    )
+
+
+WEBHOOK_PAGE_DEFAULT: Final = 100
+WEBHOOK_PAGE_MAX: Final = 1000
+
+
+def webhook_page_from_proto(
+    request: audit_pb2.ListWebhookDeliveriesRequest,
+) -> tuple[DeliveryState | None, int, int]:
+    """The state filter, the id to continue after, and the page size of the request."""
+    problems: list[FieldViolation] = []
+    state: DeliveryState | None = None
+    if request.state:
+        try:
+            state = DeliveryState(request.state)
+        except ValueError:
+            problems.append(FieldViolation("state", f"unknown state {request.state}"))
+    if request.page_size < 0:
+        problems.append(FieldViolation("page_size", "must not be negative"))
+    after = 0
+    try:
+        after = _numbered_token(request.page_token, "w", "page_token") or 0
+    except InvalidField as err:
+        problems.extend(err.violations)
+    if problems:
+        raise InvalidField(problems)
+    return state, after, min(request.page_size or WEBHOOK_PAGE_DEFAULT, WEBHOOK_PAGE_MAX)
+
+
+def webhook_page_to_proto(
+    deliveries: list[Delivery], more: bool
+) -> audit_pb2.ListWebhookDeliveriesResponse:
+    """One page of deliveries and the token of the next, if there is one."""
+    return audit_pb2.ListWebhookDeliveriesResponse(
+        deliveries=[
+            audit_pb2.WebhookDelivery(
+                id=d.id,
+                idempotency_key=d.idempotency_key,
+                url=d.url,
+                event_type=d.event_type,
+                state=audit_pb2.WebhookDeliveryState.ValueType(int(d.state)),
+                attempts=d.attempts,
+                next_attempt_at=timestamp(d.next_attempt_at),
+                last_error=d.last_error,
+                created_at=timestamp(d.created_at),
+                delivered_at=timestamp(d.delivered_at),
+                body=d.body,
+            )
+            for d in deliveries
+        ],
+        next_page_token=page_token("w", str(deliveries[-1].id)) if more and deliveries else "",
     )

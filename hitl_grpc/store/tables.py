@@ -242,3 +242,29 @@ decision_event_horizon = Table(
     Column("id", SmallInteger, primary_key=True, autoincrement=False),
     Column("position", BigInteger, nullable=False),
 )
+
+
+# Outgoing webhooks (store/webhooks.py): one row per notification and receiver URL.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BIGID, primary_key=True, autoincrement=True),
+    # Sent as Idempotency-Key: the same on every attempt, so a receiver can drop repeats.
+    Column("idempotency_key", String(64), nullable=False),
+    Column("url", String(2048), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    # DeliveryState: pending, delivered, dead (gave up after the last attempt).
+    Column("state", SmallInteger, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", TIME, nullable=False),
+    # A replica sending it holds it until then; past it another may take it over.
+    Column("lease_until", TIME),
+    Column("claim_token", String(36)),
+    Column("last_error", String(500), nullable=False, server_default=""),
+    Column("created_at", TIME, nullable=False),
+    Column("delivered_at", TIME),
+    Index("ix_webhook_deliveries_idempotency_key_url", "idempotency_key", "url", unique=True),
+    Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+    sqlite_autoincrement=True,
+)

@@ -40,6 +40,10 @@ class AuditServiceStub:
     SIEM. It ends once it has sent every event committed when it reached them; call again
     with the last cursor to go on, without gaps or duplicates.
     """
+    ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListWebhookDeliveriesRequest, _audit_pb2.ListWebhookDeliveriesResponse]
+    """ListWebhookDeliveries pages through outgoing webhook deliveries, oldest first: what
+    was sent, what is still being retried, and what gave up (dead letters).
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -52,6 +56,10 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """ExportAuditEvents streams the audit trail oldest first, one JSON line per event, for a
     SIEM. It ends once it has sent every event committed when it reached them; call again
     with the last cursor to go on, without gaps or duplicates.
+    """
+    ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListWebhookDeliveriesRequest, _audit_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """ListWebhookDeliveries pages through outgoing webhook deliveries, oldest first: what
+    was sent, what is still being retried, and what gave up (dead letters).
     """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -74,6 +82,16 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         """ExportAuditEvents streams the audit trail oldest first, one JSON line per event, for a
         SIEM. It ends once it has sent every event committed when it reached them; call again
         with the last cursor to go on, without gaps or duplicates.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeliveries(
+        self,
+        request: _audit_pb2.ListWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_audit_pb2.ListWebhookDeliveriesResponse]]:
+        """ListWebhookDeliveries pages through outgoing webhook deliveries, oldest first: what
+        was sent, what is still being retried, and what gave up (dead letters).
         """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
