@@ -187,3 +187,40 @@ def test_webhook_urls_need_a_secret_and_must_be_http() -> None:
         }
     )
     assert settings.webhook_urls == ("https://a.example/h", "http://127.0.0.1:9/h")
+
+
+async def test_deliveries_page_oldest_first_and_refuse_bad_requests(
+    make_server: ServerFactory, receiver: Receiver
+) -> None:
+    receiver.mode = "fail"
+    # A sender that waits: the rows stay pending while the test pages through them.
+    async with make_server(**_settings(receiver, webhook_poll_s=3600)) as server:
+        await server.running.webhooks.stop()  # type: ignore[union-attr]  # set: URLs given
+        service = await server.as_role(Role.SERVICE)
+        for _ in range(3):
+            await submit(server, service, priority=CRITICAL)
+        admin = await server.as_role(Role.ADMIN)
+        seen: list[int] = []
+        token = ""
+        while True:
+            reply = await server.audit.ListWebhookDeliveries(
+                audit_pb2.ListWebhookDeliveriesRequest(page_size=2, page_token=token),
+                metadata=admin,
+                timeout=10,
+            )
+            seen.extend(d.id for d in reply.deliveries)
+            token = reply.next_page_token
+            if not token:
+                break
+        assert len(seen) == 3 and seen == sorted(seen)
+        for bad in (
+            audit_pb2.ListWebhookDeliveriesRequest(page_token="forged"),
+            audit_pb2.ListWebhookDeliveriesRequest(page_size=-1),
+            audit_pb2.ListWebhookDeliveriesRequest(
+                state=audit_pb2.WebhookDeliveryState.ValueType(9)
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await server.audit.ListWebhookDeliveries(bad, metadata=admin, timeout=10)
+            assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert receiver.seen == []
