@@ -13,9 +13,9 @@ import pytest
 from hitl.v1 import audit_pb2, decision_pb2
 
 from hitl_grpc.config import ConfigError, Settings
-from hitl_grpc.domain.values import Role
+from hitl_grpc.domain.values import Priority, Role
 from hitl_grpc.runtime.webhooks import backoff
-from tests.decisions_support import submit
+from tests.decisions_support import submit, wait_for_database_time, when
 from tests.harness import Harness, ServerFactory
 from tests.webhook_receiver import Received, Receiver, running_receiver
 
@@ -224,3 +224,22 @@ async def test_deliveries_page_oldest_first_and_refuse_bad_requests(
                 await server.audit.ListWebhookDeliveries(bad, metadata=admin, timeout=10)
             assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert receiver.seen == []
+
+
+async def test_an_sla_breach_is_notified_once(
+    make_server: ServerFactory, receiver: Receiver
+) -> None:
+    sla = {**Settings().sla, Priority.HIGH: timedelta(seconds=2)}
+    async with make_server(**_settings(receiver), sla=sla, sweep_interval_s=3600) as server:
+        service = await server.as_role(Role.SERVICE)
+        late = await submit(server, service)  # HIGH: its submission notifies nobody
+        await wait_for_database_time(server, when(late.sla_deadline))
+        assert (await server.running.sweeper.sweep_once()).escalated == 1
+        await _wait(receiver, lambda seen: len(seen) == 1)
+        [breach] = receiver.seen
+        assert breach.event == "decision.sla_breached" and breach.signed
+        assert breach.body["decision"]["analysis_id"] == late.analysis_id
+        assert breach.body["decision"]["status"] == "ESCALATED"
+        assert (await server.running.sweeper.sweep_once()).escalated == 0
+        await _settled(server, audit_pb2.WEBHOOK_DELIVERY_STATE_DELIVERED, 1)
+    assert receiver.accepted() == {breach.key: 1}
