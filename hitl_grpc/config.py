@@ -205,6 +205,13 @@ def _check_production(settings: Settings) -> None:
             "production needs a configured signing key (HITL_JWT_SECRET or "
             "HITL_JWT_SECRET_FILE), not one generated next to the database",
         )
+    for url in settings.webhook_urls:
+        host = url.partition("://")[2].split("/", 1)[0].rpartition("@")[2]
+        if url.startswith("http://") and not _is_loopback(host.rsplit(":", 1)[0].strip("[]")):
+            raise ConfigError(
+                "HITL_WEBHOOK_URLS",
+                f"production refuses plaintext webhooks to {url}: use https://",
+            )
 
 
 def _is_loopback(host: str) -> bool:

@@ -243,3 +243,22 @@ async def test_an_sla_breach_is_notified_once(
         assert (await server.running.sweeper.sweep_once()).escalated == 0
         await _settled(server, audit_pb2.WEBHOOK_DELIVERY_STATE_DELIVERED, 1)
     assert receiver.accepted() == {breach.key: 1}
+
+
+def test_production_refuses_plaintext_webhooks_off_loopback() -> None:
+    production = {
+        "HITL_ENV": "production",
+        "HITL_JWT_SECRET": "s" * 40,
+        "HITL_WEBHOOK_SECRET": SECRET,
+    }
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**production, "HITL_WEBHOOK_URLS": "http://soar.example/hook"})
+    assert str(caught.value) == (
+        "HITL_WEBHOOK_URLS: production refuses plaintext webhooks to "
+        "http://soar.example/hook: use https://"
+    )
+    allowed = "https://soar.example/hook,http://127.0.0.1:8080/hook"
+    assert Settings.from_env({**production, "HITL_WEBHOOK_URLS": allowed}).webhook_urls == (
+        "https://soar.example/hook",
+        "http://127.0.0.1:8080/hook",
+    )
