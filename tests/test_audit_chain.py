@@ -105,8 +105,8 @@ async def test_rows_the_sweeper_writes_carry_one_id_per_sweep(
         assert re.fullmatch(r"sweep-[0-9a-f]{32}", rows[0].request_id)
         # Both rows were linked in one transaction (one sweep batch), one after the other.
         assert abs(rows[0].seq - rows[1].seq) == 1
-        report = await audit_chain.verify(server.running.engine)
-        assert report.ok, report.breaks
+        chain = await audit_chain.verify(server.running.engine)
+        assert chain.ok, chain.breaks
 
 
 async def test_the_bootstrap_admin_row_carries_a_start_up_id(server: Harness) -> None:
