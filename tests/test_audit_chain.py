@@ -282,7 +282,7 @@ async def upgraded_url(database_url: str) -> AsyncIterator[str]:
     engine = make_engine(database_url, timeout_s=10)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(_migrate(command.downgrade, "0002"))
+            await conn.run_sync(_migrate(command.downgrade, "0004"))
             # SQLite keeps UTC times without an offset, as SQLAlchemy writes them.
             zone = "+00:00" if conn.dialect.name == "postgresql" else ""
             for n in range(3):

@@ -9,7 +9,7 @@ row breaks the next row's `prev_hash` or the seq run, and rows cut from the end 
 with the head.
 
 Who links a row, with several replicas writing at once:
-- PostgreSQL: a deferred constraint trigger (migration 0003) at COMMIT takes the event
+- PostgreSQL: a deferred constraint trigger (migration 0005) at COMMIT takes the event
   log's transaction-scoped advisory lock (the same key, so every committing writer takes
   its locks in one order and none can deadlock), then locks the chain head FOR UPDATE,
   draws the next seq and computes the hash with `sha256()` in SQL. The lock is released

@@ -6,8 +6,8 @@ chain's last seq and hash. Rows written before are linked here in id order (thei
 id is ''), so `hitl-grpc audit verify` passes on an upgraded database. On PostgreSQL a
 deferred trigger links every new row at COMMIT (see hitl_grpc/store/audit_chain.py).
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0005
+Revises: 0004
 """
 
 import sqlalchemy as sa
@@ -15,8 +15,8 @@ from alembic import op
 
 from hitl_grpc.store.audit_chain import CHAIN, GENESIS, content_digest, link_hash
 
-revision = "0003"
-down_revision = "0002"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

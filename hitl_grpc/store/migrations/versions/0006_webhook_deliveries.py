@@ -3,15 +3,15 @@
 One row per notification and receiver URL, queued in the transaction of the change it
 reports; replicas claim due rows with a lease (SKIP LOCKED on PostgreSQL).
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
