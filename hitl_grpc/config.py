@@ -119,6 +119,16 @@ class Settings:
     # How often the event reader reads the log without a wake-up (a lost NOTIFY).
     watch_catchup_s: float = 1.0
     log_level: str = "INFO"
+    # Outgoing webhooks: off while no URL is set. Signed with webhook_secret (HMAC-SHA256).
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    webhook_timeout_s: float = 5.0
+    # Attempts per delivery before it is dead (visible to admins); the wait before attempt
+    # n+1 is backoff * 2^(n-1), capped, with jitter.
+    webhook_max_attempts: int = 10
+    webhook_backoff_s: float = 1.0
+    webhook_backoff_max_s: float = 300.0
+    webhook_poll_s: float = 1.0
     # "production" refuses what is fine on a laptop: see _check_production.
     env: str = "development"
 
@@ -203,6 +213,10 @@ class Settings:
                 "HITL_JWT_SECRET",
                 "required with PostgreSQL (replicas must share the signing key)",
             )
+        if settings.webhook_urls and not settings.webhook_secret:
+            raise ConfigError(
+                "HITL_WEBHOOK_SECRET", "required with webhook URLs: every delivery is signed"
+            )
         if settings.production:
             _check_production(settings)
         return settings
@@ -224,6 +238,13 @@ def _check_production(settings: Settings) -> None:
             "production needs a configured signing key (HITL_JWT_SECRET or "
             "HITL_JWT_SECRET_FILE), not one generated next to the database",
         )
+    for url in settings.webhook_urls:
+        host = url.partition("://")[2].split("/", 1)[0].rpartition("@")[2]
+        if url.startswith("http://") and not _is_loopback(host.rsplit(":", 1)[0].strip("[]")):
+            raise ConfigError(
+                "HITL_WEBHOOK_URLS",
+                f"production refuses plaintext webhooks to {url}: use https://",
+            )
 
 
 def _is_loopback(host: str) -> bool:
@@ -398,6 +419,24 @@ def _action_types(raw: str) -> frozenset[ActionType]:
     return frozenset(_action_type(part) for part in raw.split(",") if part.strip())
 
 
+def _webhook_url(raw: str) -> str:
+    url = raw.strip()
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0]
+    if scheme not in ("http", "https") or not sep or not host or any(c.isspace() for c in url):
+        raise ValueError(f"must be an http:// or https:// URL, got {raw!r}")
+    if len(url) > 2048:
+        raise ValueError("must be at most 2048 characters")
+    return url
+
+
+def _webhook_urls(raw: str) -> tuple[str, ...]:
+    urls = tuple(_webhook_url(part) for part in raw.split(",") if part.strip())
+    if len(set(urls)) != len(urls):
+        raise ValueError("lists a URL twice")
+    return urls
+
+
 # Every setting but the SLA per priority (HITL_SLA_<PRIORITY>_S, read beside it); one row
 # each, in the README's order.
 VARIABLES: Final = (
@@ -453,4 +492,11 @@ VARIABLES: Final = (
     Variable("HITL_PASSWORD_TIME_COST", "password_time_cost", _integer(1, 100)),
     Variable("HITL_PASSWORD_PARALLELISM", "password_parallelism", _integer(1, 64)),
     Variable("HITL_LOG_LEVEL", "log_level", _log_level),
+    Variable("HITL_WEBHOOK_URLS", "webhook_urls", _webhook_urls),
+    Variable("HITL_WEBHOOK_SECRET", "webhook_secret", _secret),
+    Variable("HITL_WEBHOOK_TIMEOUT_S", "webhook_timeout_s", _number(0.1, 300)),
+    Variable("HITL_WEBHOOK_MAX_ATTEMPTS", "webhook_max_attempts", _integer(1, 1000)),
+    Variable("HITL_WEBHOOK_BACKOFF_S", "webhook_backoff_s", _number(0.01, 3600)),
+    Variable("HITL_WEBHOOK_BACKOFF_MAX_S", "webhook_backoff_max_s", _number(0.01, 86400)),
+    Variable("HITL_WEBHOOK_POLL_S", "webhook_poll_s", _number(0.05, 3600)),
 )

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import grpc
 from google.protobuf import descriptor_pool
 
+from hitl_grpc.domain.request_id import bind as bind_request_id
+
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
 else:
@@ -65,6 +67,8 @@ def begin_call(context: Context) -> CallRecord:
     the peer, and the caller's x-request-id (or a new one)."""
     record = CallRecord(peer=context.peer() or "", request_id=_request_id(context))
     _record.set(record)
+    # The audit rows this call writes carry the id its access-log line shows.
+    bind_request_id(record.request_id)
     return record
 
 

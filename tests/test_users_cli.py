@@ -65,6 +65,7 @@ async def test_create_with_a_password_from_stdin(server: Harness, database_url: 
         await server.running.accounts.trail.page(AuditQuery(kind="user.created", target="Ops-Lead"))
     )[0]
     assert (row.actor, row.peer) == ("cli", "local")
+    assert row.request_id.startswith("cli-") and len(row.request_id) == 36
 
 
 async def test_create_without_a_password_prints_a_generated_one(

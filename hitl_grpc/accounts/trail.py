@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from hitl_grpc.domain.clock import Clock
+from hitl_grpc.domain.errors import InvalidField
 from hitl_grpc.domain.ports import AuditQuery, UnitOfWorkFactory
 from hitl_grpc.domain.values import AuditOutcome, AuditRecord
 
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
+# Rows an export reads per transaction: no connection is held while the client reads.
+EXPORT_PAGE = 500
 
 
 class AuditTrail:
@@ -64,3 +68,19 @@ class AuditTrail:
             found = await uow.audit.query(replace(query, limit=query.limit + 1))
         page = found[: query.limit]
         return page, (page[-1].id if len(found) > query.limit and page else None)
+
+    async def export(self, after_seq: int) -> AsyncIterator[AuditRecord]:
+        """Every event past `after_seq` in chain order, which is commit order: a later
+        export from the last seq sent misses nothing and repeats nothing."""
+        async with self._uow(readonly=True) as uow:
+            last = await uow.audit.last_seq()
+        if after_seq > last:
+            raise InvalidField.one("resume_cursor", "is not a cursor this method returned")
+        while True:
+            async with self._uow(readonly=True) as uow:
+                page = await uow.audit.after(after_seq, EXPORT_PAGE)
+            for record in page:
+                yield record
+            if len(page) < EXPORT_PAGE:
+                return
+            after_seq = page[-1].seq

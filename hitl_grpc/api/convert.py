@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
@@ -17,6 +18,7 @@ from hitl_grpc.accounts.users import UserUpdate
 from hitl_grpc.domain import opaque
 from hitl_grpc.domain.decisions import BulkItem, BulkOutcome
 from hitl_grpc.domain.errors import DomainError, FieldViolation, InvalidField
+from hitl_grpc.domain.notifications import Delivery, DeliveryState
 from hitl_grpc.domain.ports import AuditQuery
 from hitl_grpc.domain.queue import QueueStats, WindowStats
 from hitl_grpc.domain.validation import ActionDraft, AnalysisDraft, VerdictDraft
@@ -506,17 +508,59 @@ def audit_query_from_proto(request: audit_pb2.ListAuditEventsRequest) -> AuditQu
 
 def _audit_cursor(token: str) -> int | None:
     """The audit id a page token continues below; only ids this service can have issued."""
-    before = from_page_token(token, "a")
-    if before is None:
+    return _numbered_token(token, "a", "page_token")
+
+
+def _numbered_token(
+    token: str, kind: str, field: str, refusal: str = "is not a token this method returned"
+) -> int | None:
+    """The positive 64-bit number inside a token of `kind`; None for an empty token."""
+    try:
+        number = from_page_token(token, kind)
+    except InvalidField:
+        raise InvalidField.one(field, refusal) from None
+    if number is None:
         return None
     # isdigit() alone admits '²' and Arabic-Indic digits, which int() refuses; the length
     # bound keeps int() cheap and the id within a 64-bit column on both backends.
-    if not (before.isascii() and before.isdigit() and len(before) <= _ID_DIGITS_MAX):
-        raise InvalidField.one("page_token", "is not a token this method returned")
-    value = int(before)
+    if not (number.isascii() and number.isdigit() and len(number) <= _ID_DIGITS_MAX):
+        raise InvalidField.one(field, refusal)
+    value = int(number)
     if not 0 < value <= _ID_MAX:
-        raise InvalidField.one("page_token", "is not a token this method returned")
+        raise InvalidField.one(field, refusal)
     return value
+
+
+EXPORT_CURSOR: Final = "x"
+
+
+def export_cursor_from_proto(request: audit_pb2.ExportAuditEventsRequest) -> int:
+    """The chain seq an export resumes after (0 from the start), or InvalidField."""
+    refusal = "is not a cursor this method returned"
+    return _numbered_token(request.resume_cursor, EXPORT_CURSOR, "resume_cursor", refusal) or 0
+
+
+def audit_export_to_proto(record: AuditRecord) -> audit_pb2.ExportAuditEventsResponse:
+    """One exported event: its JSON line, and the cursor that resumes after it."""
+    line = {
+        "id": record.id,
+        "seq": record.seq,
+        "time": record.time.astimezone(UTC).isoformat(timespec="microseconds"),
+        "actor": record.actor,
+        "kind": record.kind,
+        "target": record.target,
+        "peer": record.peer,
+        "outcome": record.outcome.name,
+        "details": record.details,
+        "request_id": record.request_id,
+        "digest": record.digest,
+        "prev_hash": record.prev_hash,
+        "hash": record.hash,
+    }
+    return audit_pb2.ExportAuditEventsResponse(
+        json_line=json.dumps(line, ensure_ascii=False, separators=(",", ":")),
+        cursor=page_token(EXPORT_CURSOR, str(record.seq)),
+    )
 
 
 def audit_event_to_proto(record: AuditRecord) -> audit_pb2.AuditEvent:
@@ -530,4 +574,57 @@ def audit_event_to_proto(record: AuditRecord) -> audit_pb2.AuditEvent:
         peer=record.peer,
         outcome=audit_pb2.AuditOutcome.ValueType(int(record.outcome)),
         details=record.details,
+        request_id=record.request_id,
+    )
+
+
+WEBHOOK_PAGE_DEFAULT: Final = 100
+WEBHOOK_PAGE_MAX: Final = 1000
+
+
+def webhook_page_from_proto(
+    request: audit_pb2.ListWebhookDeliveriesRequest,
+) -> tuple[DeliveryState | None, int, int]:
+    """The state filter, the id to continue after, and the page size of the request."""
+    problems: list[FieldViolation] = []
+    state: DeliveryState | None = None
+    if request.state:
+        try:
+            state = DeliveryState(request.state)
+        except ValueError:
+            problems.append(FieldViolation("state", f"unknown state {request.state}"))
+    if request.page_size < 0:
+        problems.append(FieldViolation("page_size", "must not be negative"))
+    after = 0
+    try:
+        after = _numbered_token(request.page_token, "w", "page_token") or 0
+    except InvalidField as err:
+        problems.extend(err.violations)
+    if problems:
+        raise InvalidField(problems)
+    return state, after, min(request.page_size or WEBHOOK_PAGE_DEFAULT, WEBHOOK_PAGE_MAX)
+
+
+def webhook_page_to_proto(
+    deliveries: list[Delivery], more: bool
+) -> audit_pb2.ListWebhookDeliveriesResponse:
+    """One page of deliveries and the token of the next, if there is one."""
+    return audit_pb2.ListWebhookDeliveriesResponse(
+        deliveries=[
+            audit_pb2.WebhookDelivery(
+                id=d.id,
+                idempotency_key=d.idempotency_key,
+                url=d.url,
+                event_type=d.event_type,
+                state=audit_pb2.WebhookDeliveryState.ValueType(int(d.state)),
+                attempts=d.attempts,
+                next_attempt_at=timestamp(d.next_attempt_at),
+                last_error=d.last_error,
+                created_at=timestamp(d.created_at),
+                delivered_at=timestamp(d.delivered_at),
+                body=d.body,
+            )
+            for d in deliveries
+        ],
+        next_page_token=page_token("w", str(deliveries[-1].id)) if more and deliveries else "",
     )

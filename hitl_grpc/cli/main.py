@@ -1,7 +1,8 @@
 """hitl-grpc: the human-in-the-loop decision service.
 
 Run the server (serve, migrate, health), sign in (login, logout, whoami, mfa) and work over
-its API (decisions, users, audit, watch). `users --direct` is the recovery mode: it edits
+its API (decisions, users, audit list, watch). `audit verify` checks the audit's hash
+chain on the database itself. `users --direct` is the recovery mode: it edits
 the database itself, with no server or sign-in.
 
 Exit statuses of the commands over the API: 0 done, 1 refused by the server, 2 usage or
@@ -25,7 +26,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hitl_grpc.cli import audit, decisions, login, users, users_api, watch
+from hitl_grpc.cli import audit, audit_verify, decisions, login, users, users_api, watch
 from hitl_grpc.config import ConfigError, Settings
 from hitl_grpc.runtime.observability import configure_logging
 from hitl_grpc.runtime.server import SHUTDOWN_MARGIN_S, StartupError, running_server
@@ -177,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     login.add_parsers(sub)
     decisions.add_parser(sub)
     users.add_parser(sub)
-    audit.add_parser(sub)
+    audit_verify.add_parser(audit.add_parser(sub))
     watch.add_parser(sub)
     return parser
 
@@ -193,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return login.run(args)
     if args.command == "decisions":
         return decisions.run(args)
-    if args.command == "audit":
+    if args.command == "audit" and args.audit_command == "list":
         return audit.run(args)
     if args.command == "users" and not args.direct:
         return users_api.run(args)
@@ -206,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "users":
             code = users.run(args, settings)
+        elif args.command == "audit" and args.audit_command == "verify":
+            code = audit_verify.run(args, settings)
         elif args.command == "serve":
             asyncio.run(_serve(settings))
         elif args.command == "migrate":

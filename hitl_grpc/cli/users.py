@@ -15,6 +15,7 @@ import asyncio
 import json
 import secrets
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,7 @@ from hitl_grpc import accounts
 from hitl_grpc.accounts.users import NewUser, UserAdmin, UserUpdate
 from hitl_grpc.cli import remote
 from hitl_grpc.config import Settings
+from hitl_grpc.domain import request_id
 from hitl_grpc.domain.clock import SystemClock
 from hitl_grpc.domain.errors import DomainError
 from hitl_grpc.domain.values import Role, User
@@ -187,7 +189,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Runs one `users` subcommand; 1 with a one-line reason if it is refused."""
     try:
-        asyncio.run(_run(args, settings))
+        # No call: the change's audit row carries an id of this invocation.
+        with request_id.bound(f"cli-{uuid.uuid4().hex}"):
+            asyncio.run(_run(args, settings))
     except DomainError as exc:
         print(f"hitl-grpc users: {exc.message}", file=sys.stderr)
         return 1

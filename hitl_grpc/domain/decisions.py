@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, TypeVar
 
-from hitl_grpc.domain import errors, lifecycle, validation
+from hitl_grpc.domain import errors, lifecycle, notifications, validation
 from hitl_grpc.domain.ports import EventKind, StepUp, UnitOfWork, UnitOfWorkFactory
 from hitl_grpc.domain.queue import READ_ROWS_MAX, PageRequest, QueueKey, QueueStats
 from hitl_grpc.domain.validation import AnalysisDraft, VerdictDraft
@@ -131,6 +131,13 @@ class DecisionOperations:
                 },
             )
         )
+        # Webhooks leave from the outbox too: queued in this transaction, sent after it.
+        notification = notifications.notification_for(kind, after)
+        if notification is not None:
+            await uow.webhooks.enqueue(
+                notification.value,
+                notifications.notification_body(notification, after, at=now),
+            )
 
     # -- submit and read ----------------------------------------------------------------
 

@@ -6,8 +6,9 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
+from hitl_grpc.domain.notifications import Delivery, DeliveryState
 from hitl_grpc.domain.queue import QueueFilter, QueueKey, QueueStats
 from hitl_grpc.domain.values import (
     Account,
@@ -173,6 +174,24 @@ class AuditLog(Protocol):
 
     async def query(self, query: AuditQuery) -> list[AuditRecord]: ...
 
+    async def after(self, seq: int, limit: int) -> list[AuditRecord]: ...
+
+    async def last_seq(self) -> int: ...
+
+
+class WebhookOutbox(Protocol):
+    """Outgoing webhook notifications, queued in the transaction of their change."""
+
+    async def enqueue(self, event_type: str, body: dict[str, Any]) -> None: ...
+
+
+class DeliveryLog(Protocol):
+    """Webhook deliveries as admins read them."""
+
+    async def page(
+        self, state: DeliveryState | None, after_id: int, limit: int
+    ) -> list[Delivery]: ...
+
 
 class EventLog(Protocol):
     """The decision outbox: appended in the same transaction as the change."""
@@ -248,6 +267,9 @@ class UnitOfWork(Protocol):
 
     @property
     def decisions(self) -> DecisionRepository: ...
+
+    @property
+    def webhooks(self) -> WebhookOutbox: ...
 
     async def commit(self) -> None: ...
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import enum
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, NewType
 
 from hitl_grpc.domain.errors import InvalidField
+from hitl_grpc.domain.request_id import current as current_request_id
 
 UserId = NewType("UserId", str)
 AnalysisId = NewType("AnalysisId", str)
@@ -209,6 +210,13 @@ class AuditRecord:
     outcome: AuditOutcome
     details: dict[str, str]
     id: int = 0
+    # The request that caused it: made during a call, a record carries that call's id.
+    request_id: str = field(default_factory=current_request_id)
+    # Its place in the tamper-evident chain, once written (0 and '' before).
+    seq: int = 0
+    digest: str = ""
+    prev_hash: str = ""
+    hash: str = ""
 
 
 USERNAME_MAX: Final = 150

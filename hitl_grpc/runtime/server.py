@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -35,6 +36,7 @@ from hitl_grpc.api.watch import WatchServicer
 from hitl_grpc.auth.interceptor import AuthInterceptor
 from hitl_grpc.auth.policy import load_policies
 from hitl_grpc.config import Settings
+from hitl_grpc.domain import request_id
 from hitl_grpc.domain.clock import Clock, SystemClock
 from hitl_grpc.domain.decisions import DecisionOperations
 from hitl_grpc.domain.errors import InvalidField
@@ -47,11 +49,13 @@ from hitl_grpc.runtime.observability import AccessLogInterceptor, RpcMetrics
 from hitl_grpc.runtime.public_limits import public_limits
 from hitl_grpc.runtime.sweeper import Sweeper
 from hitl_grpc.runtime.tracing import Tracing, TracingInterceptor
+from hitl_grpc.runtime.webhooks import WebhookSender
 from hitl_grpc.store import schema
 from hitl_grpc.store.door import Door
 from hitl_grpc.store.engine import Engine, make_engine
 from hitl_grpc.store.tracing import trace_statements
 from hitl_grpc.store.uow import UnitOfWorkFactory
+from hitl_grpc.store.webhooks import WebhookDeliveries
 
 log = logging.getLogger("hitl_grpc.runtime.server")
 
@@ -99,6 +103,9 @@ class RunningServer:
     hub: EventHub
     sweeper: Sweeper
     db_monitor: DatabaseMonitor
+    deliveries: WebhookDeliveries
+    # None while no webhook URL is configured.
+    webhooks: WebhookSender | None = None
     generated_admin_password: str | None = None
     metrics_port: int | None = None
     # The client-certificate listener's port, when HITL_MTLS_LISTEN sets one apart.
@@ -232,7 +239,7 @@ async def running_server(
             listen_check_s=settings.db_check_interval_s,
             on_fan_out=service_metrics.fanned_out,
         )
-        uow = UnitOfWorkFactory(door, after_commit=hub.wake)
+        uow = UnitOfWorkFactory(door, after_commit=hub.wake, webhook_urls=settings.webhook_urls)
         await hub.start()
         stack.push_async_callback(hub.close)
 
@@ -247,9 +254,11 @@ async def running_server(
             on_lockout=service_metrics.locked_out,
         )
         try:
-            generated = await services.users.bootstrap_admin(
-                settings.bootstrap_admin_password, may_generate=not settings.production
-            )
+            # No call: the audit row of a bootstrap admin carries an id of the start-up.
+            with request_id.bound(f"startup-{uuid.uuid4().hex}"):
+                generated = await services.users.bootstrap_admin(
+                    settings.bootstrap_admin_password, may_generate=not settings.production
+                )
         except InvalidField as exc:
             raise StartupError(f"HITL_BOOTSTRAP_ADMIN_PASSWORD: {exc.message}") from None
 
@@ -300,7 +309,10 @@ async def running_server(
             ),
             server,
         )
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(services.trail), server)
+        deliveries = WebhookDeliveries(door)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(
+            AuditServicer(services.trail, deliveries), server
+        )
         health = aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable((*SERVICE_NAMES, "grpc.health.v1.Health"), server)
@@ -323,6 +335,10 @@ async def running_server(
         )
         db_monitor.start()
         stack.push_async_callback(db_monitor.stop)
+        webhooks = _webhook_sender(settings, deliveries)
+        if webhooks is not None:
+            webhooks.start()
+            stack.push_async_callback(webhooks.stop)
         gauges = Gauges(service_metrics, decisions, hub, door, interval_s=settings.sweep_interval_s)
         if metrics_port is not None:  # nobody could read them otherwise
             gauges.start()
@@ -341,6 +357,8 @@ async def running_server(
             hub=hub,
             sweeper=sweeper,
             db_monitor=db_monitor,
+            deliveries=deliveries,
+            webhooks=webhooks,
             generated_admin_password=generated,
             metrics_port=metrics_port,
             mtls_port=mtls_port,
@@ -349,7 +367,28 @@ async def running_server(
             yield running
         finally:
             await _drain(server, health, hub, settings.shutdown_grace_s)
-            await asyncio.gather(hub.close(), sweeper.stop(), db_monitor.stop(), gauges.stop())
+            await asyncio.gather(
+                hub.close(),
+                sweeper.stop(),
+                db_monitor.stop(),
+                gauges.stop(),
+                *([webhooks.stop()] if webhooks is not None else []),
+            )
+
+
+def _webhook_sender(settings: Settings, deliveries: WebhookDeliveries) -> WebhookSender | None:
+    if not settings.webhook_urls:
+        return None
+    assert settings.webhook_secret is not None, "Settings.from_env requires it with URLs"
+    return WebhookSender(
+        deliveries,
+        secret=settings.webhook_secret,
+        timeout_s=settings.webhook_timeout_s,
+        max_attempts=settings.webhook_max_attempts,
+        backoff_s=settings.webhook_backoff_s,
+        backoff_max_s=settings.webhook_backoff_max_s,
+        poll_s=settings.webhook_poll_s,
+    )
 
 
 def _serve_metrics(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 
 from hitl_grpc import tasks
-from hitl_grpc.domain import errors
+from hitl_grpc.domain import errors, request_id
 from hitl_grpc.domain.decisions import DecisionOperations, SweepReport
 
 log = logging.getLogger("hitl_grpc.runtime.sweeper")
@@ -34,7 +35,10 @@ class Sweeper(tasks.Periodic):
 
     async def sweep_once(self) -> SweepReport:
         """One pass over every kind of due work."""
-        report = await self._decisions.sweep()
+        # No call caused it: the pass gets an id of its own, on its audit rows and log line.
+        pass_id = f"sweep-{uuid.uuid4().hex}"
+        with request_id.bound(pass_id):
+            report = await self._decisions.sweep()
         if self._on_report is not None:
             self._on_report(report)
         if report != SweepReport():
@@ -43,6 +47,7 @@ class Sweeper(tasks.Periodic):
                 report.expired,
                 report.escalated,
                 report.released,
+                extra={"request_id": pass_id},
             )
         return report
 

@@ -1,21 +1,28 @@
-"""The audit trail: appended in the transaction of the change it records, never updated."""
+"""The audit trail: appended in the transaction of the change it records, never updated.
+
+Rows are collected and written right before COMMIT, each with the digest of its content;
+their place in the tamper-evident chain is given then (store/audit_chain.py).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC
+from typing import Any, Final
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hitl_grpc.domain.ports import AuditQuery
 from hitl_grpc.domain.values import AuditOutcome, AuditRecord
+from hitl_grpc.store import audit_chain
 from hitl_grpc.store.codec import aware, storable
-from hitl_grpc.store.tables import audit_events
+from hitl_grpc.store.tables import audit_chain_heads, audit_events
 
 ACTOR_MAX = 150
 KIND_MAX = 64
 TARGET_MAX = 256
 PEER_MAX = 128
+REQUEST_ID_MAX: Final = 128
 # Built once: SQLAlchemy reuses the compiled statement and only binds the row.
 _APPEND = insert(audit_events)
 
@@ -32,6 +39,11 @@ def _record(row: Any) -> AuditRecord:
         peer=row.peer,
         outcome=AuditOutcome(row.outcome),
         details={str(k): str(v) for k, v in (row.details or {}).items()},
+        request_id=row.request_id,
+        seq=row.seq or 0,
+        digest=row.digest,
+        prev_hash=row.prev_hash or "",
+        hash=row.hash or "",
     )
 
 
@@ -40,22 +52,55 @@ class AuditLog:
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        self._postgres = conn.dialect.name == "postgresql"
+        self._pending: list[dict[str, Any]] = []
 
     async def append(self, record: AuditRecord) -> None:
-        """Records one audited action."""
-        await self._conn.execute(
-            _APPEND,
-            {
-                "time": record.time,
-                # What an attempt named is recorded even when it held U+0000 (a probe).
-                "actor": storable(record.actor[:ACTOR_MAX]),
-                "kind": storable(record.kind[:KIND_MAX]),
-                "target": storable(record.target[:TARGET_MAX]),
-                "peer": storable(record.peer[:PEER_MAX]),
-                "outcome": int(record.outcome),
-                "details": {storable(k): storable(v) for k, v in record.details.items()},
-            },
+        """Records one audited action; written at flush(), in this transaction."""
+        row = {
+            "time": record.time.astimezone(UTC),
+            # What an attempt named is recorded even when it held U+0000 (a probe).
+            "actor": storable(record.actor[:ACTOR_MAX]),
+            "kind": storable(record.kind[:KIND_MAX]),
+            "target": storable(record.target[:TARGET_MAX]),
+            "peer": storable(record.peer[:PEER_MAX]),
+            "outcome": int(record.outcome),
+            "details": {storable(k): storable(v) for k, v in record.details.items()},
+            "request_id": storable(record.request_id[:REQUEST_ID_MAX]),
+            "chain": audit_chain.CHAIN,
+        }
+        # The digest covers the row as stored (cut, U+0000 replaced), as verify reads it.
+        row["digest"] = audit_chain.content_digest(row)
+        self._pending.append(row)
+
+    async def flush(self) -> None:
+        """Writes the collected rows in one statement; the unit of work calls it right
+        before COMMIT (on PostgreSQL the COMMIT itself links them into the chain)."""
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
+        if not self._postgres:
+            await audit_chain.link_in_python(self._conn, rows)
+        await self._conn.execute(_APPEND, rows)
+
+    async def after(self, seq: int, limit: int) -> list[AuditRecord]:
+        """Up to `limit` rows of the chain past `seq`, in chain order (commit order)."""
+        t = audit_events
+        stmt = (
+            select(t)
+            .where(t.c.chain == audit_chain.CHAIN, t.c.seq > seq)
+            .order_by(t.c.seq)
+            .limit(limit)
         )
+        return [_record(row) for row in await self._conn.execute(stmt)]
+
+    async def last_seq(self) -> int:
+        """The seq of the chain's last committed row (0 for none)."""
+        heads = audit_chain_heads
+        found = await self._conn.scalar(
+            select(heads.c.seq).where(heads.c.chain == audit_chain.CHAIN)
+        )
+        return int(found or 0)
 
     async def query(self, query: AuditQuery) -> list[AuditRecord]:
         """A page of matching events, newest (highest id) first."""

@@ -111,11 +111,30 @@ audit_events = Table(
     Column("peer", String(128), nullable=False),
     Column("outcome", SmallInteger, nullable=False),
     Column("details", JSON, nullable=False),
+    # The x-request-id of the call that caused the row ('' for none; "sweep-..." for a sweep).
+    Column("request_id", String(128), nullable=False, server_default=""),
+    # The tamper-evident chain (store/audit_chain.py): the row's place, its content's
+    # digest, the previous row's hash and its own. seq and the hashes are given at COMMIT.
+    Column("chain", String(32), nullable=False, server_default="audit"),
+    Column("seq", BigInteger),
+    Column("digest", String(64), nullable=False, server_default=""),
+    Column("prev_hash", String(64)),
+    Column("hash", String(64)),
     Index("ix_audit_events_time", "time"),
     Index("ix_audit_events_actor_id", "actor", "id"),
     Index("ix_audit_events_kind_id", "kind", "id"),
     Index("ix_audit_events_target_id", "target", "id"),
+    Index("ix_audit_events_chain_seq", "chain", "seq", unique=True),
     sqlite_autoincrement=True,
+)
+
+# One row per chain: its last seq and hash, so rows cut from the end are noticed too.
+audit_chain_heads = Table(
+    "audit_chain_heads",
+    metadata,
+    Column("chain", String(32), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
 )
 
 decisions = Table(
@@ -230,4 +249,30 @@ decision_event_horizon = Table(
     metadata,
     Column("id", SmallInteger, primary_key=True, autoincrement=False),
     Column("position", BigInteger, nullable=False),
+)
+
+
+# Outgoing webhooks (store/webhooks.py): one row per notification and receiver URL.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BIGID, primary_key=True, autoincrement=True),
+    # Sent as Idempotency-Key: the same on every attempt, so a receiver can drop repeats.
+    Column("idempotency_key", String(64), nullable=False),
+    Column("url", String(2048), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    # DeliveryState: pending, delivered, dead (gave up after the last attempt).
+    Column("state", SmallInteger, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", TIME, nullable=False),
+    # A replica sending it holds it until then; past it another may take it over.
+    Column("lease_until", TIME),
+    Column("claim_token", String(36)),
+    Column("last_error", String(500), nullable=False, server_default=""),
+    Column("created_at", TIME, nullable=False),
+    Column("delivered_at", TIME),
+    Index("ix_webhook_deliveries_idempotency_key_url", "idempotency_key", "url", unique=True),
+    Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+    sqlite_autoincrement=True,
 )

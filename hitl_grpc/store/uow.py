@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Self
 
 from hitl_grpc.store.audit import AuditLog
@@ -13,6 +13,7 @@ from hitl_grpc.store.events import EventLog
 from hitl_grpc.store.refresh_tokens import RefreshTokenRepository
 from hitl_grpc.store.throttle import LoginThrottleRepository
 from hitl_grpc.store.users import UserRepository
+from hitl_grpc.store.webhooks import WebhookOutbox
 
 
 class UnitOfWork(Passage):
@@ -25,6 +26,7 @@ class UnitOfWork(Passage):
     throttle: LoginThrottleRepository
     events: EventLog
     decisions: DecisionRepository
+    webhooks: WebhookOutbox
 
     def __init__(
         self,
@@ -32,9 +34,11 @@ class UnitOfWork(Passage):
         *,
         readonly: bool = False,
         after_commit: Callable[[], None] | None = None,
+        webhook_urls: Sequence[str] = (),
     ) -> None:
         super().__init__(door.engine, timeout_s=door.timeout_s, readonly=readonly)
         self._after_commit = after_commit
+        self._webhook_urls = webhook_urls
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
@@ -46,11 +50,14 @@ class UnitOfWork(Passage):
         self.throttle = LoginThrottleRepository(conn)
         self.events = EventLog(conn)
         self.decisions = DecisionRepository(conn)
+        self.webhooks = WebhookOutbox(conn, self._webhook_urls)
         return self
 
     async def commit(self) -> None:
         """Makes every change of this unit durable at once."""
-        # The events go last, in one statement; PostgreSQL publishes them in the COMMIT.
+        # The audit rows, then the events, each in one statement; on PostgreSQL the COMMIT
+        # links the rows into the audit chain and publishes the events, in that order.
+        await self.audit.flush()
         await self.events.flush()
         await super().commit()
         if self.events.appended and self._after_commit is not None:
@@ -61,11 +68,24 @@ class UnitOfWork(Passage):
 class UnitOfWorkFactory:
     """Opens units of work through one door."""
 
-    def __init__(self, door: Door, *, after_commit: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        door: Door,
+        *,
+        after_commit: Callable[[], None] | None = None,
+        webhook_urls: Sequence[str] = (),
+    ) -> None:
         self.door = door
         # Called after each commit that appended events (the server's event reader wakes).
         self._after_commit = after_commit
+        # Where notifications go; none: no webhook is queued.
+        self._webhook_urls = tuple(webhook_urls)
 
     def __call__(self, *, readonly: bool = False) -> UnitOfWork:
         """A new, not yet entered, unit of work."""
-        return UnitOfWork(self.door, readonly=readonly, after_commit=self._after_commit)
+        return UnitOfWork(
+            self.door,
+            readonly=readonly,
+            after_commit=self._after_commit,
+            webhook_urls=self._webhook_urls,
+        )

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hitl.v1 import access_pb2 as hitl_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hitl/v1/audit.proto\x12\x07hitl.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14hitl/v1/access.proto\"\x88\x02\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0c\n\x04peer\x18\x06 \x01(\t\x12&\n\x07outcome\x18\x07 \x01(\x0e\x32\x15.hitl.v1.AuditOutcome\x12\x31\n\x07\x64\x65tails\x18\x08 \x03(\x0b\x32 .hitl.v1.AuditEvent.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc2\x01\n\x16ListAuditEventsRequest\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"W\n\x17ListAuditEventsResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.hitl.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*}\n\x0c\x41uditOutcome\x12\x1d\n\x19\x41UDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41UDIT_OUTCOME_SUCCESS\x10\x01\x12\x19\n\x15\x41UDIT_OUTCOME_FAILURE\x10\x02\x12\x18\n\x14\x41UDIT_OUTCOME_DENIED\x10\x03\x32m\n\x0c\x41uditService\x12]\n\x0fListAuditEvents\x12\x1f.hitl.v1.ListAuditEventsRequest\x1a .hitl.v1.ListAuditEventsResponse\"\x07\x82\xb5\x18\x03\n\x01\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hitl/v1/audit.proto\x12\x07hitl.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14hitl/v1/access.proto\"\x9c\x02\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0c\n\x04peer\x18\x06 \x01(\t\x12&\n\x07outcome\x18\x07 \x01(\x0e\x32\x15.hitl.v1.AuditOutcome\x12\x31\n\x07\x64\x65tails\x18\x08 \x03(\x0b\x32 .hitl.v1.AuditEvent.DetailsEntry\x12\x12\n\nrequest_id\x18\t \x01(\t\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc2\x01\n\x16ListAuditEventsRequest\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"W\n\x17ListAuditEventsResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.hitl.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"1\n\x18\x45xportAuditEventsRequest\x12\x15\n\rresume_cursor\x18\x01 \x01(\t\">\n\x19\x45xportAuditEventsResponse\x12\x11\n\tjson_line\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\xd0\x02\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12,\n\x05state\x18\x05 \x01(\x0e\x32\x1d.hitl.v1.WebhookDeliveryState\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x33\n\x0fnext_attempt_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64\x65livered_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x62ody\x18\x0b \x01(\t\"s\n\x1cListWebhookDeliveriesRequest\x12,\n\x05state\x18\x01 \x01(\x0e\x32\x1d.hitl.v1.WebhookDeliveryState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"f\n\x1dListWebhookDeliveriesResponse\x12,\n\ndeliveries\x18\x01 \x03(\x0b\x32\x18.hitl.v1.WebhookDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*}\n\x0c\x41uditOutcome\x12\x1d\n\x19\x41UDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41UDIT_OUTCOME_SUCCESS\x10\x01\x12\x19\n\x15\x41UDIT_OUTCOME_FAILURE\x10\x02\x12\x18\n\x14\x41UDIT_OUTCOME_DENIED\x10\x03*\xa9\x01\n\x14WebhookDeliveryState\x12&\n\"WEBHOOK_DELIVERY_STATE_UNSPECIFIED\x10\x00\x12\"\n\x1eWEBHOOK_DELIVERY_STATE_PENDING\x10\x01\x12$\n WEBHOOK_DELIVERY_STATE_DELIVERED\x10\x02\x12\x1f\n\x1bWEBHOOK_DELIVERY_STATE_DEAD\x10\x03\x32\xc5\x02\n\x0c\x41uditService\x12]\n\x0fListAuditEvents\x12\x1f.hitl.v1.ListAuditEventsRequest\x1a .hitl.v1.ListAuditEventsResponse\"\x07\x82\xb5\x18\x03\n\x01\x01\x12\x65\n\x11\x45xportAuditEvents\x12!.hitl.v1.ExportAuditEventsRequest\x1a\".hitl.v1.ExportAuditEventsResponse\"\x07\x82\xb5\x18\x03\n\x01\x01\x30\x01\x12o\n\x15ListWebhookDeliveries\x12%.hitl.v1.ListWebhookDeliveriesRequest\x1a&.hitl.v1.ListWebhookDeliveriesResponse\"\x07\x82\xb5\x18\x03\n\x01\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,16 +37,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITEVENT_DETAILSENTRY']._serialized_options = b'8\001'
   _globals['_AUDITSERVICE'].methods_by_name['ListAuditEvents']._loaded_options = None
   _globals['_AUDITSERVICE'].methods_by_name['ListAuditEvents']._serialized_options = b'\202\265\030\003\n\001\001'
-  _globals['_AUDITOUTCOME']._serialized_start=640
-  _globals['_AUDITOUTCOME']._serialized_end=765
+  _globals['_AUDITSERVICE'].methods_by_name['ExportAuditEvents']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['ExportAuditEvents']._serialized_options = b'\202\265\030\003\n\001\001'
+  _globals['_AUDITSERVICE'].methods_by_name['ListWebhookDeliveries']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['ListWebhookDeliveries']._serialized_options = b'\202\265\030\003\n\001\001'
+  _globals['_AUDITOUTCOME']._serialized_start=1335
+  _globals['_AUDITOUTCOME']._serialized_end=1460
+  _globals['_WEBHOOKDELIVERYSTATE']._serialized_start=1463
+  _globals['_WEBHOOKDELIVERYSTATE']._serialized_end=1632
   _globals['_AUDITEVENT']._serialized_start=88
-  _globals['_AUDITEVENT']._serialized_end=352
-  _globals['_AUDITEVENT_DETAILSENTRY']._serialized_start=306
-  _globals['_AUDITEVENT_DETAILSENTRY']._serialized_end=352
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=355
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=549
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=551
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=638
-  _globals['_AUDITSERVICE']._serialized_start=767
-  _globals['_AUDITSERVICE']._serialized_end=876
+  _globals['_AUDITEVENT']._serialized_end=372
+  _globals['_AUDITEVENT_DETAILSENTRY']._serialized_start=326
+  _globals['_AUDITEVENT_DETAILSENTRY']._serialized_end=372
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=375
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=569
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=571
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=658
+  _globals['_EXPORTAUDITEVENTSREQUEST']._serialized_start=660
+  _globals['_EXPORTAUDITEVENTSREQUEST']._serialized_end=709
+  _globals['_EXPORTAUDITEVENTSRESPONSE']._serialized_start=711
+  _globals['_EXPORTAUDITEVENTSRESPONSE']._serialized_end=773
+  _globals['_WEBHOOKDELIVERY']._serialized_start=776
+  _globals['_WEBHOOKDELIVERY']._serialized_end=1112
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_start=1114
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_end=1229
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_start=1231
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_end=1333
+  _globals['_AUDITSERVICE']._serialized_start=1635
+  _globals['_AUDITSERVICE']._serialized_end=1960
 # @@protoc_insertion_point(module_scope)

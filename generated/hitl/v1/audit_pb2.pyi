@@ -40,6 +40,32 @@ AUDIT_OUTCOME_FAILURE: AuditOutcome.ValueType  # 2
 AUDIT_OUTCOME_DENIED: AuditOutcome.ValueType  # 3
 Global___AuditOutcome: _TypeAlias = AuditOutcome  # noqa: Y015
 
+class _WebhookDeliveryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WebhookDeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebhookDeliveryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WEBHOOK_DELIVERY_STATE_UNSPECIFIED: _WebhookDeliveryState.ValueType  # 0
+    WEBHOOK_DELIVERY_STATE_PENDING: _WebhookDeliveryState.ValueType  # 1
+    """PENDING is waiting for its first or next attempt."""
+    WEBHOOK_DELIVERY_STATE_DELIVERED: _WebhookDeliveryState.ValueType  # 2
+    """DELIVERED was answered with a 2xx status."""
+    WEBHOOK_DELIVERY_STATE_DEAD: _WebhookDeliveryState.ValueType  # 3
+    """DEAD failed every attempt it was allowed; it is not tried again."""
+
+class WebhookDeliveryState(_WebhookDeliveryState, metaclass=_WebhookDeliveryStateEnumTypeWrapper):
+    """WebhookDeliveryState says where one webhook delivery stands."""
+
+WEBHOOK_DELIVERY_STATE_UNSPECIFIED: WebhookDeliveryState.ValueType  # 0
+WEBHOOK_DELIVERY_STATE_PENDING: WebhookDeliveryState.ValueType  # 1
+"""PENDING is waiting for its first or next attempt."""
+WEBHOOK_DELIVERY_STATE_DELIVERED: WebhookDeliveryState.ValueType  # 2
+"""DELIVERED was answered with a 2xx status."""
+WEBHOOK_DELIVERY_STATE_DEAD: WebhookDeliveryState.ValueType  # 3
+"""DEAD failed every attempt it was allowed; it is not tried again."""
+Global___WebhookDeliveryState: _TypeAlias = WebhookDeliveryState  # noqa: Y015
+
 @_typing.final
 class AuditEvent(_message.Message):
     """AuditEvent is one audited action."""
@@ -74,6 +100,7 @@ class AuditEvent(_message.Message):
     PEER_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     actor: _builtins.str
     """actor is the username that acted, or the username tried on a failed login."""
@@ -84,6 +111,10 @@ class AuditEvent(_message.Message):
     peer: _builtins.str
     """peer is the client address as the server saw it."""
     outcome: Global___AuditOutcome.ValueType
+    request_id: _builtins.str
+    """request_id is the x-request-id of the call that caused the event (the id its access
+    log line shows; generated when the caller sent none), "sweep-..." for the sweeper's.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -99,10 +130,11 @@ class AuditEvent(_message.Message):
         peer: _builtins.str = ...,
         outcome: Global___AuditOutcome.ValueType = ...,
         details: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "details", b"details", "id", b"id", "kind", b"kind", "outcome", b"outcome", "peer", b"peer", "target", b"target", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "details", b"details", "id", b"id", "kind", b"kind", "outcome", b"outcome", "peer", b"peer", "request_id", b"request_id", "target", b"target", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -170,3 +202,159 @@ class ListAuditEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class ExportAuditEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESUME_CURSOR_FIELD_NUMBER: _builtins.int
+    resume_cursor: _builtins.str
+    """resume_cursor is a cursor from an earlier response: the export goes on after it.
+    Empty starts at the first event.
+    """
+    def __init__(
+        self,
+        *,
+        resume_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resume_cursor", b"resume_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportAuditEventsRequest: _TypeAlias = ExportAuditEventsRequest  # noqa: Y015
+
+@_typing.final
+class ExportAuditEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JSON_LINE_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    json_line: _builtins.str
+    """json_line is one event as a single line of JSON (no newline): id, seq, time, actor,
+    kind, target, peer, outcome, details, request_id, digest, prev_hash, hash.
+    """
+    cursor: _builtins.str
+    """cursor resumes the export after this event."""
+    def __init__(
+        self,
+        *,
+        json_line: _builtins.str = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "json_line", b"json_line"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportAuditEventsResponse: _TypeAlias = ExportAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """WebhookDelivery is one notification to one receiver URL."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    DELIVERED_AT_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    idempotency_key: _builtins.str
+    """idempotency_key is sent as the Idempotency-Key header, the same on every attempt."""
+    url: _builtins.str
+    event_type: _builtins.str
+    """event_type is decision.critical_submitted, decision.sla_breached or decision.verdict."""
+    state: Global___WebhookDeliveryState.ValueType
+    attempts: _builtins.int
+    last_error: _builtins.str
+    """last_error says why the last attempt failed ("HTTP 503", "no answer within 5 s", ...)."""
+    body: _builtins.str
+    """body is the JSON that is POSTed."""
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def delivered_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+        url: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        state: Global___WebhookDeliveryState.ValueType = ...,
+        attempts: _builtins.int = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        last_error: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        delivered_at: _timestamp_pb2.Timestamp | None = ...,
+        body: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "delivered_at", b"delivered_at", "next_attempt_at", b"next_attempt_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "body", b"body", "created_at", b"created_at", "delivered_at", b"delivered_at", "event_type", b"event_type", "id", b"id", "idempotency_key", b"idempotency_key", "last_error", b"last_error", "next_attempt_at", b"next_attempt_at", "state", b"state", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    state: Global___WebhookDeliveryState.ValueType
+    """state filters by state; UNSPECIFIED lists every delivery."""
+    page_size: _builtins.int
+    """page_size defaults to 100 and is capped at 1000."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        state: Global___WebhookDeliveryState.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesRequest: _TypeAlias = ListWebhookDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookDelivery]: ...
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___WebhookDelivery] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesResponse: _TypeAlias = ListWebhookDeliveriesResponse  # noqa: Y015

@@ -40,6 +40,16 @@ class AuditServiceStub:
                 request_serializer=hitl_dot_v1_dot_audit__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=hitl_dot_v1_dot_audit__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.ExportAuditEvents = channel.unary_stream(
+                '/hitl.v1.AuditService/ExportAuditEvents',
+                request_serializer=hitl_dot_v1_dot_audit__pb2.ExportAuditEventsRequest.SerializeToString,
+                response_deserializer=hitl_dot_v1_dot_audit__pb2.ExportAuditEventsResponse.FromString,
+                _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/hitl.v1.AuditService/ListWebhookDeliveries',
+                request_serializer=hitl_dot_v1_dot_audit__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=hitl_dot_v1_dot_audit__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -53,6 +63,23 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportAuditEvents(self, request, context):
+        """ExportAuditEvents streams the audit trail oldest first, one JSON line per event, for a
+        SIEM. It ends once it has sent every event committed when it reached them; call again
+        with the last cursor to go on, without gaps or duplicates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookDeliveries(self, request, context):
+        """ListWebhookDeliveries pages through outgoing webhook deliveries, oldest first: what
+        was sent, what is still being retried, and what gave up (dead letters).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +87,16 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=hitl_dot_v1_dot_audit__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=hitl_dot_v1_dot_audit__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'ExportAuditEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportAuditEvents,
+                    request_deserializer=hitl_dot_v1_dot_audit__pb2.ExportAuditEventsRequest.FromString,
+                    response_serializer=hitl_dot_v1_dot_audit__pb2.ExportAuditEventsResponse.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=hitl_dot_v1_dot_audit__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=hitl_dot_v1_dot_audit__pb2.ListWebhookDeliveriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +127,60 @@ class AuditService:
             '/hitl.v1.AuditService/ListAuditEvents',
             hitl_dot_v1_dot_audit__pb2.ListAuditEventsRequest.SerializeToString,
             hitl_dot_v1_dot_audit__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hitl.v1.AuditService/ExportAuditEvents',
+            hitl_dot_v1_dot_audit__pb2.ExportAuditEventsRequest.SerializeToString,
+            hitl_dot_v1_dot_audit__pb2.ExportAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hitl.v1.AuditService/ListWebhookDeliveries',
+            hitl_dot_v1_dot_audit__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            hitl_dot_v1_dot_audit__pb2.ListWebhookDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,15 @@ class AuditServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListAuditEventsRequest, _audit_pb2.ListAuditEventsResponse]
     """ListAuditEvents pages through audit events, newest first."""
+    ExportAuditEvents: _grpc.UnaryStreamMultiCallable[_audit_pb2.ExportAuditEventsRequest, _audit_pb2.ExportAuditEventsResponse]
+    """ExportAuditEvents streams the audit trail oldest first, one JSON line per event, for a
+    SIEM. It ends once it has sent every event committed when it reached them; call again
+    with the last cursor to go on, without gaps or duplicates.
+    """
+    ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListWebhookDeliveriesRequest, _audit_pb2.ListWebhookDeliveriesResponse]
+    """ListWebhookDeliveries pages through outgoing webhook deliveries, oldest first: what
+    was sent, what is still being retried, and what gave up (dead letters).
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -43,6 +52,15 @@ class AuditServiceAsyncStub(AuditServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListAuditEventsRequest, _audit_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """ListAuditEvents pages through audit events, newest first."""
+    ExportAuditEvents: _aio.UnaryStreamMultiCallable[_audit_pb2.ExportAuditEventsRequest, _audit_pb2.ExportAuditEventsResponse]  # type: ignore[assignment]
+    """ExportAuditEvents streams the audit trail oldest first, one JSON line per event, for a
+    SIEM. It ends once it has sent every event committed when it reached them; call again
+    with the last cursor to go on, without gaps or duplicates.
+    """
+    ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListWebhookDeliveriesRequest, _audit_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """ListWebhookDeliveries pages through outgoing webhook deliveries, oldest first: what
+    was sent, what is still being retried, and what gave up (dead letters).
+    """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     """AuditService reads the append-only audit trail."""
@@ -54,5 +72,26 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.ListAuditEventsResponse, _abc.Awaitable[_audit_pb2.ListAuditEventsResponse]]:
         """ListAuditEvents pages through audit events, newest first."""
+
+    @_abc_1.abstractmethod
+    def ExportAuditEvents(
+        self,
+        request: _audit_pb2.ExportAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_audit_pb2.ExportAuditEventsResponse], _abc.AsyncIterator[_audit_pb2.ExportAuditEventsResponse]]:
+        """ExportAuditEvents streams the audit trail oldest first, one JSON line per event, for a
+        SIEM. It ends once it has sent every event committed when it reached them; call again
+        with the last cursor to go on, without gaps or duplicates.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeliveries(
+        self,
+        request: _audit_pb2.ListWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_audit_pb2.ListWebhookDeliveriesResponse]]:
+        """ListWebhookDeliveries pages through outgoing webhook deliveries, oldest first: what
+        was sent, what is still being retried, and what gave up (dead letters).
+        """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
