@@ -527,6 +527,11 @@ class WatchApp(App[None]):
         """The analysis ids in the table, top to bottom: what the keys act on."""
         return tuple(self._shown)
 
+    @property
+    def outcome(self) -> str:
+        """The last call's outcome as the status line shows it ("" before the first)."""
+        return self._outcome.plain
+
     def _selected(self) -> decision_pb2.Decision | None:
         table = self.query_one(DataTable)
         index = table.cursor_row
