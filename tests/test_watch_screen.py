@@ -212,12 +212,13 @@ async def test_a_killswitch_approval_sends_a_step_up_code_and_shows_one_of_two(
     app = _app(server, ana)
     async with app.run_test(size=SIZE) as pilot:
         await _until(pilot, lambda: isinstance(app.screen, CodeScreen), "the code prompt")
-        app.screen.query_one(Input).value = totp_code(server, account.secret)
+        signed_in_with = totp_code(server, account.secret)
+        app.screen.query_one(Input).value = signed_in_with
         await pilot.press("enter")
         await _until(pilot, lambda: item.analysis_id in app.shown, "the item")
 
-        # The sign-in's code is spent: the same step cannot approve.
-        await _approve_first_action(pilot, app, totp_code(server, account.secret))
+        # The sign-in's code is spent: it cannot approve too.
+        await _approve_first_action(pilot, app, signed_in_with)
         await _until(pilot, lambda: "refused: permission denied" in app.outcome, "the refusal")
         assert "refused" in str(app.query_one("#status", Static).render())
 
