@@ -58,7 +58,8 @@ def _status(screen: str) -> str:
 
 def _top(screen: str) -> str:
     """The status line, however many rows it wraps onto (all above the table's header)."""
-    return screen[: screen.find("claimed by")].rsplit("\n", 1)[0]
+    # Joined into one line: a long refusal wraps onto the next rows at any space.
+    return " ".join(screen[: screen.find("claimed by")].rsplit("\n", 1)[0].split())
 
 
 def _live(screen: str) -> bool:
@@ -303,7 +304,7 @@ def test_approving_a_killswitch_without_mfa_shows_the_servers_reason(
     terminal.send("Enter")  # no code to give
     reason = f"{analyst} has no MFA: enrol with SetupMfa and ConfirmMfa first"
     screen = terminal.wait_for(
-        lambda s: reason in " ".join(_top(s).split()), "the server's reason on the status line"
+        lambda s: reason in _top(s), "the server's reason on the status line"
     )
     assert "refused: failed precondition" in _top(screen)
     assert _row(screen, item.analysis_id)
