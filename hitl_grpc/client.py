@@ -286,8 +286,11 @@ def executable_actions(decision: decision_pb2.Decision) -> list[decision_pb2.Act
     return actions
 
 
-def _expected(version: int | None) -> dict[str, int]:
-    return {} if version is None else {"expected_version": version}
+def _expected(version: int | None, lease_epoch: int | None = None) -> dict[str, int]:
+    fields = {} if version is None else {"expected_version": version}
+    if lease_epoch is not None:
+        fields["lease_epoch"] = lease_epoch
+    return fields
 
 
 class HitlClient:
@@ -585,11 +588,15 @@ class HitlClient:
         return list((await self._call(self._decisions.MakeDecisions, request)).results)
 
     async def release_decision(
-        self, analysis_id: str, *, expected_version: int | None = None
+        self,
+        analysis_id: str,
+        *,
+        expected_version: int | None = None,
+        lease_epoch: int | None = None,
     ) -> decision_pb2.Decision:
-        """Gives a claimed decision back to the queue."""
+        """Gives a claimed decision back to the queue (fenced to `lease_epoch` when given)."""
         request = decision_pb2.ReleaseDecisionRequest(
-            analysis_id=analysis_id, **_expected(expected_version)
+            analysis_id=analysis_id, **_expected(expected_version, lease_epoch)
         )
         return (await self._call(self._decisions.ReleaseDecision, request)).decision
 
@@ -631,18 +638,27 @@ class HitlClient:
         *,
         notes: str = "",
         expected_version: int | None = None,
+        lease_epoch: int | None = None,
+        otp: str = "",
     ) -> decision_pb2.Decision:
-        """Approves a decision with the actions to carry out."""
+        """Approves a decision with the actions to carry out (`otp`: the step-up code)."""
         return await self.make_decision(
             analysis_id,
             decision_pb2.DECISION_STATUS_APPROVED,
             approved_actions=actions,
             notes=notes,
             expected_version=expected_version,
+            lease_epoch=lease_epoch,
+            otp=otp,
         )
 
     async def reject(
-        self, analysis_id: str, *, notes: str = "", expected_version: int | None = None
+        self,
+        analysis_id: str,
+        *,
+        notes: str = "",
+        expected_version: int | None = None,
+        lease_epoch: int | None = None,
     ) -> decision_pb2.Decision:
         """Rejects a decision: nothing is carried out."""
         return await self.make_decision(
@@ -650,14 +666,20 @@ class HitlClient:
             decision_pb2.DECISION_STATUS_REJECTED,
             notes=notes,
             expected_version=expected_version,
+            lease_epoch=lease_epoch,
         )
 
     async def escalate_decision(
-        self, analysis_id: str, reason: str, *, expected_version: int | None = None
+        self,
+        analysis_id: str,
+        reason: str,
+        *,
+        expected_version: int | None = None,
+        lease_epoch: int | None = None,
     ) -> decision_pb2.Decision:
         """Hands a decision up to an admin, saying why."""
         request = decision_pb2.EscalateDecisionRequest(
-            analysis_id=analysis_id, reason=reason, **_expected(expected_version)
+            analysis_id=analysis_id, reason=reason, **_expected(expected_version, lease_epoch)
         )
         return (await self._call(self._decisions.EscalateDecision, request)).decision
 

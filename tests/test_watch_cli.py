@@ -12,7 +12,14 @@ from rich.cells import cell_len
 from hitl_grpc.cli.main import _parser
 from hitl_grpc.cli.watch.feed import describe
 from hitl_grpc.cli.watch.queue import Phase, QueueView
-from hitl_grpc.cli.watch.screen import COLUMNS, column_widths, high_impact, row
+from hitl_grpc.cli.watch.screen import (
+    COLUMNS,
+    column_widths,
+    detail,
+    high_impact,
+    row,
+    verdict_words,
+)
 from hitl_grpc.cli.watch.text import countdown, cut, shown, span
 from hitl_grpc.client import HitlClientError, PendingChange
 
@@ -210,6 +217,46 @@ def test_transport_failures_are_named_in_plain_words() -> None:
     assert denied == "permission denied: account is deactivated"
     assert len(named(grpc.StatusCode.INTERNAL, "x" * 500)) <= 120
     assert named(grpc.StatusCode.NOT_FOUND, "no \x1b[2Jid") == "not found: no \\x1b[2Jid"
+    # A refusal that says what to do is kept whole.
+    reason = "approving ACTION_TYPE_ACTIVATE_KILLSWITCH needs step-up MFA " + "x" * 200
+    whole = describe(HitlClientError(grpc.StatusCode.FAILED_PRECONDITION, reason), whole=True)
+    assert whole == f"failed precondition: {reason}"
+
+
+def test_each_action_shows_its_verdict_and_approvals_so_far() -> None:
+    kill = decision_pb2.Action(type=decision_pb2.ACTION_TYPE_ACTIVATE_KILLSWITCH, target="seg-9")
+    block = decision_pb2.Action(type=decision_pb2.ACTION_TYPE_BLOCK_IP, target="203.0.113.7")
+    custom = decision_pb2.Action(type=decision_pb2.ACTION_TYPE_CUSTOM, target="t", description="d")
+    pending, approved, rejected = (
+        decision_pb2.ACTION_VERDICT_STATUS_PENDING,
+        decision_pb2.ACTION_VERDICT_STATUS_APPROVED,
+        decision_pb2.ACTION_VERDICT_STATUS_REJECTED,
+    )
+    verdicts = [
+        decision_pb2.ActionVerdict(
+            recommended_index=0, status=pending, required_approvals=2, approved_by=["ana"]
+        ),
+        decision_pb2.ActionVerdict(recommended_index=1, status=rejected, rejected_by="bob"),
+        decision_pb2.ActionVerdict(
+            recommended_index=-1, action=custom, status=approved, required_approvals=1,
+            approved_by=["ana\x1b[2J"],
+        ),
+    ]  # fmt: skip
+    decision = _decision("d", recommended_actions=[kill, block], action_verdicts=verdicts)
+    assert verdict_words(verdicts[0]) == "PENDING · 1/2 approved by ana"
+    assert verdict_words(verdicts[1]) == "REJECTED by bob"
+    assert verdict_words(verdicts[2]) == "APPROVED · 1/1 approved by ana\\x1b[2J"
+    assert verdict_words(decision_pb2.ActionVerdict(status=pending, required_approvals=2)) == (
+        "PENDING · 0/2 approved"
+    )
+    lines = detail(decision, datetime.now(UTC)).plain.split("\n")
+    assert "1. ACTIVATE_KILLSWITCH seg-9  [PENDING · 1/2 approved by ana]" in lines[-5]
+    assert "2. BLOCK_IP 203.0.113.7  [REJECTED by bob]" in lines[-4]
+    assert lines[-3].startswith("added")
+    assert "CUSTOM t — d  [APPROVED · 1/1 approved by ana\\x1b[2J]" in lines[-3]
+    # Before its first verdict a decision has none: the actions are listed bare.
+    bare = detail(_decision("b", recommended_actions=[kill]), datetime.now(UTC)).plain
+    assert "1. ACTIVATE_KILLSWITCH seg-9\n" in bare
 
 
 def test_watch_subcommand_takes_address_and_priorities() -> None:

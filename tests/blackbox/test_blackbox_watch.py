@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -26,6 +27,7 @@ WATCH: Final = (sys.executable, "-m", "hitl_grpc.cli", "watch")
 # A reconnect is a backoff of at most a few seconds plus grpc's own reconnect delay.
 RECONNECT_S: Final = 20.0
 APPROVE_HINT: Final = "Enter: on to the note"
+STEP_UP_PROMPT: Final = "needs a fresh TOTP code"
 
 
 @pytest.fixture
@@ -52,6 +54,12 @@ def _watch(terminal: Terminal, address: str, username: str, password: str) -> Te
 
 def _status(screen: str) -> str:
     return screen.split("\n", 1)[0]
+
+
+def _top(screen: str) -> str:
+    """The status line, however many rows it wraps onto (all above the table's header)."""
+    # Joined into one line: a long refusal wraps onto the next rows at any space.
+    return " ".join(screen[: screen.find("claimed by")].rsplit("\n", 1)[0].split())
 
 
 def _live(screen: str) -> bool:
@@ -154,39 +162,155 @@ def test_claim_and_approve_from_the_screen(served: Served, terminal: Terminal) -
     _quit(terminal)
 
 
+def _enrol(served: Served, username: str, password: str) -> auth_pb2.SetupMfaResponse:
+    """MFA on for that account, over the API: SetupMfa, then ConfirmMfa with a live code."""
+    token = bearer(served.login(username, password))
+    with served.channel() as channel:
+        auth = auth_pb2_grpc.AuthServiceStub(channel)
+        setup = auth.SetupMfa(
+            auth_pb2.SetupMfaRequest(password=password), metadata=token, timeout=CALL_S
+        )
+        auth.ConfirmMfa(
+            auth_pb2.ConfirmMfaRequest(code=pyotp.TOTP(setup.secret).now()),
+            metadata=token,
+            timeout=CALL_S,
+        )
+    return setup
+
+
+def _sign_in_with_mfa(
+    terminal: Terminal, served: Served, username: str, password: str, backup_code: str
+) -> None:
+    _watch(terminal, served.address, username, password)
+    terminal.wait_for("MFA code", "the sign-in code prompt")
+    # A backup code signs in: the TOTP step that confirmed enrolment is spent, and the one
+    # after it is kept for the step-up.
+    terminal.type(backup_code)
+    terminal.send("Enter")
+
+
+def _step_up_code(secret: str) -> str:
+    """A TOTP code the server has not seen: the next 30 s step's, which it accepts (±1 step).
+
+    The current step may be spent already (it confirmed enrolment); a step-up code must be
+    later than every step the account has used.
+    """
+    return pyotp.TOTP(secret).at(time.time() + 30)
+
+
+def _approve_all(terminal: Terminal, analysis_id: str, chosen: str) -> None:
+    """a, tick the first action, Enter, an empty note: up to the confirmation."""
+    terminal.send("a")
+    terminal.wait_for(APPROVE_HINT, "the approve dialog")
+    terminal.send("Space")
+    terminal.wait_for(f"chosen: {chosen}", "the ticked action")
+    terminal.send("Enter")
+    terminal.wait_for(f"Approve {analysis_id} with:", "the note")
+    terminal.send("Enter")
+
+
+def _step_up(terminal: Terminal, code: str) -> None:
+    """Types the step-up code into its prompt, checks it is masked, and sends it."""
+    terminal.wait_for(STEP_UP_PROMPT, "the step-up prompt")
+    terminal.type(code)
+    screen = terminal.wait_for("•" * len(code), "the code, masked")
+    assert code not in screen
+    terminal.send("Enter")
+
+
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_a_killswitch_on_a_critical_item_asks_before_it_is_sent(
-    served: Served, terminal: Terminal
+    served: Served, terminal: Terminal, tmp_path: Path
 ) -> None:
-    analyst, password = served.create_user(access_pb2.ROLE_ANALYST)
+    """The default rules: a confirmation, a step-up code from each of two approvers."""
+    ana, ana_password = served.create_user(access_pb2.ROLE_ANALYST)
+    bob, bob_password = served.create_user(access_pb2.ROLE_ANALYST)
+    ana_mfa = _enrol(served, ana, ana_password)
+    bob_mfa = _enrol(served, bob, bob_password)
     killswitch = decision_pb2.Action(
         type=decision_pb2.ACTION_TYPE_ACTIVATE_KILLSWITCH, target="segment-9"
     )
     item = served.submit(
         served.admin(), priority=decision_pb2.PRIORITY_CRITICAL, recommended_actions=[killswitch]
     )
+    on_item = item.analysis_id
+    bob_terminal = Terminal(tmp_path)
+    try:
+        _sign_in_with_mfa(terminal, served, ana, ana_password, ana_mfa.backup_codes[0])
+        _sign_in_with_mfa(bob_terminal, served, bob, bob_password, bob_mfa.backup_codes[0])
+        for term in (terminal, bob_terminal):
+            term.wait_for(lambda s: _live(s) and bool(_row(s, on_item)), "the item, live")
+
+        for answer in ("n", "y"):
+            _approve_all(terminal, on_item, "ACTIVATE_KILLSWITCH segment-9")
+            screen = terminal.wait_for("y: go ahead", "the confirmation")
+            assert "ACTIVATE_KILLSWITCH segment-9" in screen
+            terminal.send(answer)
+            if answer == "n":
+                terminal.wait_for(lambda s: "y: go ahead" not in s, "the dialog closing")
+                assert STEP_UP_PROMPT not in terminal.screen()
+                current = _get(served, served.admin(), on_item)
+                assert current.status == decision_pb2.DECISION_STATUS_PENDING
+                assert not current.action_verdicts[0].approved_by
+        _step_up(terminal, _step_up_code(ana_mfa.secret))
+
+        # One approval of two: the item stays in the queue, and both screens say so, bob's
+        # from the stream alone.
+        partial = f"1/2 approved by {ana}"
+        screen = terminal.wait_for(partial, "the partial approval")
+        assert "PENDING" in _row(screen, on_item)
+        assert "needs another approver" in screen
+        bob_terminal.wait_for(partial, "the partial approval, streamed")
+        current = _get(served, served.admin(), on_item)
+        assert current.status == decision_pb2.DECISION_STATUS_PENDING
+        assert current.claimed_by == ""
+        [verdict] = current.action_verdicts
+        assert list(verdict.approved_by) == [ana]
+        assert verdict.required_approvals == 2
+
+        _approve_all(bob_terminal, on_item, "ACTIVATE_KILLSWITCH segment-9")
+        bob_terminal.wait_for("y: go ahead", "the confirmation")
+        bob_terminal.send("y")
+        _step_up(bob_terminal, _step_up_code(bob_mfa.secret))
+        for term in (bob_terminal, terminal):
+            term.wait_for(lambda s: not _row(s, on_item), "the item leaving the queue")
+        verdict_read = _get(served, served.admin(), on_item)
+        assert verdict_read.status == decision_pb2.DECISION_STATUS_APPROVED
+        assert list(verdict_read.resolution.approved_actions) == [killswitch]
+        assert verdict_read.resolution.decided_by == bob
+        assert list(verdict_read.action_verdicts[0].approved_by) == [ana, bob]
+        _quit(bob_terminal)
+    finally:
+        bob_terminal.close()
+    _quit(terminal)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_approving_a_killswitch_without_mfa_shows_the_servers_reason(
+    served: Served, terminal: Terminal
+) -> None:
+    analyst, password = served.create_user(access_pb2.ROLE_ANALYST)
+    killswitch = decision_pb2.Action(
+        type=decision_pb2.ACTION_TYPE_ACTIVATE_KILLSWITCH, target="segment-9"
+    )
+    item = served.submit(served.admin(), recommended_actions=[killswitch])
     _watch(terminal, served.address, analyst, password)
     terminal.wait_for(lambda s: _live(s) and bool(_row(s, item.analysis_id)), "the item, live")
 
-    for answer in ("n", "y"):
-        terminal.send("a")
-        terminal.wait_for(APPROVE_HINT, "the approve dialog")
-        terminal.send("Space")
-        terminal.wait_for("chosen: ACTIVATE_KILLSWITCH segment-9", "the ticked action")
-        terminal.send("Enter")
-        terminal.wait_for(f"Approve {item.analysis_id} with:", "the note")
-        terminal.send("Enter")
-        screen = terminal.wait_for("y: go ahead", "the confirmation")
-        assert "ACTIVATE_KILLSWITCH segment-9" in screen
-        terminal.send(answer)
-        if answer == "n":
-            terminal.wait_for(lambda s: "y: go ahead" not in s, "the dialog closing")
-            current = _get(served, served.admin(), item.analysis_id)
-            assert current.status == decision_pb2.DECISION_STATUS_PENDING
-    terminal.wait_for(lambda s: not _row(s, item.analysis_id), "the item leaving the queue")
-    verdict = _get(served, served.admin(), item.analysis_id)
-    assert verdict.status == decision_pb2.DECISION_STATUS_APPROVED
-    assert list(verdict.resolution.approved_actions) == [killswitch]
+    _approve_all(terminal, item.analysis_id, "ACTIVATE_KILLSWITCH segment-9")
+    terminal.wait_for("y: go ahead", "the confirmation")
+    terminal.send("y")
+    terminal.wait_for(STEP_UP_PROMPT, "the step-up prompt")
+    terminal.send("Enter")  # no code to give
+    reason = f"{analyst} has no MFA: enrol with SetupMfa and ConfirmMfa first"
+    screen = terminal.wait_for(
+        lambda s: reason in _top(s), "the server's reason on the status line"
+    )
+    assert "refused: failed precondition" in _top(screen)
+    assert _row(screen, item.analysis_id)
+    current = _get(served, served.admin(), item.analysis_id)
+    assert current.status == decision_pb2.DECISION_STATUS_PENDING
+    assert not current.action_verdicts or not current.action_verdicts[0].approved_by
     _quit(terminal)
 
 

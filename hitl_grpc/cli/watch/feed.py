@@ -33,10 +33,11 @@ _HOST: Final = re.compile(r"(?:errors resolving|dns resolution failed for) ([^\s
 MAX_ERROR_CHARS: Final = 120
 
 
-def describe(error: HitlClientError) -> str:
+def describe(error: HitlClientError, *, whole: bool = False) -> str:
     """A failure as the status line names it: "connection refused", "cannot resolve x".
 
     The server's message is text from afar too: its control characters are spelled out.
+    With `whole`, a refusal's message is kept in full (it says what to do next).
     """
     message = shown(error.message)
     for pattern, words in _CAUSES:
@@ -49,7 +50,7 @@ def describe(error: HitlClientError) -> str:
         return "server unavailable"
     name = error.code.name.lower().replace("_", " ")
     text = f"{name}: {message}" if message else name
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+    return text if whole or len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
 async def follow(

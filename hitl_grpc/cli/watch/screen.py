@@ -34,10 +34,20 @@ PRIORITY_STYLE: Final = {
     decision_pb2.PRIORITY_MEDIUM: ("MEDIUM", "yellow"),
     decision_pb2.PRIORITY_LOW: ("LOW", "green"),
 }
-# Approving any of these, or deciding a CRITICAL item, asks once more.
+# Approving any of these, or deciding a CRITICAL item, asks once more; approving one of
+# these also asks for a step-up TOTP code (the server's default HITL_STEP_UP_ACTIONS).
 HIGH_IMPACT: Final = frozenset(
     {decision_pb2.ACTION_TYPE_ACTIVATE_KILLSWITCH, decision_pb2.ACTION_TYPE_DEPLOY_COUNTERMEASURE}
 )
+PAST: Final = {
+    "claim": "claimed",
+    "release": "released",
+    "approve": "approved",
+    "reject": "rejected",
+    "escalate": "escalated",
+}
+# How long a refused call's notice stays up: long enough to read the server's reason.
+REFUSAL_S: Final = 20.0
 # (key, label, width): widths in terminal cells; longer text ends in an ellipsis. The id
 # and actor columns share what the terminal has left (see `column_widths`).
 COLUMNS: Final = (
@@ -73,7 +83,10 @@ KEYS: Final = (
     ("↑ ↓ PgUp PgDn Home End", "move through the queue"),
     ("c", "claim the selected item"),
     ("u", "release (unclaim) it"),
-    ("a", "approve: choose among its recommended actions, add a note"),
+    (
+        "a",
+        "approve: choose among its recommended actions, add a note (a TOTP code for high-impact)",
+    ),
     ("r", "reject, with a note"),
     ("e", "escalate to an admin, with a reason"),
     ("?", "these keys"),
@@ -96,11 +109,27 @@ def status_name(status: int) -> str:
     return name.removeprefix("DECISION_STATUS_")
 
 
+def type_name(action: decision_pb2.Action) -> str:
+    """ACTION_TYPE_BLOCK_IP -> BLOCK_IP."""
+    return decision_pb2.ActionType.Name(action.type).removeprefix("ACTION_TYPE_")
+
+
 def action_name(action: decision_pb2.Action) -> str:
     """One action in words: BLOCK_IP 203.0.113.7 — block."""
-    kind = decision_pb2.ActionType.Name(action.type).removeprefix("ACTION_TYPE_")
-    words = f"{kind} {shown(action.target)}".rstrip()
+    words = f"{type_name(action)} {shown(action.target)}".rstrip()
     return f"{words} — {shown(action.description)}" if action.description else words
+
+
+def verdict_words(verdict: decision_pb2.ActionVerdict) -> str:
+    """Where one action stands: PENDING · 1/2 approved by ana; REJECTED by bob."""
+    status = decision_pb2.ActionVerdictStatus.Name(verdict.status)
+    words = status.removeprefix("ACTION_VERDICT_STATUS_")
+    if verdict.rejected_by:
+        return f"{words} by {shown(verdict.rejected_by)}"
+    approvals = f"{len(verdict.approved_by)}/{verdict.required_approvals} approved"
+    if verdict.approved_by:
+        approvals += " by " + ", ".join(shown(a) for a in verdict.approved_by)
+    return f"{words} · {approvals}"
 
 
 def high_impact(
@@ -181,11 +210,18 @@ def detail(decision: decision_pb2.Decision, now: datetime) -> Text:
     actions = decision.recommended_actions
     if not actions:
         line("recommended", "-")
+    verdicts = {v.recommended_index: v for v in decision.action_verdicts}
     for n, action in enumerate(actions, 1):
         text = Text(f"{n}. {action_name(action)}")
         if action.type in HIGH_IMPACT:
             text.stylize("bold red")
+        verdict = verdicts.get(n - 1)
+        if verdict is not None:
+            text.append(f"  [{verdict_words(verdict)}]")
         line("recommended" if n == 1 else "", text)
+    for verdict in decision.action_verdicts:
+        if verdict.recommended_index < 0:
+            line("added", Text(f"{action_name(verdict.action)}  [{verdict_words(verdict)}]"))
     out.append("summary\n", style="bold")
     out.append(shown(decision.forensic_summary, multiline=True) or "-")
     return out
@@ -207,6 +243,36 @@ class CodeScreen(ModalScreen[str]):
 
     def action_cancel(self) -> None:
         self.dismiss("")
+
+
+class StepUpScreen(ModalScreen[str | None]):
+    """Asks for the step-up TOTP code a high-impact approval needs; the input is not echoed.
+
+    Enter sends what was typed, even nothing (an account without MFA then hears from the
+    server why it cannot approve); Esc sends nothing at all.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "cancel")]
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self._what = what
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog confirm"):
+            yield Label(Text(f"Step-up: approving {self._what} needs a fresh TOTP code"))
+            yield Input(password=True, placeholder="6-digit code", id="otp")
+            yield Label(
+                "not a backup code, nor the one you signed in with · Enter: send · Esc: cancel",
+                classes="hint",
+            )
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip())
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
 
 
 class NoteScreen(ModalScreen[str | None]):
@@ -338,7 +404,8 @@ class HelpScreen(ModalScreen[None]):
         for key, meaning in KEYS:
             text.append(f"{key:<24}", style="bold")
             text.append(f"{meaning}\n")
-        text.append("\nhigh-impact verdicts (KILLSWITCH, COUNTERMEASURE, CRITICAL) ask to confirm")
+        text.append("\nhigh-impact verdicts (KILLSWITCH, COUNTERMEASURE, CRITICAL) ask to confirm;")
+        text.append("\napproving KILLSWITCH or COUNTERMEASURE asks for a fresh TOTP code too")
         with Vertical(classes="dialog"):
             yield Static(text)
             yield Label("any key closes this", classes="hint")
@@ -406,6 +473,10 @@ class WatchApp(App[None]):
         self._shown: list[str] = []  # the analysis ids in the table's order
         self._widths: dict[str, int] = {}
         self._redraw_due = False
+        # The lease epoch of each claim this screen took: its verdicts are fenced to it.
+        self._leases: dict[str, int] = {}
+        # The outcome of the last call, kept on the status line until the next one.
+        self._outcome = Text()
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
@@ -455,6 +526,11 @@ class WatchApp(App[None]):
     def shown(self) -> tuple[str, ...]:
         """The analysis ids in the table, top to bottom: what the keys act on."""
         return tuple(self._shown)
+
+    @property
+    def outcome(self) -> str:
+        """The last call's outcome as the status line shows it ("" before the first)."""
+        return self._outcome.plain
 
     def _selected(self) -> decision_pb2.Decision | None:
         table = self.query_one(DataTable)
@@ -520,6 +596,9 @@ class WatchApp(App[None]):
         text.append(f" · {shown(self._who)} @ {shown(self._address)}")
         if self.view.last_change:
             text.append(f" · {shown(self.view.last_change)}")
+        if self._outcome:
+            text.append(" · ")
+            text.append_text(self._outcome)
         self.query_one("#status", Static).update(text)
 
     def _draw_detail(self, now: datetime) -> None:
@@ -543,25 +622,40 @@ class WatchApp(App[None]):
             return
         self.run_worker(work(decision), group="act")
 
+    def _lease(self, decision: decision_pb2.Decision) -> int | None:
+        """The epoch to fence a verdict on this decision to: that of our claim, if we hold one."""
+        return self._leases.get(decision.analysis_id)
+
     async def _send(
         self, verb: str, decision: decision_pb2.Decision, call: Awaitable[decision_pb2.Decision]
     ) -> None:
         try:
             result = await call
         except HitlClientError as exc:
-            self.notify(
-                f"{verb} {shown(decision.analysis_id)} failed: {describe(exc)}",
-                severity="error",
-                markup=False,
-                timeout=8,
-            )
+            # The server's reason in full (no MFA, a used code, a stale lease, the submitter
+            # approving): it says what to do, so it stays up and on the status line.
+            words = f"{verb} {shown(decision.analysis_id)} refused: {describe(exc, whole=True)}"
+            self._outcome = Text(words, style="bold red")
+            self._draw_status(datetime.now(UTC))
+            self.notify(words, severity="error", markup=False, timeout=REFUSAL_S)
             return
+        if result.claimed_by == self._who and result.lease_epoch:
+            self._leases[result.analysis_id] = result.lease_epoch
+        else:
+            # Released, decided, or back in the queue after a partial approval: no claim left.
+            self._leases.pop(result.analysis_id, None)
         self.view.merge(result)
+        words = f"{PAST[verb]} {shown(result.analysis_id)}: now {status_name(result.status)}"
+        short = [
+            verdict_words(v)
+            for v in result.action_verdicts
+            if v.status == decision_pb2.ACTION_VERDICT_STATUS_PENDING and v.approved_by
+        ]
+        if short:
+            words += " — needs another approver: " + "; ".join(short)
+        self._outcome = Text(words)
         self._redraw()
-        self.notify(
-            f"{verb} {shown(result.analysis_id)}: now {status_name(result.status)}",
-            markup=False,
-        )
+        self.notify(words, markup=False, timeout=REFUSAL_S if short else 5)
 
     async def _confirmed(self, question: str) -> bool:
         answer: bool = await self.push_screen_wait(ConfirmScreen(Text(question)))
@@ -571,7 +665,7 @@ class WatchApp(App[None]):
         async def work(d: decision_pb2.Decision) -> None:
             assert self._client is not None
             await self._send(
-                "claimed", d, self._client.claim_decision(d.analysis_id, expected_version=d.version)
+                "claim", d, self._client.claim_decision(d.analysis_id, expected_version=d.version)
             )
 
         self._start(work)
@@ -580,9 +674,11 @@ class WatchApp(App[None]):
         async def work(d: decision_pb2.Decision) -> None:
             assert self._client is not None
             await self._send(
-                "released",
+                "release",
                 d,
-                self._client.release_decision(d.analysis_id, expected_version=d.version),
+                self._client.release_decision(
+                    d.analysis_id, expected_version=d.version, lease_epoch=self._lease(d)
+                ),
             )
 
         self._start(work)
@@ -609,11 +705,23 @@ class WatchApp(App[None]):
                     f"Approve {shown(d.analysis_id)} ({name}) and carry out: {chosen}?"
                 ):
                     return
+            otp = ""
+            stepped = sorted({type_name(a) for a in actions if a.type in HIGH_IMPACT})
+            if stepped:
+                code = await self.push_screen_wait(StepUpScreen(" and ".join(stepped)))
+                if code is None:
+                    return
+                otp = code
             await self._send(
-                "approved",
+                "approve",
                 d,
                 self._client.approve(
-                    d.analysis_id, actions, notes=note, expected_version=d.version
+                    d.analysis_id,
+                    actions,
+                    notes=note,
+                    expected_version=d.version,
+                    lease_epoch=self._lease(d),
+                    otp=otp,
                 ),
             )
 
@@ -636,9 +744,14 @@ class WatchApp(App[None]):
             ):
                 return
             await self._send(
-                "rejected",
+                "reject",
                 d,
-                self._client.reject(d.analysis_id, notes=note, expected_version=d.version),
+                self._client.reject(
+                    d.analysis_id,
+                    notes=note,
+                    expected_version=d.version,
+                    lease_epoch=self._lease(d),
+                ),
             )
 
         self._start(work)
@@ -656,9 +769,11 @@ class WatchApp(App[None]):
             if reason is None:
                 return
             await self._send(
-                "escalated",
+                "escalate",
                 d,
-                self._client.escalate_decision(d.analysis_id, reason, expected_version=d.version),
+                self._client.escalate_decision(
+                    d.analysis_id, reason, expected_version=d.version, lease_epoch=self._lease(d)
+                ),
             )
 
         self._start(work)
