@@ -6,8 +6,10 @@ over the API from this process.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -495,4 +497,37 @@ def test_the_mfa_code_is_asked_on_the_screen_and_not_echoed(
     assert code not in screen
     terminal.send("Enter")
     terminal.wait_for(lambda s: _live(s) and bool(_row(s, item.analysis_id)), "the item, live")
+    _quit(terminal)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_screen_carries_on_the_session_login_kept(
+    served: Served, terminal: Terminal, tmp_path: Path
+) -> None:
+    analyst, password = served.create_user(access_pb2.ROLE_ANALYST)
+    item = served.submit(served.admin())
+    home = tmp_path / "analyst-home"
+    home.mkdir()
+    env = {
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / "cfg"),
+        "PATH": os.environ.get("PATH", ""),
+    }
+    login = subprocess.run(
+        [*WATCH[:-1], "login", "--address", served.address, "--username", analyst],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=CALL_S * 2,
+        check=False,
+    )
+    assert login.returncode == 0, login.stderr
+    # No address, no username, no password: all from the kept session.
+    terminal.start(list(WATCH), {**env, "PYTHONFAULTHANDLER": "1", "TERM": "xterm-256color"})
+    screen = terminal.wait_for(
+        lambda s: _live(s) and bool(_row(s, item.analysis_id)), "the queue, live"
+    )
+    assert f"{analyst} @ {served.address}" in _status(screen)
+    assert "password" not in screen
     _quit(terminal)
