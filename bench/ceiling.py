@@ -6,7 +6,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import auth_pb2, auth_pb2_grpc
 
-from bench.load import drive, report
+from bench.load import drive, report_calls
 from bench.noop import noop_call, noop_server
 from bench.processes import ADMIN_PASSWORD, serve_subprocess
 
@@ -19,7 +19,9 @@ async def run() -> None:
     with noop_server() as noop_addr:
         async with grpc.aio.insecure_channel(noop_addr) as channel:
             await drive(noop_call(channel), concurrency=CONCURRENCY, total=500)
-            ceiling = await drive(noop_call(channel), concurrency=CONCURRENCY, total=CALLS)
+            ceiling = await drive(
+                noop_call(channel), concurrency=CONCURRENCY, total=CALLS, server_pid=noop_addr.pid
+            )
     with serve_subprocess() as addr:
         async with grpc.aio.insecure_channel(addr) as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -38,18 +40,11 @@ async def run() -> None:
                 )
 
             await drive(check, concurrency=CONCURRENCY, total=500)
-            checks = await drive(check, concurrency=CONCURRENCY, total=CALLS)
-            reads = await drive(whoami, concurrency=CONCURRENCY, total=CALLS)
+            pid = addr.pid
+            checks = await drive(check, concurrency=CONCURRENCY, total=CALLS, server_pid=pid)
+            reads = await drive(whoami, concurrency=CONCURRENCY, total=CALLS, server_pid=pid)
     print(
         f"no-op at {CONCURRENCY} callers: p50 {ceiling.p50_ms:.2f} ms p99 {ceiling.p99_ms:.2f} ms"
     )
-    report("Health.Check calls/s", checks.calls_per_s, ceiling.calls_per_s, "calls/s")
-    report(
-        "GetCurrentUser (JWT + user read) calls/s",
-        reads.calls_per_s,
-        ceiling.calls_per_s,
-        "calls/s",
-    )
-    print(
-        f"GetCurrentUser p50 {reads.p50_ms:.2f} ms p99 {reads.p99_ms:.2f} ms errors {reads.errors}"
-    )
+    report_calls("Health.Check", checks, ceiling)
+    report_calls("GetCurrentUser (JWT + user read)", reads, ceiling)

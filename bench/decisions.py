@@ -13,9 +13,15 @@ import grpc
 import psycopg
 from hitl.v1 import auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
-from bench.load import Measured, drive, report
+from bench.load import Measured, drive, report_calls
 from bench.noop import noop_call, noop_server
-from bench.processes import ADMIN_PASSWORD, BENCH_SECRET, fresh_postgres, serve_subprocess
+from bench.processes import (
+    ADMIN_PASSWORD,
+    BENCH_SECRET,
+    Address,
+    fresh_postgres,
+    serve_subprocess,
+)
 from tests.samples import sample_request, ts
 
 CONCURRENCY = 64
@@ -95,13 +101,13 @@ def _submitter(
     return call
 
 
-async def _measure(addr: str, *, fill: Callable[[], None]) -> tuple[Measured, Measured]:
+async def _measure(addr: Address, *, fill: Callable[[], None]) -> tuple[Measured, Measured]:
     async with grpc.aio.insecure_channel(addr) as channel:
         stub = decision_pb2_grpc.DecisionServiceStub(channel)
         meta = await _admin_metadata(channel)
         submit = _submitter(stub, meta)
         await drive(submit, concurrency=CONCURRENCY, total=200)
-        submits = await drive(submit, concurrency=CONCURRENCY, total=SUBMITS)
+        submits = await drive(submit, concurrency=CONCURRENCY, total=SUBMITS, server_pid=addr.pid)
         fill()
 
         async def page() -> object:
@@ -110,20 +116,13 @@ async def _measure(addr: str, *, fill: Callable[[], None]) -> tuple[Measured, Me
             )
 
         await drive(page, concurrency=CONCURRENCY, total=200)
-        lists = await drive(page, concurrency=CONCURRENCY, total=LISTS)
+        lists = await drive(page, concurrency=CONCURRENCY, total=LISTS, server_pid=addr.pid)
     return submits, lists
 
 
 def _print(backend: str, submits: Measured, lists: Measured, ceiling: Measured) -> None:
-    report(f"SubmitDecision {backend} calls/s", submits.calls_per_s, ceiling.calls_per_s, "calls/s")
-    print(f"  p50 {submits.p50_ms:.2f} ms p99 {submits.p99_ms:.2f} ms errors {submits.errors}")
-    report(
-        f"ListPending p50 {backend} {QUEUE_ROWS} rows calls/s",
-        lists.calls_per_s,
-        ceiling.calls_per_s,
-        "calls/s",
-    )
-    print(f"  p50 {lists.p50_ms:.2f} ms p99 {lists.p99_ms:.2f} ms errors {lists.errors}")
+    report_calls(f"SubmitDecision {backend}", submits, ceiling)
+    report_calls(f"ListPending p50 {backend} {QUEUE_ROWS} rows", lists, ceiling)
 
 
 async def run() -> None:
@@ -131,7 +130,9 @@ async def run() -> None:
     with noop_server() as noop_addr:
         async with grpc.aio.insecure_channel(noop_addr) as channel:
             await drive(noop_call(channel), concurrency=CONCURRENCY, total=500)
-            ceiling = await drive(noop_call(channel), concurrency=CONCURRENCY, total=6000)
+            ceiling = await drive(
+                noop_call(channel), concurrency=CONCURRENCY, total=6000, server_pid=noop_addr.pid
+            )
     print(f"no-op at {CONCURRENCY} callers: {ceiling.calls_per_s:.0f} calls/s")
 
     with tempfile.TemporaryDirectory(prefix="hitl-bench-decisions-") as tmp:

@@ -197,7 +197,7 @@ def main() -> int:
             check=True,
             capture_output=True,
         )
-        replicas = [stack.enter_context(serve_subprocess(env)) for _ in "ab"]
+        replicas: list[str] = [stack.enter_context(serve_subprocess(env)) for _ in "ab"]
         print("replicas:", replicas)
         balancer = stack.enter_context(_nginx(replicas, workdir))
         print("nginx:", balancer)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
 
 import grpc
 
@@ -20,15 +22,44 @@ class Measured:
     seconds: float
     p50_ms: float
     p99_ms: float
+    # CPU seconds (user + system) the server process spent during the load, if measured.
+    server_cpu_s: float | None = None
 
     @property
     def calls_per_s(self) -> float:
         """Completed calls per second of wall time."""
         return self.calls / self.seconds if self.seconds else 0.0
 
+    @property
+    def cpu_ms_per_call(self) -> float | None:
+        """The server's CPU time per completed call: the figure that holds on a busy machine."""
+        if self.server_cpu_s is None or not self.calls:
+            return None
+        return self.server_cpu_s / self.calls * 1000
 
-async def drive(call: Callable[[], Awaitable[object]], *, concurrency: int, total: int) -> Measured:
-    """Runs `total` calls from `concurrency` concurrent callers; errors are counted, not raised."""
+
+_TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # Fields after the command name, which sits in parentheses and may hold spaces.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+async def drive(
+    call: Callable[[], Awaitable[object]],
+    *,
+    concurrency: int,
+    total: int,
+    server_pid: int | None = None,
+) -> Measured:
+    """Runs `total` calls from `concurrency` concurrent callers; errors are counted, not raised.
+
+    With `server_pid`, also measures that process's CPU time over the load.
+    """
     latencies: list[float] = []
     errors = 0
     remaining = total
@@ -45,9 +76,11 @@ async def drive(call: Callable[[], Awaitable[object]], *, concurrency: int, tota
                 continue
             latencies.append(time.perf_counter() - started)
 
+    cpu_before = cpu_seconds(server_pid) if server_pid else None
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(server_pid) - cpu_before if server_pid and cpu_before is not None else None
     latencies.sort()
     return Measured(
         calls=len(latencies),
@@ -55,7 +88,19 @@ async def drive(call: Callable[[], Awaitable[object]], *, concurrency: int, tota
         seconds=elapsed,
         p50_ms=statistics.median(latencies) * 1000 if latencies else 0.0,
         p99_ms=latencies[int(len(latencies) * 0.99) - 1] * 1000 if latencies else 0.0,
+        server_cpu_s=cpu,
     )
+
+
+def report_calls(name: str, measured: Measured, ceiling: Measured) -> None:
+    """Calls/s and the server's CPU per call, each beside the no-op server's in this run."""
+    report(f"{name} calls/s", measured.calls_per_s, ceiling.calls_per_s, "calls/s")
+    cpu, floor = measured.cpu_ms_per_call, ceiling.cpu_ms_per_call
+    if cpu is not None and floor:
+        print(
+            f"  server CPU {cpu:.3f} ms/call, no-op {floor:.3f} ms/call: {cpu / floor:.1f}x;"
+            f" p50 {measured.p50_ms:.2f} ms p99 {measured.p99_ms:.2f} ms errors {measured.errors}"
+        )
 
 
 def report(name: str, value: float, ceiling: float, unit: str) -> None:

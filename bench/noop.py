@@ -13,14 +13,14 @@ from typing import Any, Final
 
 import grpc
 
-from bench.processes import SERVING, bench_server
+from bench.processes import SERVING, Address, bench_server
 
 NOOP_UNARY: Final = "/bench.Noop/Call"
 NOOP_STREAM: Final = "/bench.Noop/Stream"
 
 
 @contextmanager
-def noop_server() -> Iterator[str]:
+def noop_server() -> Iterator[Address]:
     """The ceiling's server in its own process; yields its address."""
     with bench_server("noop") as address:
         yield address

@@ -23,10 +23,16 @@ STOP_S: Final = 15.0
 ROOT: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+class Address(str):
+    """A server child's address, which also knows the child's pid (for its CPU time)."""
+
+    pid: int
+
+
 @contextmanager
 def child_server(
     args: Sequence[str], env: dict[str, str], cwd: str, serving: str = SERVING
-) -> Iterator[str]:
+) -> Iterator[Address]:
     """A server child in `cwd` (its stderr in stderr.log); yields the address it prints."""
     log_path = os.path.join(cwd, "stderr.log")
     with open(log_path, "w") as errors:
@@ -45,7 +51,9 @@ def child_server(
                 errors.flush()
                 with open(log_path) as log:
                     raise RuntimeError(f"{problem}:\n{log.read()[-2000:]}")
-            yield address
+            found = Address(address)
+            found.pid = proc.pid
+            yield found
         finally:
             proc.terminate()
             try:
@@ -56,7 +64,7 @@ def child_server(
 
 
 @contextmanager
-def serve_subprocess(env: dict[str, str] | None = None) -> Iterator[str]:
+def serve_subprocess(env: dict[str, str] | None = None) -> Iterator[Address]:
     """`hitl-grpc serve` on 127.0.0.1:0 over a fresh SQLite file unless env says otherwise."""
     with tempfile.TemporaryDirectory(prefix="hitl-bench-") as tmp:
         full = {
@@ -74,7 +82,7 @@ def serve_subprocess(env: dict[str, str] | None = None) -> Iterator[str]:
 
 
 @contextmanager
-def bench_server(module: str, *args: str) -> Iterator[str]:
+def bench_server(module: str, *args: str) -> Iterator[Address]:
     """A server of bench/ itself (`python -m bench.<module>`) in its own process."""
     with tempfile.TemporaryDirectory(prefix=f"hitl-{module}-") as tmp:
         env = {**os.environ, "PYTHONPATH": ROOT}

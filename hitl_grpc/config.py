@@ -77,6 +77,8 @@ class Settings:
     approvals_required: Mapping[ActionType, int] = field(default_factory=_default_approvals)
     # Action types whose approval needs a fresh TOTP code in the call.
     step_up_actions: frozenset[ActionType] = HIGH_IMPACT_ACTIONS
+    # A step-up code's 30-second time step must have ended at most this long ago.
+    step_up_max_age: timedelta = timedelta(seconds=30)
     sla: Mapping[Priority, timedelta] = field(default_factory=_default_sla)
     bootstrap_admin_password: str | None = None
     metrics_listen: str | None = "127.0.0.1:9464"
@@ -459,6 +461,7 @@ VARIABLES: Final = (
     Variable("HITL_CLAIM_LEASE_S", "claim_lease", _seconds(minimum=1)),
     Variable("HITL_APPROVALS_REQUIRED", "approvals_required", _approvals),
     Variable("HITL_STEP_UP_ACTIONS", "step_up_actions", _action_types),
+    Variable("HITL_STEP_UP_MAX_AGE_S", "step_up_max_age", _seconds(minimum=0)),
     Variable("HITL_BOOTSTRAP_ADMIN_PASSWORD", "bootstrap_admin_password", _text),
     Variable("HITL_METRICS_LISTEN", "metrics_listen", _metrics),
     Variable("HITL_OTLP_ENDPOINT", "otlp_endpoint", _otlp_endpoint),

@@ -6,6 +6,7 @@ from typing import Any
 import grpc
 from google.protobuf import field_mask_pb2
 from hitl.v1 import auth_pb2, decision_pb2
+from sqlalchemy import event
 
 from hitl_grpc.domain.values import Role
 from tests.harness import PASSWORD, Harness, ServerFactory, bearer
@@ -192,3 +193,22 @@ async def test_admin_password_reset_ends_every_session(server: Harness) -> None:
     error = await rpc_error(_refresh(server, pair.refresh_token))
     assert error.code() is grpc.StatusCode.UNAUTHENTICATED
     assert (await server.login(user.username, "reset-by-the-admin-0001")).tokens.access_token
+
+
+async def test_get_current_user_answers_from_the_one_read_its_access_check_made(
+    server: Harness,
+) -> None:
+    token = await server.token(Role.ANALYST)
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    engine = server.running.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        me = await whoami(server, token)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert me.role == Role.ANALYST.value
+    assert len([s for s in statements if "FROM users" in s]) == 1, statements

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -143,3 +144,28 @@ async def test_wrong_step_up_codes_count_towards_the_second_factor_lockout(
         # Locked: even the right code is refused until the lockout ends.
         err = await rpc_error(approve(server, who, submitted.analysis_id, KILL, otp=right))
         assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize(("max_age_s", "accepted"), [(30, True), (0, False)])
+async def test_a_step_up_code_must_be_of_a_step_no_older_than_the_configured_age(
+    make_server: ServerFactory, max_age_s: int, accepted: bool
+) -> None:
+    async with make_server(step_up_max_age=timedelta(seconds=max_age_s)) as server:
+        service = await server.as_role(Role.SERVICE)
+        ana = await enrolled(server)
+        submitted = await submit(server, service, recommended_actions=[KILL])
+        next_step(server)
+        code = totp_code(server, ana.secret)
+        next_step(server)  # the code's step has ended: still inside TOTP's own ±1 window
+        who = bearer(ana.access_token)
+        if accepted:
+            partial = await approve(server, who, submitted.analysis_id, KILL, otp=code)
+            assert partial.version == 2
+            return
+        err = await rpc_error(approve(server, who, submitted.analysis_id, KILL, otp=code))
+        assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "wrong, expired or already used" in (err.details() or "")
+        fresh = await approve(
+            server, who, submitted.analysis_id, KILL, otp=totp_code(server, ana.secret)
+        )
+        assert fresh.version == 2

@@ -87,5 +87,5 @@ def build(
         mfa=MfaEnrolment(uow, clock, trail, throttle, codes, passwords, settings.mfa_issuer),
         users=UserAdmin(uow, passwords, clock, trail),
         trail=trail,
-        step_up=StepUpCodes(uow, codes, trail, throttle),
+        step_up=StepUpCodes(uow, codes, trail, throttle, max_age=settings.step_up_max_age),
     )

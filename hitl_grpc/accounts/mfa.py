@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import NoReturn
 
 import pyotp
@@ -90,6 +91,23 @@ class MfaCodes:
             return "backup"
         return None
 
+    async def spend_fresh_totp(
+        self, uow: UnitOfWork, account: Account, code: str, max_age: timedelta
+    ) -> bool:
+        """Whether `code` is an unused TOTP code of a time step that ended at most `max_age`
+        ago (or has not ended), and is now used up."""
+        code = code.strip()
+        now = self._clock.now()
+        if account.mfa_secret is None or not is_totp_code(code):
+            return False
+        step = totp_step(account.mfa_secret, code, now)
+        if step is None:
+            return False
+        totp = pyotp.TOTP(account.mfa_secret)
+        # Step s ends at (s + 1) * interval: it is fresh while that is >= now - max_age.
+        oldest = math.ceil((now - max_age).timestamp() / totp.interval) - 1
+        return step >= oldest and await uow.users.claim_mfa_step(account.user.id, step)
+
 
 class StepUpCodes:
     """The fresh TOTP code a high-impact approval needs (domain.ports.StepUp).
@@ -109,11 +127,14 @@ class StepUpCodes:
         codes: MfaCodes,
         trail: AuditTrail,
         throttle: LoginThrottle,
+        *,
+        max_age: timedelta = timedelta(seconds=30),
     ) -> None:
         self._uow = uow
         self._codes = codes
         self._trail = trail
         self._throttle = throttle
+        self._max_age = max_age
 
     async def verify(self, principal: Principal, code: str, what: str) -> None:
         """Returns once a valid, unused TOTP code of the caller's is spent; raises otherwise."""
@@ -146,7 +167,7 @@ class StepUpCodes:
             current = await uow.users.get_for_update(principal.user_id)
             if current is None:
                 raise errors.Unauthenticated("invalid token")
-            spent = is_totp_code(code) and await self._codes.spend(uow, current, code) == "totp"
+            spent = await self._codes.spend_fresh_totp(uow, current, code, self._max_age)
             if spent:
                 await attempt.succeeded(uow)
             else:

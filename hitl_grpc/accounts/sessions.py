@@ -117,7 +117,8 @@ class Sessions:
             peer=peer,
             session_id=claims.session_id,
         )
-        return Access(principal, (claims.expires_at - self._clock.now()).total_seconds())
+        ttl_s = (claims.expires_at - self._clock.now()).total_seconds()
+        return Access(principal, ttl_s, account.user)
 
     async def authenticate_certificate(
         self, subject: str, expires_at: datetime, peer: str
@@ -139,7 +140,7 @@ class Sessions:
         principal = Principal(
             user_id=user.id, username=user.username, role=user.role, token_id="", peer=peer
         )
-        return Access(principal, (expires_at - self._clock.now()).total_seconds())
+        return Access(principal, (expires_at - self._clock.now()).total_seconds(), user)
 
     def challenge(self, account: Account) -> MfaChallengeIssued:
         """A short-lived challenge token; its `typ` keeps it out of every RPC but VerifyMfa.

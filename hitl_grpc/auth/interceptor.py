@@ -187,7 +187,7 @@ class AuthInterceptor(WrappingInterceptor):
             else:
                 credential = self._credential(context)
                 access = await self._admit(credential, peer, method, policy)
-                principal_ctx.bind(access.principal, peer)
+                principal_ctx.bind(access.principal, peer, access.user)
             yield
 
         return guard

@@ -6,7 +6,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from hitl_grpc.domain.errors import Unauthenticated
-from hitl_grpc.domain.values import Principal
+from hitl_grpc.domain.values import Principal, User
 
 
 @dataclass(frozen=True)
@@ -16,11 +16,14 @@ class Access:
     principal: Principal
     # What was left of the token's lifetime when it was checked.
     expires_in_s: float
+    # The account as the check read it, for a method that answers with it (GetCurrentUser).
+    user: User | None = None
 
 
 # The one piece of module-level state: per-task, so concurrent RPCs never see each other's.
 _current: ContextVar[Principal | None] = ContextVar("hitl_principal", default=None)
 _peer: ContextVar[str] = ContextVar("hitl_peer", default="")
+_user: ContextVar[User | None] = ContextVar("hitl_checked_user", default=None)
 
 
 def current_principal() -> Principal:
@@ -41,7 +44,13 @@ def current_peer() -> str:
     return _peer.get()
 
 
-def bind(principal: Principal | None, peer: str) -> None:
-    """Sets the caller for the rest of the current task."""
+def checked_user() -> User | None:
+    """The caller's account as this call's access check read it, if it did."""
+    return _user.get()
+
+
+def bind(principal: Principal | None, peer: str, user: User | None = None) -> None:
+    """Sets the caller (and the account its check read) for the rest of the current task."""
     _current.set(principal)
     _peer.set(peer)
+    _user.set(user)
