@@ -58,8 +58,8 @@ gen: $(STAMP)
 gen-check: $(STAMP)
 	@rm -rf $(TOOLS)/gen-check && mkdir -p $(TOOLS)/gen-check
 	@$(call protoc,$(TOOLS)/gen-check)
-	@diff -r -q generated $(TOOLS)/gen-check > /dev/null || \
-	  { echo "generated/ is stale: run 'make gen' and commit"; diff -r generated $(TOOLS)/gen-check | head -20; exit 1; }
+	@diff -r -q -x __pycache__ generated $(TOOLS)/gen-check > /dev/null || \
+	  { echo "generated/ is stale: run 'make gen' and commit"; diff -r -x __pycache__ generated $(TOOLS)/gen-check | head -20; exit 1; }
 	@echo "generated code is fresh"
 
 buf-lint: $(BUF)
