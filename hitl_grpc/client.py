@@ -290,6 +290,10 @@ def _expected(version: int | None) -> dict[str, int]:
     return {} if version is None else {"expected_version": version}
 
 
+def _epoch(epoch: int | None) -> dict[str, int]:
+    return {} if epoch is None else {"lease_epoch": epoch}
+
+
 class HitlClient:
     """One channel, one signed-in identity, one deadline on every call.
 
@@ -550,9 +554,13 @@ class HitlClient:
         )
         return (await self._call(self._decisions.ClaimDecision, request)).decision
 
-    async def claim_lease(self, analysis_id: str) -> decision_pb2.ClaimDecisionResponse:
+    async def claim_lease(
+        self, analysis_id: str, *, expected_version: int | None = None
+    ) -> decision_pb2.ClaimDecisionResponse:
         """Claims a decision and returns it with the caller's lease (id, epoch, expiry)."""
-        request = decision_pb2.ClaimDecisionRequest(analysis_id=analysis_id)
+        request = decision_pb2.ClaimDecisionRequest(
+            analysis_id=analysis_id, **_expected(expected_version)
+        )
         return await self._call(self._decisions.ClaimDecision, request)
 
     async def renew_lease(self, analysis_id: str, epoch: int) -> decision_pb2.RenewLeaseResponse:
@@ -585,11 +593,15 @@ class HitlClient:
         return list((await self._call(self._decisions.MakeDecisions, request)).results)
 
     async def release_decision(
-        self, analysis_id: str, *, expected_version: int | None = None
+        self,
+        analysis_id: str,
+        *,
+        expected_version: int | None = None,
+        lease_epoch: int | None = None,
     ) -> decision_pb2.Decision:
-        """Gives a claimed decision back to the queue."""
+        """Gives a claimed decision back to the queue (fenced to `lease_epoch` if given)."""
         request = decision_pb2.ReleaseDecisionRequest(
-            analysis_id=analysis_id, **_expected(expected_version)
+            analysis_id=analysis_id, **_expected(expected_version), **_epoch(lease_epoch)
         )
         return (await self._call(self._decisions.ReleaseDecision, request)).decision
 
@@ -631,18 +643,27 @@ class HitlClient:
         *,
         notes: str = "",
         expected_version: int | None = None,
+        lease_epoch: int | None = None,
+        otp: str = "",
     ) -> decision_pb2.Decision:
-        """Approves a decision with the actions to carry out."""
+        """Approves a decision with the actions to carry out (`otp`: see make_decision)."""
         return await self.make_decision(
             analysis_id,
             decision_pb2.DECISION_STATUS_APPROVED,
             approved_actions=actions,
             notes=notes,
             expected_version=expected_version,
+            lease_epoch=lease_epoch,
+            otp=otp,
         )
 
     async def reject(
-        self, analysis_id: str, *, notes: str = "", expected_version: int | None = None
+        self,
+        analysis_id: str,
+        *,
+        notes: str = "",
+        expected_version: int | None = None,
+        lease_epoch: int | None = None,
     ) -> decision_pb2.Decision:
         """Rejects a decision: nothing is carried out."""
         return await self.make_decision(
@@ -650,14 +671,23 @@ class HitlClient:
             decision_pb2.DECISION_STATUS_REJECTED,
             notes=notes,
             expected_version=expected_version,
+            lease_epoch=lease_epoch,
         )
 
     async def escalate_decision(
-        self, analysis_id: str, reason: str, *, expected_version: int | None = None
+        self,
+        analysis_id: str,
+        reason: str,
+        *,
+        expected_version: int | None = None,
+        lease_epoch: int | None = None,
     ) -> decision_pb2.Decision:
         """Hands a decision up to an admin, saying why."""
         request = decision_pb2.EscalateDecisionRequest(
-            analysis_id=analysis_id, reason=reason, **_expected(expected_version)
+            analysis_id=analysis_id,
+            reason=reason,
+            **_expected(expected_version),
+            **_epoch(lease_epoch),
         )
         return (await self._call(self._decisions.EscalateDecision, request)).decision
 
@@ -690,10 +720,17 @@ class HitlClient:
         *,
         email: str = "",
         full_name: str = "",
+        certificate_subject: str = "",
     ) -> auth_pb2.User:
-        """Creates an account (admin)."""
+        """Creates an account (admin); a SERVICE one bound to a certificate subject may have
+        no password (it then signs in by certificate only)."""
         request = auth_pb2.CreateUserRequest(
-            username=username, password=password, role=role, email=email, full_name=full_name
+            username=username,
+            password=password,
+            role=role,
+            email=email,
+            full_name=full_name,
+            certificate_subject=certificate_subject,
         )
         return (await self._call(self._auth.CreateUser, request)).user
 
@@ -718,8 +755,10 @@ class HitlClient:
         email: str | None = None,
         full_name: str | None = None,
         new_password: str | None = None,
+        certificate_subject: str | None = None,
     ) -> auth_pb2.User:
-        """Changes the given fields of an account, and only those (admin)."""
+        """Changes the given fields of an account, and only those (admin); an empty
+        `certificate_subject` unbinds the account's certificate."""
         request = auth_pb2.UpdateUserRequest(user_id=user_id)
         if role is not None:
             request.role = role
@@ -731,8 +770,10 @@ class HitlClient:
             request.full_name = full_name
         if new_password is not None:
             request.new_password = new_password
-        given = (role, active, email, full_name, new_password)
-        names = ("role", "active", "email", "full_name", "new_password")
+        if certificate_subject is not None:
+            request.certificate_subject = certificate_subject
+        given = (role, active, email, full_name, new_password, certificate_subject)
+        names = ("role", "active", "email", "full_name", "new_password", "certificate_subject")
         request.update_mask.paths.extend(
             n for n, v in zip(names, given, strict=True) if v is not None
         )
