@@ -553,9 +553,13 @@ class HitlClient:
         )
         return (await self._call(self._decisions.ClaimDecision, request)).decision
 
-    async def claim_lease(self, analysis_id: str) -> decision_pb2.ClaimDecisionResponse:
+    async def claim_lease(
+        self, analysis_id: str, *, expected_version: int | None = None
+    ) -> decision_pb2.ClaimDecisionResponse:
         """Claims a decision and returns it with the caller's lease (id, epoch, expiry)."""
-        request = decision_pb2.ClaimDecisionRequest(analysis_id=analysis_id)
+        request = decision_pb2.ClaimDecisionRequest(
+            analysis_id=analysis_id, **_expected(expected_version)
+        )
         return await self._call(self._decisions.ClaimDecision, request)
 
     async def renew_lease(self, analysis_id: str, epoch: int) -> decision_pb2.RenewLeaseResponse:
@@ -712,10 +716,17 @@ class HitlClient:
         *,
         email: str = "",
         full_name: str = "",
+        certificate_subject: str = "",
     ) -> auth_pb2.User:
-        """Creates an account (admin)."""
+        """Creates an account (admin); a SERVICE one bound to a certificate subject may have
+        no password (it then signs in by certificate only)."""
         request = auth_pb2.CreateUserRequest(
-            username=username, password=password, role=role, email=email, full_name=full_name
+            username=username,
+            password=password,
+            role=role,
+            email=email,
+            full_name=full_name,
+            certificate_subject=certificate_subject,
         )
         return (await self._call(self._auth.CreateUser, request)).user
 
@@ -740,8 +751,10 @@ class HitlClient:
         email: str | None = None,
         full_name: str | None = None,
         new_password: str | None = None,
+        certificate_subject: str | None = None,
     ) -> auth_pb2.User:
-        """Changes the given fields of an account, and only those (admin)."""
+        """Changes the given fields of an account, and only those (admin); an empty
+        `certificate_subject` unbinds the account's certificate."""
         request = auth_pb2.UpdateUserRequest(user_id=user_id)
         if role is not None:
             request.role = role
@@ -753,8 +766,10 @@ class HitlClient:
             request.full_name = full_name
         if new_password is not None:
             request.new_password = new_password
-        given = (role, active, email, full_name, new_password)
-        names = ("role", "active", "email", "full_name", "new_password")
+        if certificate_subject is not None:
+            request.certificate_subject = certificate_subject
+        given = (role, active, email, full_name, new_password, certificate_subject)
+        names = ("role", "active", "email", "full_name", "new_password", "certificate_subject")
         request.update_mask.paths.extend(
             n for n, v in zip(names, given, strict=True) if v is not None
         )

@@ -12,7 +12,7 @@ import pytest
 from google.rpc.error_details_pb2 import BadRequest
 from hitl.v1 import audit_pb2, auth_pb2, decision_pb2
 
-from hitl_grpc.cli import remote, render, session
+from hitl_grpc.cli import decisions, remote, render, session
 from hitl_grpc.cli.main import main
 from hitl_grpc.client import HitlClientError
 
@@ -142,3 +142,83 @@ def test_no_session_and_no_credentials_is_exit_4(
     (tmp_path / "hitl-grpc" / "session.json").write_text("garbage")
     assert main(["whoami"]) == remote.EXIT_USAGE
     assert "is not a session file" in capsys.readouterr().err
+
+
+def _two_person(approved_by: list[str]) -> decision_pb2.Decision:
+    block = decision_pb2.Action(type=decision_pb2.ACTION_TYPE_BLOCK_IP, target="203.0.113.7")
+    kill = decision_pb2.Action(type=decision_pb2.ACTION_TYPE_ACTIVATE_KILLSWITCH, target="seg-9")
+    pending = decision_pb2.ACTION_VERDICT_STATUS_PENDING
+    return decision_pb2.Decision(
+        analysis_id="an-1",
+        status=decision_pb2.DECISION_STATUS_PENDING,
+        version=4,
+        lease_epoch=1,
+        recommended_actions=[block, kill],
+        action_verdicts=[
+            decision_pb2.ActionVerdict(
+                recommended_index=0,
+                type=block.type,
+                status=decision_pb2.ACTION_VERDICT_STATUS_APPROVED,
+                required_approvals=1,
+                approved_by=approved_by[:1],
+            ),
+            decision_pb2.ActionVerdict(
+                recommended_index=1,
+                type=kill.type,
+                status=pending,
+                required_approvals=2,
+                approved_by=approved_by,
+            ),
+            decision_pb2.ActionVerdict(
+                recommended_index=-1,
+                type=decision_pb2.ACTION_TYPE_CUSTOM,
+                action=decision_pb2.Action(type=decision_pb2.ACTION_TYPE_CUSTOM, target="x"),
+                status=decision_pb2.ACTION_VERDICT_STATUS_REJECTED,
+                required_approvals=1,
+                rejected_by="bob",
+            ),
+        ],
+    )
+
+
+def test_each_action_verdict_is_a_line_with_its_tally() -> None:
+    shown = decisions._show(_two_person(["ana"])).splitlines()
+    start = next(i for i, line in enumerate(shown) if line.startswith("verdicts:"))
+    assert shown[start:] == [
+        "verdicts:      BLOCK_IP 203.0.113.7       approved  1/1 approved by ana",
+        "               ACTIVATE_KILLSWITCH seg-9  pending   1/2 approved by ana",
+        "               CUSTOM x                   rejected  by bob",
+    ]
+    assert "lease:         epoch 1, not held" in shown
+
+
+def test_a_partial_approval_says_who_is_still_awaited() -> None:
+    partial = _two_person(["ana"])
+    assert decisions._done("approved", partial) == (
+        "approved an-1: pending, version 4; "
+        "waiting for another approver: ACTIVATE_KILLSWITCH seg-9 1/2 approved by ana"
+    )
+    assert decisions._follow_line(partial).endswith(
+        "pending  version 4  ACTIVATE_KILLSWITCH seg-9 1/2 approved by ana"
+    )
+    untouched = _two_person([])
+    assert decisions._done("approved", untouched) == "approved an-1: pending, version 4"
+    closed = _two_person(["ana", "bob"])
+    closed.status = decision_pb2.DECISION_STATUS_APPROVED
+    assert "waiting" not in decisions._done("approved", closed)
+
+
+def test_bulk_result_codes_are_grpc_status_codes() -> None:
+    assert decisions.STATUS_CODES[9] is grpc.StatusCode.FAILED_PRECONDITION
+    assert decisions.STATUS_CODES[5] is grpc.StatusCode.NOT_FOUND
+    assert decisions.STATUS_CODES[0] is grpc.StatusCode.OK
+
+
+def test_set_certificate_wants_a_subject_or_clear(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["users", "set-certificate", "candi"])
+    assert done.value.code == remote.EXIT_USAGE
+    assert "one of the arguments DN --clear is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["users", "set-certificate", "candi", "CN=x", "--clear"])
+    assert done.value.code == remote.EXIT_USAGE

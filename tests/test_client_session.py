@@ -186,3 +186,54 @@ async def test_a_lost_server_keeps_the_session_for_the_next_try(
             await asyncio.wait_for(unreachable.current_user(), 30)
     assert caught.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     assert store.load() == kept
+
+
+async def test_release_escalate_and_verdicts_are_fenced_by_the_lease_epoch(
+    server: Harness,
+) -> None:
+    candi = await server.create_user(Role.SERVICE)
+    ana = await server.create_user(Role.ANALYST)
+    bob = await server.create_user(Role.ANALYST)
+    address = server.running.address
+    async with (
+        HitlClient(address, username=candi.username, password=PASSWORD) as svc,
+        HitlClient(address, username=ana.username, password=PASSWORD) as first,
+        HitlClient(address, username=bob.username, password=PASSWORD) as second,
+    ):
+        analysis_id = (await svc.submit_decision(submit_request())).decision.analysis_id
+        claimed = await first.claim_lease(analysis_id, expected_version=1)
+        assert claimed.lease.epoch == 1
+        released = await first.release_decision(analysis_id, lease_epoch=1)
+        assert released.status == decision_pb2.DECISION_STATUS_PENDING
+        taken = await second.claim_lease(analysis_id)
+        assert taken.lease.epoch == 2
+        stale = (
+            first.release_decision(analysis_id, lease_epoch=1),
+            first.escalate_decision(analysis_id, "needs an admin", lease_epoch=1),
+            first.reject(analysis_id, lease_epoch=1),
+            first.approve(analysis_id, lease_epoch=1),
+        )
+        for call in stale:
+            with pytest.raises(HitlClientError) as caught:
+                await call
+            assert caught.value.code is grpc.StatusCode.FAILED_PRECONDITION
+            assert "stale" in caught.value.message
+        escalated = await second.escalate_decision(analysis_id, "needs an admin", lease_epoch=2)
+        assert escalated.status == decision_pb2.DECISION_STATUS_ESCALATED
+
+
+async def test_a_service_account_is_bound_and_unbound_over_the_api(server: Harness) -> None:
+    async with HitlClient(
+        server.running.address, username="admin", password="bootstrap-password-for-tests"
+    ) as admin:
+        bound = await admin.create_user(
+            "candi", "", access_pb2.ROLE_SERVICE, certificate_subject="CN=candi,O=SOC"
+        )
+        assert bound.certificate_subject == "CN=candi,O=SOC"
+        moved = await admin.update_user(bound.id, certificate_subject="CN=candi-2,O=SOC")
+        assert moved.certificate_subject == "CN=candi-2,O=SOC"
+        assert moved.role == access_pb2.ROLE_SERVICE  # only the named field changed
+        cleared = await admin.update_user(bound.id, certificate_subject="")
+        assert cleared.certificate_subject == ""
+        listed = {u.username: u.certificate_subject async for u in admin.list_users()}
+        assert listed["candi"] == ""

@@ -180,3 +180,37 @@ async def test_reset_mfa_turns_it_off(server: Harness, database_url: str) -> Non
     assert code == 0, err
     assert f"{account.user.username}\tanalyst\tactive\t-" in out
     assert (await server.login(account.user.username)).WhichOneof("result") == "tokens"
+
+
+async def test_a_service_account_is_bound_to_a_certificate_and_unbound(
+    server: Harness, database_url: str
+) -> None:
+    code, out, err = await _users(
+        database_url,
+        "create",
+        "candi",
+        "--role",
+        "service",
+        "--certificate-subject",
+        "CN=candi,O=SOC",
+    )
+    assert code == 0, err
+    # Bound to a certificate, it needs no password and none is printed.
+    assert out.startswith("created candi\tservice\tactive\t-\t") and "password" not in out
+    assert out.rstrip("\n").endswith("\tCN=candi,O=SOC")
+    assert (await server.running.accounts.users.find("candi")).certificate_subject == (
+        "CN=candi,O=SOC"
+    )
+    code, out, err = await _users(database_url, "set-certificate", "candi", "CN=candi-2,O=SOC")
+    assert code == 0 and out.rstrip("\n").endswith("\tCN=candi-2,O=SOC"), err
+    code, out, err = await _users(database_url, "list", "--json")
+    assert {r["username"]: r["certificate_subject"] for r in json.loads(out)} == {
+        "admin": "",
+        "candi": "CN=candi-2,O=SOC",
+    }
+    code, out, err = await _users(database_url, "set-certificate", "candi", "--clear")
+    assert code == 0 and out.rstrip("\n").endswith("\t-"), err
+    assert (await server.running.accounts.users.find("candi")).certificate_subject == ""
+    # Only a SERVICE account can be bound.
+    code, _, err = await _users(database_url, "set-certificate", "admin", "CN=admin,O=SOC")
+    assert code == 1 and "certificate_subject" in err, err

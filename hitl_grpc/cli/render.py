@@ -98,10 +98,12 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 
 
 def fields(pairs: Iterable[tuple[str, object]]) -> str:
-    """`name: value` lines with the values aligned."""
+    """`name: value` lines with the values aligned; an empty name continues the line above."""
     rows = [(name, plain(str(value))) for name, value in pairs]
     width = max((len(name) for name, _ in rows), default=0) + 1
-    return "\n".join(f"{(name + ':').ljust(width)} {value}".rstrip() for name, value in rows)
+    return "\n".join(
+        f"{(name + ':' if name else '').ljust(width)} {value}".rstrip() for name, value in rows
+    )
 
 
 def to_dict(message: Message) -> dict[str, Any]:

@@ -61,6 +61,13 @@ def add_parser(sub: Any) -> None:
     create.add_argument("--role", choices=ROLES, required=True)
     create.add_argument("--email", default="")
     create.add_argument("--full-name", default="")
+    create.add_argument(
+        "--certificate-subject",
+        default="",
+        metavar="DN",
+        help="bind a SERVICE account to this client-certificate subject (RFC 2253, e.g. "
+        "CN=candi,O=SOC); it then needs no password and gets none unless --password-stdin",
+    )
     _password_option(create)
     listing = leaf("list", "list every account")
     listing.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -82,6 +89,13 @@ def add_parser(sub: Any) -> None:
         "reset-mfa", "turn an account's MFA off, drop its backup codes, end its sessions"
     )
     reset_mfa.add_argument("username")
+    bind = leaf(
+        "set-certificate", "bind a SERVICE account to a client-certificate subject, or --clear"
+    )
+    bind.add_argument("username")
+    which = bind.add_mutually_exclusive_group(required=True)
+    which.add_argument("subject", nargs="?", metavar="DN", help="e.g. CN=candi,O=SOC")
+    which.add_argument("--clear", action="store_true", help="unbind the account's certificate")
 
 
 def _password_option(parser: argparse.ArgumentParser) -> None:
@@ -93,10 +107,21 @@ def _password_option(parser: argparse.ArgumentParser) -> None:
 
 
 def read_password(args: argparse.Namespace) -> tuple[str, bool]:
-    """The password from stdin, or a generated one (and True: print it once)."""
+    """The password from stdin, or a generated one (and True: print it once).
+
+    An account created bound to a certificate gets none ("") unless one is piped in: the
+    server gives it one nobody knows, so it signs in by certificate only.
+    """
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\r\n"), False
+    if getattr(args, "certificate_subject", ""):
+        return "", False
     return secrets.token_urlsafe(18), True
+
+
+def subject_of(args: argparse.Namespace) -> str:
+    """The subject `set-certificate` binds; "" to unbind."""
+    return "" if args.clear else str(args.subject)
 
 
 @asynccontextmanager
@@ -122,13 +147,15 @@ def user_json(user: User) -> dict[str, object]:
         "active": user.active,
         "mfa_enabled": user.mfa_enabled,
         "created_at": user.created_at.isoformat().replace("+00:00", "Z"),
+        "certificate_subject": user.certificate_subject,
     }
 
 
 def _line(user: User) -> str:
     state = "active" if user.active else "inactive"
     mfa = "mfa" if user.mfa_enabled else "-"
-    return f"{user.username}\t{user.role.name.lower()}\t{state}\t{mfa}\t{user.id}"
+    subject = user.certificate_subject or "-"
+    return f"{user.username}\t{user.role.name.lower()}\t{state}\t{mfa}\t{user.id}\t{subject}"
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> None:
@@ -157,6 +184,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
                     role=Role[args.role.upper()],
                     email=args.email,
                     full_name=args.full_name,
+                    certificate_subject=args.certificate_subject,
                 ),
                 actor=ACTOR,
                 peer=PEER,
@@ -177,6 +205,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
             change = UserUpdate(role=Role[args.role.upper()])
         elif command in ("deactivate", "activate"):
             change = UserUpdate(active=command == "activate")
+        elif command == "set-certificate":
+            change = UserUpdate(certificate_subject=subject_of(args))
         else:
             password, generated = read_password(args)
             change = UserUpdate(new_password=password)

@@ -21,7 +21,9 @@ def _line(user: auth_pb2.User) -> str:
     # The same tab-separated line as --direct prints, so scripts read both alike.
     state = "active" if user.active else "inactive"
     mfa = "mfa" if user.mfa_enabled else "-"
-    return f"{user.username}\t{render.short(ROLE, user.role)}\t{state}\t{mfa}\t{user.id}"
+    subject = user.certificate_subject or "-"
+    role = render.short(ROLE, user.role)
+    return render.plain(f"{user.username}\t{role}\t{state}\t{mfa}\t{user.id}\t{subject}")
 
 
 def _role(name: str) -> access_pb2.Role.ValueType:
@@ -55,6 +57,7 @@ async def _run(args: argparse.Namespace) -> int:
                 _role(args.role),
                 email=args.email,
                 full_name=args.full_name,
+                certificate_subject=args.certificate_subject,
             )
             print(f"created {_line(user)}")
             if generated:
@@ -72,6 +75,9 @@ async def _run(args: argparse.Namespace) -> int:
             updated = await client.update_user(target.id, role=_role(args.role))
         elif command in ("deactivate", "activate"):
             updated = await client.update_user(target.id, active=command == "activate")
+        elif command == "set-certificate":
+            subject = users.subject_of(args)
+            updated = await client.update_user(target.id, certificate_subject=subject)
         else:
             password, generated = users.read_password(args)
             updated = await client.update_user(target.id, new_password=password)

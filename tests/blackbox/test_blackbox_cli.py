@@ -11,6 +11,8 @@ import os
 import stat
 import subprocess
 import sys
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -26,7 +28,12 @@ from tests.children import Lines
 
 CLI: Final = (sys.executable, "-m", "hitl_grpc.cli")
 RUN_S: Final = 60.0
-PROMPTS: Final = ("password: ", "MFA code: ")
+PROMPTS: Final = ("password: ", "MFA code: ", "step-up MFA code: ")
+STEP_S: Final = 30
+BLOCK: Final = decision_pb2.Action(type=decision_pb2.ACTION_TYPE_BLOCK_IP, target="203.0.113.7")
+KILL: Final = decision_pb2.Action(
+    type=decision_pb2.ACTION_TYPE_ACTIVATE_KILLSWITCH, target="segment-9"
+)
 
 
 class Shell:
@@ -450,3 +457,214 @@ def test_help_says_which_users_mode_is_for_recovery(tmp_path: Path) -> None:
     )
     assert done.returncode == 0
     assert "--direct" in done.stdout and "RECOVERY" in done.stdout
+
+
+def _mfa_setup(shell: Shell, password: str) -> tuple[pyotp.TOTP, int]:
+    """`mfa setup` through its prompts; the authenticator and the time step its code spent."""
+    proc, lines = shell.start("mfa", "setup")
+    assert proc.stdin is not None
+    proc.stdin.write(password + "\n")
+    proc.stdin.flush()
+    secret = ""
+    while not secret:
+        line = lines.after("", RUN_S)
+        assert line is not None, _finish(proc, lines)
+        secret = line.removeprefix("secret: ") if line.startswith("secret: ") else ""
+    totp = pyotp.TOTP(secret)
+    now = time.time()
+    proc.stdin.write(totp.at(now) + "\n")
+    proc.stdin.flush()
+    code, out, err = _finish(proc, lines)
+    assert code == 0 and "MFA is on" in out, err
+    return totp, int(now // STEP_S)
+
+
+def _fresh_code(totp: pyotp.TOTP, spent_step: int) -> str:
+    """A code of a later step than the last one this user spent, that the server takes now.
+
+    The server accepts the steps around its own (one either way) and never one at or before
+    the last spent: the next step's code is accepted at once unless that step is still two
+    ahead, and then the clock is waited on (with a deadline) until it is only one ahead.
+    """
+    deadline = time.monotonic() + 3 * STEP_S
+    wake = threading.Event()
+    while (now_step := int(time.time() // STEP_S)) < spent_step:
+        assert time.monotonic() < deadline, "the clock did not reach the next step"
+        wake.wait((now_step + 1) * STEP_S - time.time())
+    return totp.at(max(spent_step + 1, now_step) * STEP_S)
+
+
+def _squeezed(text: str) -> list[str]:
+    return [" ".join(line.split()) for line in text.splitlines()]
+
+
+def test_a_killswitch_takes_two_analysts_each_with_a_step_up_code(
+    served: Served, tmp_path: Path
+) -> None:
+    ana, bob = Shell(served, tmp_path / "ana"), Shell(served, tmp_path / "bob")
+    names = {}
+    codes: dict[str, tuple[pyotp.TOTP, int]] = {}
+    for who, shell in (("ana", ana), ("bob", bob)):
+        name, password = served.create_user(access_pb2.ROLE_ANALYST)
+        names[who] = name
+        shell.login(name, password)
+        codes[who] = _mfa_setup(shell, password)
+    analysis_id = served.submit(served.admin(), recommended_actions=[BLOCK, KILL]).analysis_id
+    (proc, lines), first = _follow(bob, analysis_id)
+    assert "pending  version 1" in first
+
+    # Piped with nothing to read: the server's want of a code is asked for, and not answered.
+    done = ana.run("decisions", "approve", analysis_id, "--recommended")
+    _one_line_error(done, 2, "no input for step-up MFA code")
+    assert "step-up MFA code: " in done.stderr
+    assert "claimed" in ana.ok("decisions", "claim", analysis_id)
+    ana_code = _fresh_code(*codes["ana"])
+    out = ana.ok("decisions", "approve", analysis_id, "--recommended", "--otp", ana_code)
+    assert out.strip() == (
+        f"approved {analysis_id}: pending, version 3; waiting for another approver: "
+        f"ACTIVATE_KILLSWITCH segment-9 1/2 approved by {names['ana']}"
+    )
+    # The same code again is spent: the server's words, exit 5 (permission denied).
+    again = ana.run("decisions", "approve", analysis_id, "--recommended", "--otp", ana_code)
+    _one_line_error(again, 5, "permission denied", "wrong, expired or already used")
+
+    shown = _squeezed(bob.ok("decisions", "show", analysis_id))
+    assert f"verdicts: BLOCK_IP 203.0.113.7 approved 1/1 approved by {names['ana']}" in shown
+    assert f"ACTIVATE_KILLSWITCH segment-9 pending 1/2 approved by {names['ana']}" in shown
+    assert "lease: epoch 1, not held" in shown
+    body = json.loads(bob.ok("decisions", "show", analysis_id, "--json"))
+    kill = next(
+        v for v in body["action_verdicts"] if v["type"] == "ACTION_TYPE_ACTIVATE_KILLSWITCH"
+    )
+    assert (kill["status"], kill["required_approvals"]) == ("ACTION_VERDICT_STATUS_PENDING", 2)
+    assert kill["approved_by"] == [names["ana"]] and len(kill["action_hash"]) == 64
+
+    # Bob gives no --otp: asked for, the code is read from the piped line.
+    bob_code = _fresh_code(*codes["bob"])
+    out = bob.ok(
+        "decisions", "approve", analysis_id, "--action", "activate_killswitch:segment-9",
+        stdin=bob_code + "\n",
+    )  # fmt: skip
+    assert out.strip() == f"approved {analysis_id}: approved, version 4"
+    code, rest, err = _finish(proc, lines)
+    assert code == 0, err
+    followed = rest.splitlines()
+    assert any(
+        f"pending  version 3  ACTIVATE_KILLSWITCH segment-9 1/2 approved by {names['ana']}" in line
+        for line in followed
+    ), followed
+    assert f"approved  version 4  by {names['bob']}" in followed[-1]
+    final = json.loads(ana.ok("decisions", "show", analysis_id, "--json"))
+    kill = next(
+        v for v in final["action_verdicts"] if v["type"] == "ACTION_TYPE_ACTIVATE_KILLSWITCH"
+    )
+    assert kill["approved_by"] == [names["ana"], names["bob"]]
+
+
+def test_a_stale_lease_epoch_is_refused_and_reassign_moves_the_lease(
+    served: Served, tmp_path: Path
+) -> None:
+    ana, bob = Shell(served, tmp_path / "ana"), Shell(served, tmp_path / "bob")
+    ana_name, password = served.create_user(access_pb2.ROLE_ANALYST)
+    bob_name, _ = served.create_user(access_pb2.ROLE_ANALYST)
+    ana.login(ana_name, password)
+    bob.login(bob_name, password)
+    analysis_id = served.submit(served.admin()).analysis_id
+    out = ana.ok("decisions", "claim", analysis_id)
+    assert out.startswith(f"claimed {analysis_id}: in_review, version 2; lease epoch 1 until ")
+    ana.ok("decisions", "release", analysis_id, "--lease-epoch", "1")
+    claimed = json.loads(bob.ok("decisions", "claim", analysis_id, "--json"))
+    assert claimed["lease"]["epoch"] == "2" and claimed["decision"]["claimed_by"] == bob_name
+    stale = ana.run(
+        "decisions", "approve", analysis_id, "--action", "block_ip:203.0.113.7",
+        "--lease-epoch", "1",
+    )  # fmt: skip
+    _one_line_error(stale, 1, "failed precondition", "lease epoch 1", "stale", bob_name)
+    _one_line_error(
+        ana.run("decisions", "escalate", analysis_id, "--reason", "x", "--lease-epoch", "1"),
+        1,
+        "stale",
+    )
+    renewed = bob.ok("decisions", "renew", analysis_id)
+    assert renewed.startswith(f"renewed {analysis_id}: in_review, version ")
+    assert "; lease epoch 2 until " in renewed
+    moved = bob.ok("decisions", "reassign", analysis_id, "--to", ana_name)
+    assert moved.startswith(f"reassigned {analysis_id} to {ana_name}: in_review, version ")
+    assert "; lease epoch 3 until " in moved
+    _one_line_error(
+        bob.run("decisions", "reject", analysis_id, "--lease-epoch", "2"), 1, "lease epoch 2"
+    )
+    shown = _squeezed(ana.ok("decisions", "show", analysis_id))
+    assert any(line.startswith(f"lease: epoch 3, {ana_name} until ") for line in shown), shown
+    out = ana.ok("decisions", "reject", analysis_id, "--lease-epoch", "3", "--note", "mine now")
+    assert out.strip().startswith(f"rejected {analysis_id}: rejected, version ")
+    _one_line_error(
+        bob.run("decisions", "reassign", "no-such-analysis", "--to", ana_name), 6, "not found"
+    )
+
+
+def test_several_ids_are_one_bulk_call_with_a_line_per_item(served: Served, tmp_path: Path) -> None:
+    shell = Shell(served, tmp_path / "ana")
+    shell.login(*served.create_user(access_pb2.ROLE_ANALYST))
+    fresh, decided, other = (served.submit(served.admin()).analysis_id for _ in range(3))
+    shell.ok("decisions", "reject", decided)
+    done = shell.run(
+        "decisions", "reject", fresh, decided, "no-such-analysis", "--note", "known scanner"
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stdout.splitlines() == [
+        f"rejected {fresh}: rejected, version 2",
+        f"{decided}: failed precondition: decision {decided} is already REJECTED",
+        "no-such-analysis: not found: no decision no-such-analysis",
+    ]
+    _one_line_error(done, 1, "2 of 3 refused")
+    assert json.loads(shell.ok("decisions", "show", fresh, "--json"))["resolution"]["notes"] == (
+        "known scanner"
+    )
+    more = served.submit(served.admin()).analysis_id
+    out = shell.ok("decisions", "approve", other, more, "--action", "block_ip:203.0.113.7")
+    assert out.splitlines() == [
+        f"approved {other}: approved, version 2",
+        f"approved {more}: approved, version 2",
+    ]
+    again = shell.run("decisions", "reject", other, more, "--json")
+    assert again.returncode == 1, again.stderr
+    results = json.loads(again.stdout)
+    assert [(r["analysis_id"], r["code"]) for r in results] == [(other, 9), (more, 9)]
+    usage = shell.run("decisions", "approve", other, more, "--expected-version", "1")
+    _one_line_error(usage, 2, "give one ID")
+
+
+def test_a_service_account_is_bound_to_a_certificate_subject(
+    served: Served, tmp_path: Path
+) -> None:
+    shell = Shell(served, tmp_path / "admin")
+    shell.login()
+    out = shell.ok("users", "create", "candi", "--role", "service", "--certificate-subject",
+                   "CN=candi,O=SOC")  # fmt: skip
+    assert out.startswith("created candi\tservice\tactive\t-\t")
+    assert out.rstrip("\n").endswith("\tCN=candi,O=SOC") and "password" not in out
+    listed = {
+        line.split("\t")[0]: line.split("\t") for line in shell.ok("users", "list").splitlines()
+    }
+    assert listed["candi"][5] == "CN=candi,O=SOC" and listed["admin"][5] == "-"
+    users = {u["username"]: u for u in json.loads(shell.ok("users", "list", "--json"))}
+    assert users["candi"]["certificate_subject"] == "CN=candi,O=SOC"
+    out = shell.ok("users", "set-certificate", "candi", "CN=candi-2,O=SOC")
+    assert out.rstrip("\n").endswith("\tCN=candi-2,O=SOC")
+    out = shell.ok("users", "set-certificate", "candi", "--clear")
+    assert out.rstrip("\n").endswith("\t-")
+    users = {u["username"]: u for u in json.loads(shell.ok("users", "list", "--json"))}
+    assert users["candi"]["certificate_subject"] == ""
+    # Only a SERVICE account can be bound; one account per subject.
+    analyst, _ = served.create_user(access_pb2.ROLE_ANALYST)
+    _one_line_error(
+        shell.run("users", "set-certificate", analyst, "CN=x,O=SOC"), 1, "certificate_subject"
+    )
+    shell.ok("users", "set-certificate", "candi", "CN=candi,O=SOC")
+    _one_line_error(
+        shell.run("users", "create", "candi-b", "--role", "service", "--certificate-subject",
+                  "CN=candi,O=SOC"),
+        1,
+        "already exists",
+    )  # fmt: skip
