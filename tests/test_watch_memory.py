@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import urllib.request
+
 import pytest
 from hitl.v1 import decision_pb2
 
@@ -93,7 +96,9 @@ async def test_catch_up_reads_are_bounded_in_bytes(make_server: ServerFactory) -
 async def test_watcher_queue_is_bounded_in_bytes_not_only_in_events(
     make_server: ServerFactory,
 ) -> None:
-    async with make_server(watch_queue_bytes=65536, watch_queue_size=1000) as server:
+    async with make_server(
+        watch_queue_bytes=65536, watch_queue_size=1000, metrics_listen="127.0.0.1:0"
+    ) as server:
         hub = hub_of(server)
         stalled = hub.subscribe()
         keeping_up = hub.subscribe()
@@ -105,6 +110,9 @@ async def test_watcher_queue_is_bounded_in_bytes_not_only_in_events(
             assert got is not None and got.analysis_id == f"e-{n}"
         with pytest.raises(errors.ResourceExhausted, match="watcher fell behind"):
             await stalled.get(5)
+        url = f"http://127.0.0.1:{server.running.metrics_port}/metrics"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        assert b"hitl_watchers_cut_off_total 1.0" in body
 
         # One event larger than the whole budget still reaches a watcher that keeps up.
         await append_events(server, [hand_decision("huge", summary="y" * 100_000)])

@@ -72,6 +72,7 @@ class Subscription:
         # fall behind, never one that keeps up with big decisions.
         over_bytes = bool(self._queue) and self._queued_bytes + event.size > self._capacity_bytes
         if len(self._queue) >= self._capacity or over_bytes:
+            self._hub.cut_off()
             self.end(
                 errors.ResourceExhausted(
                     "watcher fell behind the event stream; resume from the last cursor"
@@ -143,10 +144,13 @@ class EventHub:
         prune_interval_s: float,
         listen_check_s: float = 5.0,
         on_fan_out: Callable[[float], None] | None = None,
+        on_cut_off: Callable[[], None] | None = None,
     ) -> None:
         self.store = EventStore(door)
         # Told, per event, how long after its change it reached the local watchers.
         self._on_fan_out = on_fan_out
+        # Told each time a watcher that fell behind is cut off.
+        self._on_cut_off = on_cut_off
         self._door = door
         self._clock = clock
         self._queue_size = queue_size
@@ -219,6 +223,11 @@ class EventHub:
     def _register(self, sub: Subscription) -> None:
         if self._closing:
             raise errors.Unavailable("server is shutting down; reconnect and resume")
+
+    def cut_off(self) -> None:
+        """Counts a watcher cut off for falling behind."""
+        if self._on_cut_off is not None:
+            self._on_cut_off()
 
     def forget(self, sub: Subscription) -> None:
         """Drops a subscription from the fan-out."""

@@ -85,6 +85,11 @@ class ServiceMetrics:
         self.watchers = Gauge(
             "hitl_watchers", "Open WatchPending and WatchDecision streams", registry=registry
         )
+        self.cut_offs = Counter(
+            "hitl_watchers_cut_off_total",
+            "Watchers ended with RESOURCE_EXHAUSTED for falling behind the event stream",
+            registry=registry,
+        )
         self.event_lag = Histogram(
             "hitl_event_lag_seconds",
             "From a decision's change (database clock) to its event's fan-out here",

@@ -238,6 +238,7 @@ async def running_server(
             prune_interval_s=settings.sweep_interval_s,
             listen_check_s=settings.db_check_interval_s,
             on_fan_out=service_metrics.fanned_out,
+            on_cut_off=service_metrics.cut_offs.inc,
         )
         uow = UnitOfWorkFactory(door, after_commit=hub.wake, webhook_urls=settings.webhook_urls)
         await hub.start()
