@@ -10,7 +10,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
 from hitl_grpc.config import Settings
-from hitl_grpc.runtime.server import StartupError, open_store
+from hitl_grpc.runtime.errors import StartupError
+from hitl_grpc.runtime.server import open_store
 from hitl_grpc.store import schema
 from hitl_grpc.store.engine import make_engine
 from hitl_grpc.store.tables import metadata

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hitl_grpc.config import Settings
 from hitl_grpc.domain.errors import DomainError
-from hitl_grpc.runtime.server import StartupError, open_store
-from hitl_grpc.store import audit_chain
+from hitl_grpc.runtime.errors import StartupError
+
+if TYPE_CHECKING:
+    from hitl_grpc.store import audit_chain
 
 EXIT_BROKEN = 1
 EXIT_UNCHECKED = 2
@@ -30,6 +32,9 @@ def add_parser(audit_commands: Any) -> None:
 
 
 async def _verify(settings: Settings) -> audit_chain.ChainReport:
+    from hitl_grpc.runtime.server import open_store
+    from hitl_grpc.store import audit_chain
+
     door = await open_store(settings, create=False)
     try:
         return await audit_chain.verify(door.engine)

@@ -28,8 +28,7 @@ from hitl_grpc.domain import request_id
 from hitl_grpc.domain.clock import SystemClock
 from hitl_grpc.domain.errors import DomainError
 from hitl_grpc.domain.values import Role, User
-from hitl_grpc.runtime.server import StartupError, hashing_pool, open_store
-from hitl_grpc.store.uow import UnitOfWorkFactory
+from hitl_grpc.runtime.errors import StartupError
 
 ACTOR = "cli"
 PEER = "local"
@@ -127,6 +126,9 @@ def subject_of(args: argparse.Namespace) -> str:
 @asynccontextmanager
 async def _admin(settings: Settings) -> AsyncIterator[UserAdmin]:
     # The server's door and use cases: the same database deadline, audit and rules.
+    from hitl_grpc.runtime.server import hashing_pool, open_store
+    from hitl_grpc.store.uow import UnitOfWorkFactory
+
     door = await open_store(settings)
     pool = hashing_pool()
     try:

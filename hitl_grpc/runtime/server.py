@@ -44,6 +44,7 @@ from hitl_grpc.domain.lifecycle import ApprovalRules
 from hitl_grpc.events.hub import EventHub
 from hitl_grpc.runtime import reflection
 from hitl_grpc.runtime.db_probe import DatabaseMonitor
+from hitl_grpc.runtime.errors import StartupError
 from hitl_grpc.runtime.metrics import Gauges, ServiceMetrics, build_version
 from hitl_grpc.runtime.observability import AccessLogInterceptor, RpcMetrics
 from hitl_grpc.runtime.public_limits import public_limits
@@ -81,10 +82,6 @@ CONTRACT_FILES = (
     decision_pb2.DESCRIPTOR,
     audit_pb2.DESCRIPTOR,
 )
-
-
-class StartupError(Exception):
-    """The server cannot start; the message says why, in one line."""
 
 
 @dataclass

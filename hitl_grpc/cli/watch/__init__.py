@@ -6,13 +6,16 @@ import argparse
 import getpass
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from hitl.v1 import decision_pb2
 
 from hitl_grpc.cli import remote, session
 from hitl_grpc.cli.watch.feed import STREAM_BACKOFF
-from hitl_grpc.cli.watch.screen import ClientFactory, WatchApp
 from hitl_grpc.client import HitlClient, MfaCode
+
+if TYPE_CHECKING:
+    from hitl_grpc.cli.watch.screen import ClientFactory
 
 
 def sign_in(args: argparse.Namespace) -> tuple[str, str, ClientFactory]:
@@ -70,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"hitl-grpc watch: {exc}", file=sys.stderr)
         return 1
     priorities = [decision_pb2.Priority.Value(f"PRIORITY_{p.upper()}") for p in args.priority]
+    from hitl_grpc.cli.watch.screen import WatchApp  # textual loads only here
+
     app = WatchApp(connect, address=address, who=who, priorities=priorities)
     app.run()
     return app.return_code or 0
