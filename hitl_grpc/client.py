@@ -907,7 +907,7 @@ class HitlClient:
                 state["cursor"] = ""
                 yield PendingChange("resync", "")
 
-    async def watch_decision(self, analysis_id: str) -> AsyncIterator[decision_pb2.Decision]:
+    async def watch_decision(self, analysis_id: str) -> AsyncGenerator[decision_pb2.Decision, None]:
         """A decision's state now, then each change, until it reaches a terminal state.
 
         Resumes like `watch_pending`; a state seen before a reconnect is not repeated.
@@ -935,21 +935,13 @@ class HitlClient:
         self, analysis_id: str, *, timeout_s: float | None = None
     ) -> decision_pb2.Decision:
         """Blocks until the decision reaches a terminal state and returns it (one call)."""
-        request = decision_pb2.WatchDecisionRequest(analysis_id=analysis_id)
-
-        def open_call(
-            md: Metadata,
-        ) -> grpc.aio.UnaryStreamCall[Any, decision_pb2.WatchDecisionResponse]:
-            return self._decisions.WatchDecision(
-                request, metadata=md, timeout=self._stream_deadline_s
-            )
 
         async def wait() -> decision_pb2.Decision:
-            async with aclosing(self._resuming(open_call)) as messages:
-                async for message in messages:
-                    if message.decision.status in TERMINAL:
-                        return message.decision
-            raise AssertionError("unreachable: _resuming only ends by raising")
+            async with aclosing(self.watch_decision(analysis_id)) as states:
+                async for decision in states:
+                    if decision.status in TERMINAL:
+                        return decision
+            raise AssertionError("unreachable: watch_decision ends at a terminal state")
 
         async with asyncio.timeout(timeout_s):
             return await wait()
