@@ -21,7 +21,7 @@ from hitl_grpc.auth.passwords import HashParams, Passwords
 from hitl_grpc.auth.tokens import TokenIssuer
 from hitl_grpc.config import Settings
 from hitl_grpc.domain.clock import Clock
-from hitl_grpc.domain.ports import UnitOfWorkFactory
+from hitl_grpc.domain.ports import HotStatements, UnitOfWorkFactory
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,12 @@ def build(
     *,
     on_sign_in: OnOutcome | None = None,
     on_lockout: Callable[[str], None] | None = None,
+    hot: HotStatements | None = None,
 ) -> AccountServices:
     """The account use cases over `uow`; password hashing runs on `cpu_pool`.
 
-    `on_sign_in` hears each sign-in step's outcome, `on_lockout` each lock that starts.
+    `on_sign_in` hears each sign-in step's outcome, `on_lockout` each lock that starts;
+    `hot` (PostgreSQL) makes each call's access check in one statement through the driver.
 
     Raises ConfigError if the signing key can't be loaded.
     """
@@ -76,7 +78,7 @@ def build(
     )
     trail = AuditTrail(uow, clock)
     throttle = LoginThrottle(limits, clock, uow, on_lockout=on_lockout)
-    sessions = Sessions(uow, tokens, clock, lifetimes, trail)
+    sessions = Sessions(uow, tokens, clock, lifetimes, trail, hot)
     codes = MfaCodes(clock)
     return AccountServices(
         sign_in=SignIn(

@@ -12,12 +12,17 @@ from hitl_grpc.accounts.trail import AuditTrail
 from hitl_grpc.auth.principal import Access
 from hitl_grpc.auth.tokens import ACCESS, MFA_CHALLENGE, TokenIssuer, hash_opaque, new_opaque_token
 from hitl_grpc.domain import errors
+from hitl_grpc.domain.access import SESSION_ENDED, admitted
 from hitl_grpc.domain.clock import Clock
-from hitl_grpc.domain.ports import UnitOfWork, UnitOfWorkFactory
-from hitl_grpc.domain.values import Account, AuditOutcome, Principal, Role
+from hitl_grpc.domain.ports import HotStatements, UnitOfWork, UnitOfWorkFactory
+from hitl_grpc.domain.values import Account, AccountCheck, AuditOutcome, Principal, Role, UserId
+
+__all__ = ["INVALID_REFRESH", "SESSION_ENDED", "Sessions"]
 
 INVALID_REFRESH = "invalid refresh token"
-SESSION_ENDED = "session ended: sign in again"
+# Account names remembered from earlier checks (names never change): bounded, and
+# dropped whole when full; a name not remembered sends the call down the ordinary path.
+NAMES_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -57,12 +62,15 @@ class Sessions:
         clock: Clock,
         lifetimes: TokenLifetimes,
         trail: AuditTrail,
+        hot: HotStatements | None = None,
     ) -> None:
         self._uow = uow
         self._tokens = tokens
         self._clock = clock
         self._lifetimes = lifetimes
         self._trail = trail
+        self._hot = hot
+        self._names: dict[UserId, str] = {}
 
     async def issue(
         self, uow: UnitOfWork, account: Account, *, family_id: str | None = None
@@ -99,16 +107,15 @@ class Sessions:
         across replicas (LISTEN/NOTIFY, which is lost while disconnected) to be as correct.
         """
         claims = self._tokens.verify(token, ACCESS)
-        async with self._uow(readonly=True) as uow:
-            found = await uow.users.with_session(claims.user_id, claims.session_id)
-        if found is None:
-            raise errors.Unauthenticated("invalid token")
-        account, session_revoked = found
-        if not account.user.active:
-            raise errors.PermissionDenied("account is deactivated")
-        if session_revoked or account.generation != claims.generation:
-            raise errors.Unauthenticated(SESSION_ENDED)
-        # The stored role wins over the token's: a role change takes effect at once.
+        if self._hot is not None:
+            found = await self._hot.account_with_session(claims.user_id, claims.session_id)
+        else:
+            async with self._uow(readonly=True) as uow:
+                found = await uow.users.with_session(claims.user_id, claims.session_id)
+        account = admitted(found, generation=claims.generation)
+        if len(self._names) >= NAMES_MAX:
+            self._names.clear()
+        self._names[account.user.id] = account.user.username
         principal = Principal(
             user_id=account.user.id,
             username=account.user.username,
@@ -119,6 +126,36 @@ class Sessions:
         )
         ttl_s = (claims.expires_at - self._clock.now()).total_seconds()
         return Access(principal, ttl_s, account.user)
+
+    def remembers(self, user_id: UserId) -> bool:
+        """Whether this account's next calls may make their check in their own statement."""
+        return self._hot is not None and user_id in self._names
+
+    def deferred(
+        self, token: str, peer: str, roles: frozenset[Role], method: str
+    ) -> tuple[AccountCheck, float] | None:
+        """The token's check for the call's own statement to make, and the token's life.
+
+        None when the store has no such statements or the account's name is not known
+        yet: then the call checks first, as any other (authenticate).
+        """
+        if self._hot is None:
+            return None
+        claims = self._tokens.verify(token, ACCESS)
+        username = self._names.get(claims.user_id)
+        if username is None:
+            return None
+        check = AccountCheck(
+            user_id=claims.user_id,
+            username=username,
+            session_id=claims.session_id,
+            generation=claims.generation,
+            token_id=claims.token_id,
+            peer=peer,
+            roles=roles,
+            method=method,
+        )
+        return check, (claims.expires_at - self._clock.now()).total_seconds()
 
     async def authenticate_certificate(
         self, subject: str, expires_at: datetime, peer: str

@@ -25,9 +25,12 @@ from hitl_grpc.auth import principal as principal_ctx
 from hitl_grpc.auth.policy import Policy, policy_for
 from hitl_grpc.auth.principal import Access
 from hitl_grpc.domain.errors import PermissionDenied, Unauthenticated
+from hitl_grpc.domain.values import AccountCheck, Role
 from hitl_grpc.interceptors import Around, Continuation, Handler, WrappingInterceptor, wrap_handler
 
 Authenticate = Callable[[str, str], Awaitable[Access]]
+# A token's check left to the call's own statement (and the token's life), or None.
+Defer = Callable[[str, str, frozenset[Role], str], tuple[AccountCheck, float] | None]
 
 
 @dataclass(frozen=True)
@@ -142,11 +145,16 @@ class AuthInterceptor(WrappingInterceptor):
         *,
         reauth_s: float,
         authenticate_certificate: AuthenticateCertificate | None = None,
+        defer: Defer | None = None,
+        folded: frozenset[str] = frozenset(),
     ) -> None:
         self._policies = policies
         self._authenticate = authenticate
         self._authenticate_certificate = authenticate_certificate
         self._reauth_s = reauth_s
+        # Methods whose servicer makes the access check in its own statement.
+        self._defer = defer
+        self._folded = folded if defer is not None else frozenset()
 
     def _credential(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | ClientCertificate:
         """A bearer token if the call carries one, else a verified client certificate."""
@@ -186,8 +194,17 @@ class AuthInterceptor(WrappingInterceptor):
                 principal_ctx.bind(None, peer)
             else:
                 credential = self._credential(context)
-                access = await self._admit(credential, peer, method, policy)
-                principal_ctx.bind(access.principal, peer, access.user)
+                deferred = None
+                if method in self._folded and isinstance(credential, str):
+                    assert self._defer is not None
+                    deferred = self._defer(credential, peer, policy.roles, method)
+                if deferred is not None:
+                    if deferred[1] <= 0:
+                        raise Unauthenticated(TOKEN_EXPIRED)
+                    principal_ctx.bind_deferred(deferred[0], peer)
+                else:
+                    access = await self._admit(credential, peer, method, policy)
+                    principal_ctx.bind(access.principal, peer, access.user)
             yield
 
         return guard

@@ -6,7 +6,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from hitl_grpc.domain.errors import Unauthenticated
-from hitl_grpc.domain.values import Principal, User
+from hitl_grpc.domain.values import AccountCheck, Principal, User
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Access:
 _current: ContextVar[Principal | None] = ContextVar("hitl_principal", default=None)
 _peer: ContextVar[str] = ContextVar("hitl_peer", default="")
 _user: ContextVar[User | None] = ContextVar("hitl_checked_user", default=None)
+_deferred: ContextVar[AccountCheck | None] = ContextVar("hitl_deferred_check", default=None)
 
 
 def current_principal() -> Principal:
@@ -49,8 +50,23 @@ def checked_user() -> User | None:
     return _user.get()
 
 
+def deferred_check() -> AccountCheck | None:
+    """The access check this call's own statement must make, if the interceptor left it."""
+    return _deferred.get()
+
+
 def bind(principal: Principal | None, peer: str, user: User | None = None) -> None:
     """Sets the caller (and the account its check read) for the rest of the current task."""
     _current.set(principal)
     _peer.set(peer)
     _user.set(user)
+    _deferred.set(None)
+
+
+def bind_deferred(check: AccountCheck, peer: str) -> None:
+    """Leaves the caller's check to the call's statement: until a check has admitted it,
+    the call has no principal (current_principal() refuses), so nothing can act unchecked."""
+    _current.set(None)
+    _peer.set(peer)
+    _user.set(None)
+    _deferred.set(check)

@@ -6,14 +6,22 @@ import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final, TypeVar
 
 from hitl_grpc.domain import errors, lifecycle, notifications, validation
-from hitl_grpc.domain.ports import EventKind, StepUp, UnitOfWork, UnitOfWorkFactory
+from hitl_grpc.domain.access import checked_principal
+from hitl_grpc.domain.ports import (
+    EventKind,
+    HotStatements,
+    StepUp,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from hitl_grpc.domain.queue import READ_ROWS_MAX, PageRequest, QueueKey, QueueStats
 from hitl_grpc.domain.validation import AnalysisDraft, VerdictDraft
 from hitl_grpc.domain.values import (
+    AccountCheck,
     ActionType,
     Analysis,
     AnalysisId,
@@ -36,6 +44,9 @@ BULK_MAX: Final = 100
 # Rows per sweep transaction (three statements each): a batch ends well inside the
 # database deadline, and replicas sweeping at once interleave their batches.
 SWEEP_BATCH: Final = 50
+
+# An audit record's time where the statement that writes it stamps its own.
+_STAMPED_BY_STATEMENT: Final = datetime.fromtimestamp(0, UTC)
 
 # One lifecycle step on the decision as stored and the database's time (lifecycle.py).
 Step = Callable[[Decision, datetime], lifecycle.Transition]
@@ -74,10 +85,31 @@ def visible_to(principal: Principal, decision: Decision) -> bool:
     return principal.role is not Role.SERVICE or decision.submitted_by == principal.username
 
 
+def _change(before: Decision | None, after: Decision) -> dict[str, str]:
+    """What an audit row of a change records of it."""
+    return {
+        "from": before.status.name if before else "",
+        "to": after.status.name,
+        "version": str(after.version),
+    }
+
+
 def _event_kind(before: Status | None, after: Status) -> EventKind:
     if after not in lifecycle.OPEN:
         return EventKind.REMOVED
     return EventKind.ADDED if before is None else EventKind.UPDATED
+
+
+def _resubmitted(found: tuple[Decision, str], digest: str, by: Principal) -> Decision:
+    """The stored decision a submit repeated, if it is the same payload by a caller who
+    may see it; AlreadyExists otherwise."""
+    existing, existing_digest = found
+    # To a machine account another's decision does not exist, so it is not "the same".
+    if existing_digest != digest or not visible_to(by, existing):
+        raise errors.AlreadyExists(
+            f"analysis_id {existing.analysis_id} was already submitted with another payload"
+        )
+    return existing
 
 
 class DecisionOperations:
@@ -92,8 +124,11 @@ class DecisionOperations:
         rules: lifecycle.ApprovalRules | None = None,
         step_up_actions: Collection[ActionType] = (),
         step_up: StepUp | None = None,
+        hot: HotStatements | None = None,
     ) -> None:
         self._uow = uow
+        # Submits in one statement with the caller's access check (submit_checked).
+        self._hot = hot
         self._claim_lease = claim_lease
         self._sla = dict(sla)
         self._rules = rules or lifecycle.ApprovalRules()
@@ -123,12 +158,7 @@ class DecisionOperations:
                 target=after.analysis_id,
                 peer=peer,
                 outcome=AuditOutcome.SUCCESS,
-                details={
-                    "from": before.status.name if before else "",
-                    "to": after.status.name,
-                    "version": str(after.version),
-                    **(details or {}),
-                },
+                details={**_change(before, after), **(details or {})},
             )
         )
         # Webhooks leave from the outbox too: queued in this transaction, sent after it.
@@ -172,13 +202,57 @@ class DecisionOperations:
             found = await uow.decisions.get_with_hash(analysis.analysis_id)
         if found is None:  # pragma: no cover - a decision is never deleted
             raise errors.Unavailable("decision vanished while submitting, retry")
-        existing, existing_digest = found
-        # To a machine account another's decision does not exist, so it is not "the same".
-        if existing_digest != digest or not visible_to(by, existing):
-            raise errors.AlreadyExists(
-                f"analysis_id {analysis.analysis_id} was already submitted with another payload"
-            )
-        return existing, False
+        return _resubmitted(found, digest, by), False
+
+    async def submit_checked(
+        self, draft: AnalysisDraft, check: AccountCheck
+    ) -> tuple[Decision, bool, Principal]:
+        """submit() for a caller whose access check is made by the submit's own statement.
+
+        One round trip: the account as it is now admits the caller, and the decision, its
+        event and its audit row commit, or nothing is written. Also the caller it admitted.
+        """
+        assert self._hot is not None, "submit_checked needs the store's hot statements"
+        analysis = await self._validated(draft)
+        digest = validation.payload_hash(analysis)
+        pending = Decision(
+            analysis=analysis,
+            status=Status.PENDING,
+            version=1,
+            created_at=_STAMPED_BY_STATEMENT,
+            updated_at=_STAMPED_BY_STATEMENT,
+            sla_deadline=_STAMPED_BY_STATEMENT,
+            submitted_by=check.username,
+        )
+        outcome = await self._hot.submit(
+            check,
+            analysis,
+            digest,
+            sla=self._sla[analysis.priority],
+            action_verdicts=lifecycle.initial_verdicts(analysis, self._rules),
+            audit=AuditRecord(
+                time=_STAMPED_BY_STATEMENT,
+                actor=check.username,
+                kind=lifecycle.AuditKind.SUBMIT.value,
+                target=analysis.analysis_id,
+                peer=check.peer,
+                outcome=AuditOutcome.SUCCESS,
+                details=_change(None, pending),
+            ),
+        )
+        by = checked_principal(outcome.account, check)
+        if outcome.decision is not None:
+            return outcome.decision, True, by
+        async with self._uow(readonly=True) as uow:
+            found = await uow.decisions.get_with_hash(analysis.analysis_id)
+        if found is None:
+            # Nothing stored under the id: the statement refused it for its expiry.
+            assert outcome.now is not None
+            late = validation.expiry_violation(analysis.expires_at, outcome.now)
+            if late is None:  # pragma: no cover - a decision is never deleted
+                raise errors.Unavailable("decision vanished while submitting, retry")
+            raise errors.InvalidField([late])
+        return _resubmitted(found, digest, by), False, by
 
     async def _validated(self, draft: AnalysisDraft) -> Analysis:
         try:

@@ -12,6 +12,7 @@ from hitl_grpc.domain.notifications import Delivery, DeliveryState
 from hitl_grpc.domain.queue import QueueFilter, QueueKey, QueueStats
 from hitl_grpc.domain.values import (
     Account,
+    AccountCheck,
     ActionVerdict,
     Analysis,
     AnalysisId,
@@ -287,6 +288,40 @@ class StepUp(Protocol):
     """Checks a fresh second factor for a high-impact approval, spending the code."""
 
     async def verify(self, principal: Principal, code: str, what: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class CheckedSubmit:
+    """What one folded submit statement found and did."""
+
+    # The caller's account and whether its session was revoked (None: no such account).
+    account: tuple[Account, bool] | None
+    # The decision it queued; None if the account refused, the id was taken or it expired.
+    decision: Decision | None
+    # The database's time of the statement.
+    now: datetime | None
+
+
+class HotStatements(Protocol):
+    """The statements most calls run, each one round trip (store/hot.py, PostgreSQL)."""
+
+    async def account_with_session(
+        self, user_id: UserId, session_id: str
+    ) -> tuple[Account, bool] | None: ...
+
+    async def submit(
+        self,
+        check: AccountCheck,
+        analysis: Analysis,
+        payload_hash: str,
+        *,
+        sla: timedelta,
+        action_verdicts: tuple[ActionVerdict, ...],
+        audit: AuditRecord,
+    ) -> CheckedSubmit:
+        """Queues the decision only if the account admits `check`; `audit`'s time is the
+        statement's."""
+        ...
 
 
 class UnitOfWorkFactory(Protocol):

@@ -70,6 +70,25 @@ class Principal:
 
 
 @dataclass(frozen=True)
+class AccountCheck:
+    """A verified access token whose account the call's own statement checks.
+
+    Everything the check compares the stored account with: the token's session and
+    generation, the roles the method allows, and the account's name, which never changes
+    once the account exists (so a process may remember it from an earlier check).
+    """
+
+    user_id: UserId
+    username: str
+    session_id: str
+    generation: int
+    token_id: str
+    peer: str
+    roles: frozenset[Role]
+    method: str
+
+
+@dataclass(frozen=True)
 class User:
     """An account as the rest of the service sees it (no secrets)."""
 

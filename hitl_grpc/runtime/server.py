@@ -30,7 +30,7 @@ from hitl_grpc import accounts, tasks
 from hitl_grpc.accounts import AccountServices
 from hitl_grpc.api.audit import AuditServicer
 from hitl_grpc.api.auth import AuthServicer
-from hitl_grpc.api.decisions import DecisionServicer
+from hitl_grpc.api.decisions import FOLDED, DecisionServicer
 from hitl_grpc.api.errors import ErrorInterceptor
 from hitl_grpc.api.watch import WatchServicer
 from hitl_grpc.auth.interceptor import AuthInterceptor
@@ -54,6 +54,7 @@ from hitl_grpc.runtime.webhooks import WebhookSender
 from hitl_grpc.store import schema
 from hitl_grpc.store.door import Door
 from hitl_grpc.store.engine import Engine, make_engine
+from hitl_grpc.store.hot import HotPath
 from hitl_grpc.store.tracing import trace_statements
 from hitl_grpc.store.uow import UnitOfWorkFactory
 from hitl_grpc.store.webhooks import WebhookDeliveries
@@ -82,6 +83,10 @@ CONTRACT_FILES = (
     decision_pb2.DESCRIPTOR,
     audit_pb2.DESCRIPTOR,
 )
+
+
+# Connections of the hot path's own pool (store/hot.py), beside the engine's.
+HOT_POOL_SIZE: Final = 10
 
 
 @dataclass
@@ -240,6 +245,20 @@ async def running_server(
         uow = UnitOfWorkFactory(door, after_commit=hub.wake, webhook_urls=settings.webhook_urls)
         await hub.start()
         stack.push_async_callback(hub.close)
+        hot = None
+        if door.postgres and tracing is None:
+            # Traced, every statement goes through SQLAlchemy, which gives each its span.
+            hot = HotPath(
+                engine.url,
+                timeout_s=settings.db_timeout_s,
+                max_size=HOT_POOL_SIZE,
+                after_commit=hub.wake,
+            )
+            await hot.open()
+            if close_pool:
+                stack.push_async_callback(hot.close)
+        # A critical submit also queues webhooks, which the one-statement submit does not.
+        hot_submits = hot if not settings.webhook_urls else None
 
         cpu_pool = hashing_pool()
         stack.callback(cpu_pool.shutdown, wait=False, cancel_futures=True)
@@ -250,6 +269,7 @@ async def running_server(
             cpu_pool,
             on_sign_in=service_metrics.signed_in,
             on_lockout=service_metrics.locked_out,
+            hot=hot,
         )
         try:
             # No call: the audit row of a bootstrap admin carries an id of the start-up.
@@ -275,6 +295,8 @@ async def running_server(
                         if settings.tls_client_ca_file
                         else None
                     ),
+                    defer=services.sessions.deferred,
+                    folded=FOLDED if hot_submits is not None else frozenset(),
                 ),
             ],
             options=_server_options(settings),
@@ -292,6 +314,7 @@ async def running_server(
             rules=ApprovalRules(settings.approvals_required),
             step_up_actions=settings.step_up_actions,
             step_up=services.step_up,
+            hot=hot_submits,
         )
         watch = WatchServicer(
             hub,

@@ -47,6 +47,25 @@ def _record(row: Any) -> AuditRecord:
     )
 
 
+def audit_row(record: AuditRecord) -> dict[str, Any]:
+    """The row an audit record is stored as, with the digest of its content."""
+    row = {
+        "time": record.time.astimezone(UTC),
+        # What an attempt named is recorded even when it held U+0000 (a probe).
+        "actor": storable(record.actor[:ACTOR_MAX]),
+        "kind": storable(record.kind[:KIND_MAX]),
+        "target": storable(record.target[:TARGET_MAX]),
+        "peer": storable(record.peer[:PEER_MAX]),
+        "outcome": int(record.outcome),
+        "details": {storable(k): storable(v) for k, v in record.details.items()},
+        "request_id": storable(record.request_id[:REQUEST_ID_MAX]),
+        "chain": audit_chain.CHAIN,
+    }
+    # The digest covers the row as stored (cut, U+0000 replaced), as verify reads it.
+    row["digest"] = audit_chain.content_digest(row)
+    return row
+
+
 class AuditLog:
     """Appends audit rows in the caller's transaction, and reads them back."""
 
@@ -57,21 +76,7 @@ class AuditLog:
 
     async def append(self, record: AuditRecord) -> None:
         """Records one audited action; written at flush(), in this transaction."""
-        row = {
-            "time": record.time.astimezone(UTC),
-            # What an attempt named is recorded even when it held U+0000 (a probe).
-            "actor": storable(record.actor[:ACTOR_MAX]),
-            "kind": storable(record.kind[:KIND_MAX]),
-            "target": storable(record.target[:TARGET_MAX]),
-            "peer": storable(record.peer[:PEER_MAX]),
-            "outcome": int(record.outcome),
-            "details": {storable(k): storable(v) for k, v in record.details.items()},
-            "request_id": storable(record.request_id[:REQUEST_ID_MAX]),
-            "chain": audit_chain.CHAIN,
-        }
-        # The digest covers the row as stored (cut, U+0000 replaced), as verify reads it.
-        row["digest"] = audit_chain.content_digest(row)
-        self._pending.append(row)
+        self._pending.append(audit_row(record))
 
     async def flush(self) -> None:
         """Writes the collected rows in one statement; the unit of work calls it right

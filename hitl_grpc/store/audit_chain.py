@@ -53,11 +53,10 @@ def canonical_time(value: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def content_digest(row: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of the canonical JSON of a row's content, as stored."""
+def _canonical(row: Mapping[str, Any], time: str) -> str:
     body = {
         "v": ENCODING_VERSION,
-        "time": canonical_time(row["time"]),
+        "time": time,
         "actor": row["actor"],
         "kind": row["kind"],
         "target": row["target"],
@@ -67,8 +66,24 @@ def content_digest(row: Mapping[str, Any]) -> str:
         "request_id": row["request_id"],
     }
     # Sorted keys, no spaces, ASCII only: one byte string per content, whatever wrote it.
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def content_digest(row: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of the canonical JSON of a row's content, as stored."""
+    text = _canonical(row, canonical_time(row["time"]))
     return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def digest_parts(row: Mapping[str, Any]) -> tuple[str, str]:
+    """The canonical JSON of a row's content before and after its time, for a writer
+    whose statement stamps the time (SHA-256 of head + canonical time + tail is the
+    digest)."""
+    # A marker of the canonical time's own length and alphabet, found once in the text.
+    marker = "0000-00-00T00:00:00.000000+00:00"
+    text = _canonical(row, marker)
+    at = text.rindex(f'"time":"{marker}"') + len('"time":"')
+    return text[:at], text[at + len(marker) :]
 
 
 def link_hash(chain: str, seq: int, prev_hash: str, digest: str) -> str:

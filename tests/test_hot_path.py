@@ -1,0 +1,168 @@
+"""The access check folded into the submit's own statement: every guarantee of two steps.
+
+On PostgreSQL a submit by a caller the process has seen before is one statement (store/
+hot.py): the account check, the decision, its event and its audit row. On SQLite the same
+calls take the ordinary path; both must answer alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from hitl.v1 import auth_pb2, decision_pb2
+
+from hitl_grpc.accounts.users import UserUpdate
+from hitl_grpc.domain.values import AuditOutcome, AuditRecord, Role, User
+from hitl_grpc.store import audit_chain
+from hitl_grpc.store.audit import audit_row
+from tests.audit_support import audit_rows
+from tests.decisions_support import sample_request, scalar, submit, ts, violations
+from tests.harness import Harness, Metadata, ServerFactory, bearer
+from tests.signin import rpc_error
+
+SUBMIT = "/hitl.v1.DecisionService/SubmitDecision"
+
+
+async def _signed_in(server: Harness, role: Role = Role.SERVICE) -> tuple[User, Metadata]:
+    """A new account and its token, already seen by the server (its name is remembered)."""
+    user = await server.create_user(role)
+    meta = bearer((await server.login(user.username)).tokens.access_token)
+    await server.auth.GetCurrentUser(auth_pb2.GetCurrentUserRequest(), metadata=meta, timeout=10)
+    return user, meta
+
+
+def _folded(server: Harness, backend: str, user: User) -> None:
+    """The next submit of `user` takes the one-statement path on PostgreSQL, none on SQLite."""
+    assert server.running.accounts.sessions.remembers(user.id) is (backend == "postgres")
+
+
+async def _nothing_stored(server: Harness, analysis_id: str) -> None:
+    assert (
+        await scalar(server, "SELECT count(*) FROM decisions WHERE analysis_id = :a", a=analysis_id)
+        == 0
+    )
+    assert not await audit_rows(server, "decision.submit", analysis_id)
+
+
+async def _update(server: Harness, user_id: str, change: UserUpdate) -> None:
+    await server.running.accounts.users.update(user_id, change, actor="test", peer="test")
+
+
+async def test_a_submit_is_stored_with_its_event_and_a_verifying_audit_row(
+    server: Harness, backend: str
+) -> None:
+    user, meta = await _signed_in(server)
+    _folded(server, backend, user)
+    watcher = await server.as_role(Role.ANALYST)
+    stream = server.decisions.WatchPending(decision_pb2.WatchPendingRequest(), metadata=watcher)
+    while not (await stream.read()).HasField("snapshot_complete"):
+        pass
+    decision = await submit(server, meta, "hot-1", forensic_summary="résumé ✓ \u0101")
+    assert decision.submitted_by == user.username
+    assert decision.version == 1
+    # The event carries the decision as stored, its database-stamped times included.
+    while not (message := await stream.read()).HasField("added"):
+        pass
+    stream.cancel()
+    event = message
+    assert event.added.analysis_id == "hot-1"
+    assert event.added.created_at == decision.created_at
+    assert event.added.sla_deadline == decision.sla_deadline
+    assert event.added == decision
+    assert event.added.forensic_summary == "résumé ✓ \u0101"
+    (row,) = await audit_rows(server, "decision.submit", "hot-1")
+    assert row.actor == user.username
+    assert row.details == {"from": "", "to": "PENDING", "version": "1"}
+    assert row.time == decision.created_at.ToDatetime(tzinfo=UTC)
+    report = await audit_chain.verify(server.running.engine)
+    assert report.ok, report.breaks
+
+
+@pytest.mark.parametrize(
+    "change, code, message",
+    [
+        (UserUpdate(active=False), grpc.StatusCode.PERMISSION_DENIED, "account is deactivated"),
+        (UserUpdate(role=Role.VIEWER), grpc.StatusCode.PERMISSION_DENIED, "role VIEWER may not"),
+    ],
+)
+async def test_an_account_change_refuses_the_next_submit_and_writes_nothing(
+    server: Harness, backend: str, change: UserUpdate, code: grpc.StatusCode, message: str
+) -> None:
+    user, meta = await _signed_in(server)
+    await submit(server, meta, "before-change")
+    _folded(server, backend, user)
+    await _update(server, user.id, change)
+    error = await rpc_error(submit(server, meta, "after-change"))
+    assert error.code() is code
+    assert message in (error.details() or "")
+    await _nothing_stored(server, "after-change")
+
+
+async def test_a_logged_out_session_refuses_the_next_submit(server: Harness, backend: str) -> None:
+    user, meta = await _signed_in(server)
+    _folded(server, backend, user)
+    await server.auth.Logout(auth_pb2.LogoutRequest(), metadata=meta, timeout=10)
+    error = await rpc_error(submit(server, meta, "after-logout"))
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "session ended" in (error.details() or "")
+    await _nothing_stored(server, "after-logout")
+
+
+async def test_a_resubmit_a_conflict_and_a_past_expiry_answer_as_before(
+    server: Harness, backend: str
+) -> None:
+    user, meta = await _signed_in(server)
+    _folded(server, backend, user)
+    request = sample_request("again")
+    first = await server.decisions.SubmitDecision(request, metadata=meta, timeout=10)
+    again = await server.decisions.SubmitDecision(request, metadata=meta, timeout=10)
+    assert first.created and not again.created
+    assert again.decision == first.decision
+    other = sample_request("again", forensic_summary="another payload")
+    error = await rpc_error(server.decisions.SubmitDecision(other, metadata=meta, timeout=10))
+    assert error.code() is grpc.StatusCode.ALREADY_EXISTS
+    past = datetime.now(UTC) - timedelta(seconds=5)
+    late = sample_request("late", expires_at=ts(past), detected_at=ts(past - timedelta(minutes=1)))
+    error = await rpc_error(server.decisions.SubmitDecision(late, metadata=meta, timeout=10))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "expires_at" in violations(error)
+    await _nothing_stored(server, "late")
+    assert len(await audit_rows(server, "decision.submit", "again")) == 1
+
+
+async def test_another_replica_checks_the_account_on_the_next_call(
+    make_server: ServerFactory, server: Harness, backend: str
+) -> None:
+    user, meta = await _signed_in(server)
+    _folded(server, backend, user)
+    async with make_server() as replica:
+        # The replica has not seen the caller yet: its first call checks apart, then folds.
+        await submit(replica, meta, "on-replica")
+        assert replica.running.accounts.sessions.remembers(user.id) is (backend == "postgres")
+        await _update(server, user.id, UserUpdate(active=False))
+        error = await rpc_error(submit(replica, meta, "after-deactivation"))
+        assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+        await _nothing_stored(server, "after-deactivation")
+
+
+def test_the_digest_parts_around_the_time_give_the_digest() -> None:
+    moment = datetime(2026, 12, 2, 10, 0, 0, tzinfo=UTC)
+    for details in ({}, {"from": "", "to": "PENDING"}, {"ключ": '值 \u0000 "q" \\'}):
+        row = audit_row(
+            AuditRecord(
+                time=moment,
+                actor='ånalyst "x"',
+                kind="decision.submit",
+                target="id-1",
+                peer="ipv6:[::1]:1",
+                outcome=AuditOutcome.SUCCESS,
+                details=details,
+                request_id="req-1",
+            )
+        )
+        head, tail = audit_chain.digest_parts(row)
+        text = head + audit_chain.canonical_time(moment) + tail
+        assert hashlib.sha256(text.encode("ascii")).hexdigest() == row["digest"]
