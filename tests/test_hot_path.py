@@ -15,7 +15,7 @@ import pytest
 from hitl.v1 import auth_pb2, decision_pb2
 
 from hitl_grpc.accounts.users import UserUpdate
-from hitl_grpc.domain.values import AuditOutcome, AuditRecord, Role, User
+from hitl_grpc.domain.values import AuditOutcome, AuditRecord, Role, User, UserId
 from hitl_grpc.store import audit_chain
 from hitl_grpc.store.audit import audit_row
 from tests.audit_support import audit_rows
@@ -47,7 +47,12 @@ async def _nothing_stored(server: Harness, analysis_id: str) -> None:
     assert not await audit_rows(server, "decision.submit", analysis_id)
 
 
-async def _update(server: Harness, user_id: str, change: UserUpdate) -> None:
+def _message(read: object) -> decision_pb2.WatchPendingResponse:
+    assert isinstance(read, decision_pb2.WatchPendingResponse), read
+    return read
+
+
+async def _update(server: Harness, user_id: UserId, change: UserUpdate) -> None:
     await server.running.accounts.users.update(user_id, change, actor="test", peer="test")
 
 
@@ -58,13 +63,13 @@ async def test_a_submit_is_stored_with_its_event_and_a_verifying_audit_row(
     _folded(server, backend, user)
     watcher = await server.as_role(Role.ANALYST)
     stream = server.decisions.WatchPending(decision_pb2.WatchPendingRequest(), metadata=watcher)
-    while not (await stream.read()).HasField("snapshot_complete"):
+    while not _message(await stream.read()).HasField("snapshot_complete"):
         pass
     decision = await submit(server, meta, "hot-1", forensic_summary="résumé ✓ \u0101")
     assert decision.submitted_by == user.username
     assert decision.version == 1
     # The event carries the decision as stored, its database-stamped times included.
-    while not (message := await stream.read()).HasField("added"):
+    while not (message := _message(await stream.read())).HasField("added"):
         pass
     stream.cancel()
     event = message
@@ -82,7 +87,7 @@ async def test_a_submit_is_stored_with_its_event_and_a_verifying_audit_row(
 
 
 @pytest.mark.parametrize(
-    "change, code, message",
+    ("change", "code", "message"),
     [
         (UserUpdate(active=False), grpc.StatusCode.PERMISSION_DENIED, "account is deactivated"),
         (UserUpdate(role=Role.VIEWER), grpc.StatusCode.PERMISSION_DENIED, "role VIEWER may not"),

@@ -12,7 +12,7 @@ from hitl_grpc.accounts.trail import AuditTrail
 from hitl_grpc.auth.principal import Access
 from hitl_grpc.auth.tokens import ACCESS, MFA_CHALLENGE, TokenIssuer, hash_opaque, new_opaque_token
 from hitl_grpc.domain import errors
-from hitl_grpc.domain.access import SESSION_ENDED, admitted
+from hitl_grpc.domain.access import SESSION_ENDED, StoredAccess, judge
 from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.ports import HotStatements, UnitOfWork, UnitOfWorkFactory
 from hitl_grpc.domain.values import Account, AccountCheck, AuditOutcome, Principal, Role, UserId
@@ -112,7 +112,9 @@ class Sessions:
         else:
             async with self._uow(readonly=True) as uow:
                 found = await uow.users.with_session(claims.user_id, claims.session_id)
-        account = admitted(found, generation=claims.generation)
+        judge(StoredAccess.of(*found) if found else None, generation=claims.generation)
+        assert found is not None
+        account = found[0]
         if len(self._names) >= NAMES_MAX:
             self._names.clear()
         self._names[account.user.id] = account.user.username

@@ -240,7 +240,7 @@ class DecisionOperations:
                 details=_change(None, pending),
             ),
         )
-        by = checked_principal(outcome.account, check)
+        by = checked_principal(outcome.access, check)
         if outcome.decision is not None:
             return outcome.decision, True, by
         async with self._uow(readonly=True) as uow:

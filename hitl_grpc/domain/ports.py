@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from hitl_grpc.domain.access import StoredAccess
 from hitl_grpc.domain.notifications import Delivery, DeliveryState
 from hitl_grpc.domain.queue import QueueFilter, QueueKey, QueueStats
 from hitl_grpc.domain.values import (
@@ -294,8 +295,8 @@ class StepUp(Protocol):
 class CheckedSubmit:
     """What one folded submit statement found and did."""
 
-    # The caller's account and whether its session was revoked (None: no such account).
-    account: tuple[Account, bool] | None
+    # The caller's account as the statement read it (None: no such account).
+    access: StoredAccess | None
     # The decision it queued; None if the account refused, the id was taken or it expired.
     decision: Decision | None
     # The database's time of the statement.

@@ -109,6 +109,8 @@ class RunningServer:
     # None while no webhook URL is configured.
     webhooks: WebhookSender | None = None
     generated_admin_password: str | None = None
+    # The hot path's statements (PostgreSQL, untraced); None where every call uses the engine.
+    hot: HotPath | None = None
     metrics_port: int | None = None
     # The client-certificate listener's port, when HITL_MTLS_LISTEN sets one apart.
     mtls_port: int | None = None
@@ -255,8 +257,8 @@ async def running_server(
                 after_commit=hub.wake,
             )
             await hot.open()
-            if close_pool:
-                stack.push_async_callback(hot.close)
+            # Always closed: its workers would go on reconnecting after the server is gone.
+            stack.push_async_callback(hot.close, DISPOSE_WITHIN_S)
         # A critical submit also queues webhooks, which the one-statement submit does not.
         hot_submits = hot if not settings.webhook_urls else None
 
@@ -381,6 +383,7 @@ async def running_server(
             deliveries=deliveries,
             webhooks=webhooks,
             generated_admin_password=generated,
+            hot=hot,
             metrics_port=metrics_port,
             mtls_port=mtls_port,
         )

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Final
@@ -30,6 +32,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.engine import URL
 
 from hitl_grpc.domain import errors
+from hitl_grpc.domain.access import StoredAccess
 from hitl_grpc.domain.ports import CheckedSubmit, EventKind
 from hitl_grpc.domain.values import (
     Account,
@@ -38,6 +41,7 @@ from hitl_grpc.domain.values import (
     Analysis,
     AuditRecord,
     Decision,
+    Role,
     Status,
     UserId,
 )
@@ -56,6 +60,8 @@ from hitl_grpc.store.engine import DroppedOnCancel, postgres_connect_args
 from hitl_grpc.store.events import row_bytes
 from hitl_grpc.store.users import account_from_row
 
+log = logging.getLogger("hitl_grpc.store")
+
 # A time as Python's isoformat() writes an aware UTC one, and as the audit digest wants it.
 _ISO: Final = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
 # The times the INSERT stamps, left null in the event payload the caller encodes, and
@@ -70,6 +76,20 @@ SELECT u.*, EXISTS (
     SELECT 1 FROM refresh_tokens r WHERE r.family_id = %(sid)s AND r.revoked_at IS NOT NULL
 ) AS session_revoked
 FROM users u WHERE u.id = %(uid)s
+"""
+
+# The access part of the account, for a statement that folds the check in (StoredAccess).
+_ACCESS: Final = """
+SELECT u.id AS u_id, u.username AS u_username, u.role AS u_role, u.active AS u_active,
+       u.generation AS u_generation, EXISTS (
+    SELECT 1 FROM refresh_tokens r WHERE r.family_id = %(sid)s AND r.revoked_at IS NOT NULL
+) AS u_revoked
+FROM users u WHERE u.id = %(uid)s
+"""
+# Whether that account admits the token for the method.
+_ADMITS: Final = """
+acct.u_active AND NOT acct.u_revoked AND acct.u_generation = %(generation)s
+AND acct.u_role = ANY(%(roles)s) AND acct.u_username = %(username)s
 """
 
 _DECISION_COLUMNS: Final = (
@@ -110,11 +130,10 @@ def _payload_sql() -> str:
 # audit row at its COMMIT, as for any other writer. ON CONFLICT DO NOTHING: a resubmit
 # inserts nothing, and the caller reads the stored row to judge it.
 _SUBMIT: Final = f"""
-WITH acct AS ({_ACCOUNT}),
+WITH acct AS ({_ACCESS}),
 ok AS (
-    SELECT acct.username FROM acct
-    WHERE acct.active AND NOT acct.session_revoked AND acct.generation = %(generation)s
-      AND acct.role = ANY(%(roles)s) AND acct.username = %(username)s
+    SELECT 1 FROM acct
+    WHERE {_ADMITS}
       AND (%(expires_at)s::timestamptz IS NULL OR %(expires_at)s::timestamptz > now())
 ),
 ins AS (
@@ -147,8 +166,18 @@ FROM (SELECT 1) AS one LEFT JOIN acct ON true LEFT JOIN ins ON true
 """  # noqa: S608 - composed of this module's constants; every value is a bound parameter
 
 
-def _found(row: Any) -> tuple[Account, bool] | None:
-    return (account_from_row(row), bool(row.session_revoked)) if row.id is not None else None
+def _stored(row: Any) -> StoredAccess | None:
+    """The access columns of a folded statement's row; None if no such account."""
+    if row.u_id is None:
+        return None
+    return StoredAccess(
+        user_id=UserId(row.u_id),
+        username=row.u_username,
+        role=Role(row.u_role),
+        active=row.u_active,
+        generation=row.u_generation,
+        session_revoked=row.u_revoked,
+    )
 
 
 class HotPath:
@@ -164,6 +193,8 @@ class HotPath:
     ) -> None:
         self._timeout_s = timeout_s
         self._after_commit = after_commit
+        # Statements sent, by name: what a call costs the database, counted.
+        self.executed: Counter[str] = Counter()
         conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             conninfo,
@@ -188,12 +219,17 @@ class HotPath:
         """Starts the pool; connections open in the background, as calls need them."""
         await self._pool.open(wait=False)
 
-    async def close(self) -> None:
-        """Closes every connection of the pool."""
-        await self._pool.close(timeout=self._timeout_s)
+    async def close(self, within_s: float) -> None:
+        """Stops the pool's workers and closes its connections, in `within_s` at most."""
+        try:
+            async with asyncio.timeout(within_s):
+                await self._pool.close(timeout=within_s / 2)
+        except TimeoutError:
+            log.error("closing the hot-path pool took over %.1f s; left to the exit", within_s)
 
-    async def _rows(self, query: str, params: dict[str, Any]) -> Sequence[Any]:
+    async def _rows(self, name: str, query: str, params: dict[str, Any]) -> Sequence[Any]:
         """The rows of one statement, under the database deadline; faults are Unavailable."""
+        self.executed[name] += 1
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with self._pool.connection() as conn:
@@ -211,7 +247,7 @@ class HotPath:
         """The account and whether the session (refresh family) was revoked, in one read."""
         if NUL in user_id or NUL in session_id:
             return None
-        rows = await self._rows(_ACCOUNT, {"uid": user_id, "sid": session_id})
+        rows = await self._rows("account", _ACCOUNT, {"uid": user_id, "sid": session_id})
         return (account_from_row(rows[0]), bool(rows[0].session_revoked)) if rows else None
 
     async def submit(
@@ -228,7 +264,7 @@ class HotPath:
         if NUL in check.user_id or NUL in check.session_id:
             return CheckedSubmit(None, None, None)
         params = _submit_params(check, analysis, payload_hash, sla, action_verdicts, audit)
-        (row,) = await self._rows(_SUBMIT, params)
+        (row,) = await self._rows("submit", _SUBMIT, params)
         now = aware(row.db_now)
         assert now is not None
         decision = None
@@ -248,7 +284,7 @@ class HotPath:
             )
             if self._after_commit is not None:
                 self._after_commit()
-        return CheckedSubmit(_found(row), decision, now)
+        return CheckedSubmit(_stored(row), decision, now)
 
 
 def _submit_params(
