@@ -245,16 +245,20 @@ def priority_from_proto(value: int, field: str = "priorities") -> Priority:
         raise InvalidField.one(field, "must be PRIORITY_CRITICAL, _HIGH, _MEDIUM or _LOW") from None
 
 
-def pending_item_reply(
-    item: PendingItem, decision_proto: Callable[[PendingItem], decision_pb2.Decision]
-) -> decision_pb2.WatchPendingResponse:
-    """One WatchPending message; `decision_proto` converts (or recalls) an item's decision."""
-    reply = decision_pb2.WatchPendingResponse(cursor=item.cursor)
+def pending_item_reply(item: PendingItem) -> decision_pb2.WatchPendingResponse:
+    """One WatchPending message."""
     if item.kind is ItemKind.ADDED:
-        reply.added.CopyFrom(decision_proto(item))
-    elif item.kind is ItemKind.UPDATED:
-        reply.updated.CopyFrom(decision_proto(item))
-    elif item.kind is ItemKind.REMOVED:
+        assert item.decision is not None
+        return decision_pb2.WatchPendingResponse(
+            cursor=item.cursor, added=decision_to_proto(item.decision)
+        )
+    if item.kind is ItemKind.UPDATED:
+        assert item.decision is not None
+        return decision_pb2.WatchPendingResponse(
+            cursor=item.cursor, updated=decision_to_proto(item.decision)
+        )
+    reply = decision_pb2.WatchPendingResponse(cursor=item.cursor)
+    if item.kind is ItemKind.REMOVED:
         assert item.decision is not None
         reply.removed.analysis_id = item.decision.analysis_id
         reply.removed.final_status = decision_pb2.DecisionStatus.ValueType(

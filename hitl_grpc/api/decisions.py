@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import grpc
 from hitl.v1 import decision_pb2, decision_pb2_grpc
@@ -22,6 +22,15 @@ from hitl_grpc.domain.values import parse_username
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+
+SERVICE: Final = "hitl.v1.DecisionService"
+# Their messages reach grpc already serialized, encoded once per event for every watcher
+# of it (api/watch.py): grpc sends bytes as they are when a method has no serializer.
+SERIALIZED_BY_SERVICER: Final = frozenset({"WatchPending", "WatchDecision"})
 
 # The methods whose access check their own statement makes, given the store's hot path.
 FOLDED: Final = frozenset({"/hitl.v1.DecisionService/SubmitDecision"})
@@ -136,14 +145,16 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         )
         return convert.pending_page_reply(items, token)
 
-    def WatchPending(
+    # Serialized WatchPendingResponses, not messages: see SERIALIZED_BY_SERVICER.
+    def WatchPending(  # type: ignore[override]
         self, request: decision_pb2.WatchPendingRequest, context: Context
-    ) -> AsyncIterator[decision_pb2.WatchPendingResponse]:
+    ) -> AsyncIterator[bytes]:
         return self._watch.WatchPending(request, context)
 
-    def WatchDecision(
+    # Serialized WatchDecisionResponses, not messages: see SERIALIZED_BY_SERVICER.
+    def WatchDecision(  # type: ignore[override]
         self, request: decision_pb2.WatchDecisionRequest, context: Context
-    ) -> AsyncIterator[decision_pb2.WatchDecisionResponse]:
+    ) -> AsyncIterator[bytes]:
         return self._watch.WatchDecision(request, context)
 
     async def ClaimDecision(
@@ -250,3 +261,40 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
     ) -> decision_pb2.GetDecisionStatsResponse:
         stats = await self._bounded(context, self._decisions.stats())
         return convert.stats_to_proto(stats)
+
+
+class _Handlers:
+    """Stands in for the server while the generated code hands it the method handlers."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, Handler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """The same handlers again, wrapped: registered below from `by_name`."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
+        """Keeps the handlers by method name."""
+        assert service == SERVICE
+        self.by_name = dict(handlers)
+
+
+def _bytes_out(handler: Handler) -> Handler:
+    """The same server-streaming handler, its responses sent as the servicer made them."""
+    assert handler.unary_stream is not None
+    return grpc.unary_stream_rpc_method_handler(
+        handler.unary_stream, request_deserializer=handler.request_deserializer
+    )
+
+
+def add_decision_service(servicer: DecisionServicer, server: grpc.aio.Server) -> None:
+    """Registers the servicer as the generated code does, but for SERIALIZED_BY_SERVICER."""
+    handlers = _Handlers()
+    # The generated code only calls the two registration methods _Handlers has.
+    decision_pb2_grpc.add_DecisionServiceServicer_to_server(servicer, handlers)  # type: ignore[arg-type]
+    by_name = {
+        name: _bytes_out(handler) if name in SERIALIZED_BY_SERVICER else handler
+        for name, handler in handlers.by_name.items()
+    }
+    assert by_name.keys() >= SERIALIZED_BY_SERVICER
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, by_name),))
+    server.add_registered_method_handlers(SERVICE, by_name)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any, Final
 
 import grpc
@@ -19,15 +18,42 @@ from hitl_grpc.domain.decisions import visible_to
 from hitl_grpc.domain.validation import parse_analysis_id
 from hitl_grpc.domain.values import Principal, Role
 from hitl_grpc.events import cursor as cursors
-from hitl_grpc.events.hub import EventHub
-from hitl_grpc.events.streams import PendingItem, watch_decision, watch_pending
+from hitl_grpc.events.hub import EventHub, SharedEvent
+from hitl_grpc.events.streams import DecisionItem, PendingItem, watch_decision, watch_pending
+from hitl_grpc.store.outbox import StoredEvent
 
 log = logging.getLogger("hitl_grpc.api.watch")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-# Each live event is converted to proto once per process, not once per watcher.
-_PROTO_CACHE_SIZE: Final = 2048
+# What a message is besides its event: with the event, the shape fixes the bytes sent.
+_PENDING: Final = "WatchPendingResponse"
+_DECISION: Final = "WatchDecisionResponse"
+
+
+def _sent(event: StoredEvent | None, shape: Hashable, encode: Callable[[], bytes]) -> bytes:
+    """A message as sent: encoded once per event and shape when the hub shares the event."""
+    if isinstance(event, SharedEvent):
+        return event.encoded(shape, encode)
+    return encode()
+
+
+def pending_bytes(item: PendingItem) -> bytes:
+    """One WatchPending message, serialized (once for every watcher of a live event)."""
+    return _sent(
+        item.event,
+        (_PENDING, item.kind, item.cursor),
+        lambda: convert.pending_item_reply(item).SerializeToString(),
+    )
+
+
+def decision_bytes(item: DecisionItem) -> bytes:
+    """One WatchDecision message, serialized (once for every watcher of a live event)."""
+    return _sent(
+        item.event,
+        (_DECISION, item.cursor),
+        lambda: convert.watch_decision_reply(item.decision, item.cursor).SerializeToString(),
+    )
 
 
 class WatchServicer:
@@ -43,7 +69,6 @@ class WatchServicer:
         self._hub = hub
         self._heartbeat_s = heartbeat_s
         self._renew_leases = renew_leases
-        self._protos: OrderedDict[int, decision_pb2.Decision] = OrderedDict()
 
     async def _renew(self, principal: Principal) -> None:
         """The watcher's leases renewed; a database in trouble skips it (the stream goes on)."""
@@ -54,22 +79,10 @@ class WatchServicer:
         except errors.DomainError as exc:
             log.warning("lease renewal for a watcher skipped: %s", exc.message)
 
-    def _proto(self, item: PendingItem) -> decision_pb2.Decision:
-        assert item.decision is not None
-        if item.event is None:
-            return convert.decision_to_proto(item.decision)
-        key = item.event.position
-        proto = self._protos.get(key)
-        if proto is None:
-            proto = convert.decision_to_proto(item.decision)
-            self._protos[key] = proto
-            if len(self._protos) > _PROTO_CACHE_SIZE:
-                self._protos.popitem(last=False)
-        return proto
-
     async def WatchPending(
         self, request: decision_pb2.WatchPendingRequest, context: Context
-    ) -> AsyncIterator[decision_pb2.WatchPendingResponse]:
+    ) -> AsyncIterator[bytes]:
+        """The queue as serialized WatchPendingResponses (registered without a serializer)."""
         priorities = frozenset(convert.priority_from_proto(p) for p in request.priorities)
         after = cursors.decode(request.resume_cursor) if request.resume_cursor else None
         principal = current_principal()
@@ -81,12 +94,13 @@ class WatchServicer:
             if request.renew_leases and loop.time() >= renew_at:
                 renew_at = loop.time() + self._heartbeat_s
                 await self._renew(principal)
-            yield convert.pending_item_reply(item, self._proto)
+            yield pending_bytes(item)
 
     async def WatchDecision(
         self, request: decision_pb2.WatchDecisionRequest, context: Context
-    ) -> AsyncIterator[decision_pb2.WatchDecisionResponse]:
+    ) -> AsyncIterator[bytes]:
+        """One decision as serialized WatchDecisionResponses (registered without a serializer)."""
         visible = functools.partial(visible_to, current_principal())
         analysis_id = parse_analysis_id(request.analysis_id)
-        async for decision, cursor in watch_decision(self._hub, analysis_id, visible):
-            yield convert.watch_decision_reply(decision, cursor)
+        async for item in watch_decision(self._hub, analysis_id, visible):
+            yield decision_bytes(item)

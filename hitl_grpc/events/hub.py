@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Final
 
@@ -29,6 +30,32 @@ log = logging.getLogger("hitl_grpc.events")
 
 BATCH: Final = 500
 ERROR_BACKOFF_MAX_S: Final = 5.0
+
+
+@dataclass(frozen=True, eq=False)
+class SharedEvent(StoredEvent):
+    """An event as the fan-out hands it to every local watcher, itself shared by them all.
+
+    What a watcher sends for it is made by the first watcher that needs it and reused by
+    the others: one encoding per event and message shape, not one per watcher. It lives
+    only as long as some watcher still holds the event.
+    """
+
+    _encoded: dict[Hashable, bytes] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    @classmethod
+    def of(cls, event: StoredEvent) -> SharedEvent:
+        """The event, ready to be shared."""
+        return cls(**{f.name: getattr(event, f.name) for f in fields(StoredEvent) if f.init})
+
+    def encoded(self, shape: Hashable, encode: Callable[[], bytes]) -> bytes:
+        """The event sent as `shape` (which says everything `encode` depends on)."""
+        found = self._encoded.get(shape)
+        if found is None:
+            found = self._encoded[shape] = encode()
+        return found
 
 
 class Subscription:
@@ -59,12 +86,12 @@ class Subscription:
         self._capacity_bytes = capacity_bytes
         self._queued_bytes = 0
         self._match = match
-        self._queue: deque[StoredEvent] = deque()
+        self._queue: deque[SharedEvent] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._ended: errors.DomainError | None = None
         self.key = key
 
-    def offer(self, event: StoredEvent) -> bool:
+    def offer(self, event: SharedEvent) -> bool:
         """Queues an event; False (and the subscription ended) if the queue is full."""
         if self._match is not None and not self._match(event):
             return True
@@ -102,7 +129,7 @@ class Subscription:
         """Whether every event offered so far has been taken."""
         return not self._queue
 
-    async def get(self, timeout_s: float | None) -> StoredEvent | None:
+    async def get(self, timeout_s: float | None) -> SharedEvent | None:
         """The next event; None if none came within `timeout_s`."""
         if not self._queue and self._ended is None:
             self._waiter = asyncio.get_running_loop().create_future()
@@ -245,7 +272,8 @@ class EventHub:
         return await self.store.prune(self._clock.now() - self._retention)
 
     def _fan_out(self, events: Iterable[StoredEvent]) -> None:
-        for event in events:
+        for stored in events:
+            event = SharedEvent.of(stored)
             for sub in list(self._all):
                 sub.offer(event)
             for sub in list(self._by_id.get(event.analysis_id, ())):

@@ -32,11 +32,23 @@ class ItemKind(enum.Enum):
 
 @dataclass(frozen=True)
 class PendingItem:
-    """One WatchPending message; `event` is set for live events (its proto is cached)."""
+    """One WatchPending message; `event` is set for items read from the log.
+
+    A live event is the hub's SharedEvent: its message is encoded once for every watcher.
+    """
 
     kind: ItemKind
     cursor: str
     decision: Decision | None = None
+    event: StoredEvent | None = None
+
+
+@dataclass(frozen=True)
+class DecisionItem:
+    """One WatchDecision message; `event` is the live event it came from, if it did."""
+
+    decision: Decision
+    cursor: str
     event: StoredEvent | None = None
 
 
@@ -152,7 +164,7 @@ async def watch_decision(
     hub: EventHub,
     analysis_id: AnalysisId,
     visible: Callable[[Decision], bool],
-) -> AsyncIterator[tuple[Decision, str]]:
+) -> AsyncIterator[DecisionItem]:
     """One decision's current state, then each change; ends after a terminal state."""
     subscription = hub.subscribe_decision(analysis_id)
     try:
@@ -160,7 +172,7 @@ async def watch_decision(
         current = await hub.store.decision(analysis_id)
         if current is None or not visible(current):
             raise errors.NotFound(f"no decision {analysis_id!r}")
-        yield current, encode(cursor)
+        yield DecisionItem(current, encode(cursor))
         version = current.version
         while current.status not in TERMINAL:
             event = await subscription.get(None)
@@ -169,6 +181,6 @@ async def watch_decision(
             if event.decision.version <= version:
                 continue
             current, version = event.decision, event.decision.version
-            yield current, encode(event.position)
+            yield DecisionItem(current, encode(event.position), event)
     finally:
         subscription.close()

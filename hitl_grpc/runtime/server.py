@@ -22,7 +22,6 @@ from hitl.v1 import (
     auth_pb2,
     auth_pb2_grpc,
     decision_pb2,
-    decision_pb2_grpc,
 )
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -30,7 +29,7 @@ from hitl_grpc import accounts, tasks
 from hitl_grpc.accounts import AccountServices
 from hitl_grpc.api.audit import AuditServicer
 from hitl_grpc.api.auth import AuthServicer
-from hitl_grpc.api.decisions import FOLDED, DecisionServicer
+from hitl_grpc.api.decisions import FOLDED, DecisionServicer, add_decision_service
 from hitl_grpc.api.errors import ErrorInterceptor
 from hitl_grpc.api.watch import WatchServicer
 from hitl_grpc.auth.interceptor import AuthInterceptor
@@ -323,7 +322,7 @@ async def running_server(
             heartbeat_s=settings.heartbeat_s,
             renew_leases=lambda principal: decisions.renew_held(by=principal),
         )
-        decision_pb2_grpc.add_DecisionServiceServicer_to_server(
+        add_decision_service(
             DecisionServicer(
                 decisions,
                 watch,
