@@ -110,6 +110,15 @@ class SignIn:
             read,
         ) as (attempt, account):
             ok = await self._passwords.verify(account.password_hash if account else None, password)
+            # Hashed here, before the outcome's passage: no connection waits on argon2.
+            rehashed = (
+                await self._passwords.hash(password)
+                if ok
+                and account is not None
+                and account.user.active
+                and self._passwords.needs_rehash(account.password_hash)
+                else None
+            )
             async with self._uow() as uow:
                 if not ok or account is None:
                     await attempt.failed(uow)
@@ -124,10 +133,15 @@ class SignIn:
                     )
                     await uow.commit()
                     raise errors.Unauthenticated(LOGIN_FAILED)
-                return await self._signed_in(uow, attempt, account, password, peer)
+                return await self._signed_in(uow, attempt, account, rehashed, peer)
 
     async def _signed_in(
-        self, uow: UnitOfWork, attempt: Attempt, account: Account, password: str, peer: str
+        self,
+        uow: UnitOfWork,
+        attempt: Attempt,
+        account: Account,
+        rehashed: str | None,
+        peer: str,
     ) -> IssuedTokens | MfaChallengeIssued:
         user = account.user
         if not user.active:
@@ -138,8 +152,8 @@ class SignIn:
             )
             await uow.commit()
             raise errors.PermissionDenied("account is deactivated")
-        if self._passwords.needs_rehash(account.password_hash):
-            await uow.users.set_password_hash(user.id, await self._passwords.hash(password))
+        if rehashed is not None:
+            await uow.users.set_password_hash(user.id, rehashed)
         await attempt.succeeded(uow)
         result: IssuedTokens | MfaChallengeIssued
         if user.mfa_enabled:

@@ -118,10 +118,13 @@ class _Slot:
 class Attempt:
     """One admitted sign-in attempt: settle it as a success or a failure in its transaction."""
 
-    def __init__(self, throttle: LoginThrottle, account: str, peer: str) -> None:
+    def __init__(self, throttle: LoginThrottle, account: str, peer: str, *, counted: bool) -> None:
         self._throttle = throttle
         self.account = account
         self.peer = peer
+        # Whether the account had a counter at admission: without one, a success has
+        # nothing to clear (a failure racing in since is kept, the stricter outcome).
+        self.counted = counted
         self.settled = False
 
     async def succeeded(self, uow: UnitOfWork) -> None:
@@ -179,8 +182,7 @@ class LoginThrottle:
         A locked account or peer appends `refused` to the audit trail and raises RateLimited.
         An attempt left unsettled (the caller gave up before judging) only frees its slot.
         """
-        value = await self._admit(account, username, peer, refused, read)
-        attempt = Attempt(self, account, peer)
+        attempt, value = await self._admit(account, username, peer, refused, read)
         try:
             yield attempt, value
         finally:
@@ -197,7 +199,7 @@ class LoginThrottle:
         peer: str,
         refused: AuditRecord,
         read: Callable[[UnitOfWork], Awaitable[T]],
-    ) -> T:
+    ) -> tuple[Attempt, T]:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + ADMIT_WAIT_S
         slot = self._slots.setdefault(account, _Slot())
@@ -207,20 +209,12 @@ class LoginThrottle:
                 # One admission per account at a time in this process: a burst queues here,
                 # holding no connection, not on the database row with a connection each.
                 async with slot.admitting, self._uow() as uow:
-                    wait, lock = await self._locked_for(uow, account, username, peer)
-                    if lock is not None:
-                        if self._first_refusal(lock):
-                            await uow.audit.append(refused)
-                            await uow.commit()
-                        raise RateLimited(LOCKED, retry_after_s=math.ceil(wait))
-                    # Read first, lock only when a slot looks free: replicas looking again
-                    # must not queue on the row they wait for.
-                    if await self._take_slot(uow, account, locking=False) and (
-                        await self._take_slot(uow, account, locking=True)
-                    ):
+                    admitted = await self._take_slot(uow, account, username, peer, refused)
+                    if admitted is not None:
                         value = await read(uow)
                         await uow.commit()
-                        return value
+                        return admitted, value
+                    # No slot: the passage ends unchanged (rolled back), its row lock freed.
                 if loop.time() >= give_up:
                     async with self._uow() as uow:
                         await uow.audit.append(refused)
@@ -236,25 +230,49 @@ class LoginThrottle:
             if not slot.users:
                 self._slots.pop(account, None)
 
-    async def _locked_for(
-        self, uow: UnitOfWork, account: str, username: str, peer: str
-    ) -> tuple[float, tuple[str, datetime] | None]:
-        """The longest wait a lock on the account or the peer imposes now, and that lock."""
+    async def _take_slot(
+        self, uow: UnitOfWork, account: str, username: str, peer: str, refused: AuditRecord
+    ) -> Attempt | None:
+        """An attempt holding a slot of `account` (taken in `uow`), or None if none is free.
+
+        Raises RateLimited (committing `refused` the first time) if the account or the peer
+        is locked. Everything is read in one statement under the in-flight row's lock, so
+        the failures and the attempts in flight are seen at one moment: a settle of this
+        account waits for that lock, and one committed before shows in the read.
+        """
         now = self._clock.now()
-        locks = [
-            (_wait(s, now), (account, s.locked_until))
-            for s in await uow.throttle.peek([account])
-            if s.locked_until is not None and _wait(s, now) > 0
-        ]
+        busy = await uow.throttle.lock(busy_subject(account), now)
+        scope = account.partition(":")[0]
         host = peer_subject(peer)
-        for state in await uow.throttle.peek([host]):
-            live = state.locked_until is not None and _wait(state, now) > 0
-            if live and not await self._trusted(uow, username, peer, now):
-                assert state.locked_until is not None
-                locks.append((_wait(state, now), (host, state.locked_until)))
-        if not locks:
-            return 0.0, None
-        return max(locks)
+        # Classified by prefix, not by equality: a stored subject may be its storable form.
+        states: dict[str, ThrottleState] = {
+            s.subject.partition(":")[0]: s
+            for s in await uow.throttle.peek([account, host, trust_subject(username, peer)])
+        }
+        mine, at_host = states.get(scope), states.get("peer")
+        locks = []
+        if mine is not None and _wait(mine, now) > 0:
+            assert mine.locked_until is not None
+            locks.append((_wait(mine, now), (account, mine.locked_until)))
+        if at_host is not None and _wait(at_host, now) > 0 and not self._trusted(states, now):
+            assert at_host.locked_until is not None
+            locks.append((_wait(at_host, now), (host, at_host.locked_until)))
+        if locks:
+            wait, lock = max(locks)
+            if self._first_refusal(lock):
+                await uow.audit.append(refused)
+                await uow.commit()
+            raise RateLimited(LOCKED, retry_after_s=math.ceil(wait))
+        in_flight = busy.failures
+        if in_flight and now - busy.window_started_at > BUSY_TTL:
+            in_flight = 0  # left by a process that died mid-attempt
+        failures = 0
+        if mine is not None and now - mine.window_started_at < self.limits.window:
+            failures = mine.failures
+        if failures + in_flight >= self.limits.max_failures:
+            return None
+        await uow.throttle.save(replace(busy, failures=in_flight + 1, window_started_at=now))
+        return Attempt(self, account, peer, counted=mine is not None)
 
     def _first_refusal(self, lock: tuple[str, datetime]) -> bool:
         """Whether this process has not yet audited a refusal by this lock (and now has)."""
@@ -266,28 +284,6 @@ class LoginThrottle:
             live = {k: None for k in self._refusals_audited if k[1] > now}
             self._refusals_audited = live if len(live) < REFUSALS_REMEMBERED else {}
         self._refusals_audited[lock] = None
-        return True
-
-    async def _take_slot(self, uow: UnitOfWork, account: str, *, locking: bool) -> bool:
-        """Whether a slot is free; with `locking`, under the in-flight row's lock, takes it."""
-        now = self._clock.now()
-        if locking:
-            busy: ThrottleState | None = await uow.throttle.lock(busy_subject(account), now)
-        else:
-            busy = next(iter(await uow.throttle.peek([busy_subject(account)])), None)
-        in_flight = busy.failures if busy is not None else 0
-        if busy is not None and in_flight and now - busy.window_started_at > BUSY_TTL:
-            in_flight = 0  # left by a process that died mid-attempt
-        failures = 0
-        for state in await uow.throttle.peek([account]):
-            if _wait(state, now) > 0:
-                return False  # locked since the caller looked; it will see why
-            if now - state.window_started_at < self.limits.window:
-                failures = state.failures
-        if failures + in_flight >= self.limits.max_failures:
-            return False
-        if locking and busy is not None:
-            await uow.throttle.save(replace(busy, failures=in_flight + 1, window_started_at=now))
         return True
 
     async def _release(self, uow: UnitOfWork, account: str) -> None:
@@ -305,7 +301,8 @@ class LoginThrottle:
         now = self._clock.now()
         await self._release(uow, attempt.account)
         if ok:
-            await uow.throttle.clear(attempt.account)
+            if attempt.counted:
+                await uow.throttle.clear(attempt.account)
         else:
             for subject, limit in (
                 (attempt.account, self.limits.max_failures),
@@ -318,11 +315,11 @@ class LoginThrottle:
                     self._on_lockout(subject.partition(":")[0])
         attempt.settled = True
 
-    async def _trusted(self, uow: UnitOfWork, username: str, peer: str, now: datetime) -> bool:
-        if self.limits.peer_trust <= timedelta(0):
+    def _trusted(self, states: dict[str, ThrottleState], now: datetime) -> bool:
+        seen = states.get("seen")
+        if self.limits.peer_trust <= timedelta(0) or seen is None:
             return False
-        seen = await uow.throttle.peek([trust_subject(username, peer)])
-        return any(now - s.window_started_at < self.limits.peer_trust for s in seen)
+        return now - seen.window_started_at < self.limits.peer_trust
 
     async def signed_in(self, uow: UnitOfWork, username: str, peer: str) -> None:
         """Remembers a full sign-in of this username from this peer (see LoginLimits.peer_trust)."""
