@@ -16,7 +16,7 @@ from typing import Final, TypeVar
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from hitl.v1 import auth_pb2, decision_pb2
+from hitl.v1 import access_pb2, auth_pb2, decision_pb2
 
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.values import Role
@@ -167,6 +167,38 @@ async def test_open_watchers_get_events_again_once_a_blackhole_ends(database_url
                     assert message.added.analysis_id == submitted.analysis_id
                     break
         stream.cancel()
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_the_first_call_after_a_long_outage_is_served(database_url: str) -> None:
+    async with _proxied_server(database_url) as (proxy, server):
+        hot = server.running.hot
+        assert hot is not None
+        analyst = await _settled(lambda: server.as_role(Role.ANALYST))
+        await _settled(
+            lambda: server.auth.GetCurrentUser(
+                auth_pb2.GetCurrentUserRequest(), metadata=analyst, timeout=10
+            )
+        )
+        await proxy.set_fault(Fault.REFUSE)
+        # Calls through the outage until the pool has failed to reconnect six times: were
+        # its reconnects backing off (1, 2, 4 s... apart, a replacement and a growth
+        # attempt each), the next attempt would come after the next call's deadline.
+        async with asyncio.timeout(30):
+            while hot.reconnect_errors() < 6:
+                code = (
+                    await _timed(
+                        lambda: server.auth.GetCurrentUser(
+                            auth_pb2.GetCurrentUserRequest(), metadata=analyst, timeout=10
+                        )
+                    )
+                )[1]
+                assert code is grpc.StatusCode.UNAVAILABLE
+        await proxy.set_fault(Fault.NONE)
+        reply = await server.auth.GetCurrentUser(
+            auth_pb2.GetCurrentUserRequest(), metadata=analyst, timeout=10
+        )
+        assert reply.user.role == access_pb2.ROLE_ANALYST
 
 
 @asynccontextmanager

@@ -202,6 +202,11 @@ class HotPath:
             max_size=max_size,
             open=False,
             timeout=timeout_s,
+            # The pool replaces a broken connection in the background, backing off 1, 2,
+            # 4 s... for five minutes by default: after an outage calls would wait out that
+            # backoff though the database is back. Giving up after one deadline instead
+            # hands reconnecting to the calls, each of which starts a fresh attempt.
+            reconnect_timeout=timeout_s,
             name="hitl-hot",
             connection_class=DroppedOnCancel,
             kwargs={
@@ -214,6 +219,10 @@ class HotPath:
     def wake_on_commit(self, after_commit: Callable[[], None]) -> None:
         """Called after each commit that appended events (the server's event reader wakes)."""
         self._after_commit = after_commit
+
+    def reconnect_errors(self) -> int:
+        """How many times the pool has failed to open a connection."""
+        return int(self._pool.get_stats().get("connections_errors", 0))
 
     async def open(self) -> None:
         """Starts the pool; connections open in the background, as calls need them."""
