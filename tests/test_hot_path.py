@@ -8,6 +8,7 @@ calls take the ordinary path; both must answer alike.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -171,3 +172,94 @@ def test_the_digest_parts_around_the_time_give_the_digest() -> None:
         head, tail = audit_chain.digest_parts(row)
         text = head + audit_chain.canonical_time(moment) + tail
         assert hashlib.sha256(text.encode("ascii")).hexdigest() == row["digest"]
+
+
+async def _page(
+    server: Harness, meta: Metadata, **fields: object
+) -> decision_pb2.ListPendingDecisionsResponse:
+    request = decision_pb2.ListPendingDecisionsRequest(**fields)  # type: ignore[arg-type]
+    return await server.decisions.ListPendingDecisions(request, metadata=meta, timeout=10)
+
+
+async def test_a_page_read_again_is_one_statement_and_shows_each_change(
+    server: Harness, backend: str
+) -> None:
+    service = await server.as_role(Role.SERVICE)
+    for n in range(3):
+        await submit(server, service, f"page-{n}")
+    user, meta = await _signed_in(server, Role.ANALYST)
+    _folded(server, backend, user)
+    first = await _page(server, meta)
+    hot, rendered = server.running.hot, server.running.rendered
+    assert rendered is not None
+    executed = dict(hot.executed) if hot else {}
+    hits = rendered.hits
+    again = await _page(server, meta)
+    assert again == first
+    if hot is not None:
+        # The check and the page's keys in one statement, every decision already serialized.
+        assert hot.executed - Counter(executed) == Counter({"page": 1})
+        assert rendered.hits == hits + 3
+    # A claim is a new version: the next page shows it, not the serialization of before.
+    claim = decision_pb2.ClaimDecisionRequest(analysis_id="page-1")
+    await server.decisions.ClaimDecision(claim, metadata=meta, timeout=10)
+    after = await _page(server, meta)
+    (claimed,) = [d for d in after.decisions if d.analysis_id == "page-1"]
+    assert claimed.claimed_by == user.username
+    assert claimed.version == 2
+    assert [d.analysis_id for d in after.decisions] == [d.analysis_id for d in first.decisions]
+
+
+async def test_pages_through_the_folded_read_walk_the_queue_once(
+    server: Harness, backend: str
+) -> None:
+    service = await server.as_role(Role.SERVICE)
+    priorities = [decision_pb2.PRIORITY_HIGH, decision_pb2.PRIORITY_LOW]
+    for n in range(7):
+        await submit(server, service, f"walk-{n}", priority=priorities[n % 2])
+    user, meta = await _signed_in(server, Role.ANALYST)
+    _folded(server, backend, user)
+    for _ in range(2):  # cold, then every decision already serialized
+        seen: list[str] = []
+        token = ""
+        while True:
+            page = await _page(
+                server, meta, page_size=2, page_token=token, priorities=[priorities[1]]
+            )
+            seen += [d.analysis_id for d in page.decisions]
+            assert all(d.priority == priorities[1] for d in page.decisions)
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == ["walk-1", "walk-3", "walk-5"]
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "message"),
+    [
+        (UserUpdate(active=False), grpc.StatusCode.PERMISSION_DENIED, "account is deactivated"),
+        (UserUpdate(role=Role.SERVICE), grpc.StatusCode.PERMISSION_DENIED, "role SERVICE may not"),
+    ],
+)
+async def test_an_account_change_refuses_the_next_page(
+    server: Harness, backend: str, change: UserUpdate, code: grpc.StatusCode, message: str
+) -> None:
+    service = await server.as_role(Role.SERVICE)
+    await submit(server, service, "seen")
+    user, meta = await _signed_in(server, Role.ANALYST)
+    assert len((await _page(server, meta)).decisions) == 1
+    _folded(server, backend, user)
+    await _update(server, user.id, change)
+    error = await rpc_error(_page(server, meta))
+    assert error.code() is code
+    assert message in (error.details() or "")
+
+
+async def test_a_logged_out_session_refuses_the_next_page(server: Harness, backend: str) -> None:
+    user, meta = await _signed_in(server, Role.ANALYST)
+    await _page(server, meta)
+    _folded(server, backend, user)
+    await server.auth.Logout(auth_pb2.LogoutRequest(), metadata=meta, timeout=10)
+    error = await rpc_error(_page(server, meta))
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "session ended" in (error.details() or "")

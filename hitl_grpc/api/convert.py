@@ -228,15 +228,6 @@ def submit_reply(decision: Decision, created: bool) -> decision_pb2.SubmitDecisi
     )
 
 
-def pending_page_reply(
-    decisions: list[decision_pb2.Decision], next_page_token: str
-) -> decision_pb2.ListPendingDecisionsResponse:
-    """One page of the open queue, its decisions already converted (and measured)."""
-    return decision_pb2.ListPendingDecisionsResponse(
-        decisions=decisions, next_page_token=next_page_token
-    )
-
-
 def priority_from_proto(value: int, field: str = "priorities") -> Priority:
     """A priority, or InvalidField for UNSPECIFIED and unknown numbers."""
     try:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import grpc
 from hitl.v1 import decision_pb2, decision_pb2_grpc
 
-from hitl_grpc.api import convert
+from hitl_grpc.api import convert, pages
 from hitl_grpc.api.errors import code_number
 from hitl_grpc.api.watch import WatchServicer
 from hitl_grpc.auth import principal as principal_ctx
@@ -28,12 +28,15 @@ else:
     Handler = grpc.RpcMethodHandler
 
 SERVICE: Final = "hitl.v1.DecisionService"
-# Their messages reach grpc already serialized, encoded once per event for every watcher
-# of it (api/watch.py): grpc sends bytes as they are when a method has no serializer.
-SERIALIZED_BY_SERVICER: Final = frozenset({"WatchPending", "WatchDecision"})
+# Their messages reach grpc already serialized: watch events encoded once per event for
+# every watcher of it (api/watch.py), pages put together from decisions serialized once
+# per version (api/pages.py). grpc sends bytes as they are when a method has no serializer.
+SERIALIZED_BY_SERVICER: Final = frozenset({"WatchPending", "WatchDecision", "ListPendingDecisions"})
 
-# The methods whose access check their own statement makes, given the store's hot path.
-FOLDED: Final = frozenset({"/hitl.v1.DecisionService/SubmitDecision"})
+# The methods whose access check their own statement makes, given the store's hot path:
+# reads always, the submit unless it must also queue webhooks (which that statement does not).
+FOLDED_READS: Final = frozenset({f"/{SERVICE}/ListPendingDecisions"})
+FOLDED_SUBMITS: Final = frozenset({f"/{SERVICE}/SubmitDecision"})
 
 # Kept back from the caller's deadline so UNAVAILABLE reaches it before DEADLINE_EXCEEDED.
 DEADLINE_MARGIN_S: Final = 0.05
@@ -42,12 +45,6 @@ DEADLINE_MARGIN_S: Final = 0.05
 # Kept back from the message limit for what a page holds besides its items (the page
 # token, under 2 KiB) and for gRPC's own framing.
 PAGE_MARGIN_BYTES: Final = 8192
-
-
-def _entry_bytes(decision: decision_pb2.Decision) -> int:
-    """What one decision adds to a ListPendingDecisionsResponse: tag, length and body."""
-    size = decision.ByteSize()
-    return 1 + max(1, (size.bit_length() + 6) // 7) + size
 
 
 # Call metadata that may carry a step-up TOTP code instead of the request's otp field.
@@ -87,6 +84,8 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         self._watch = watch
         self._db_timeout_s = db_timeout_s
         self._max_message_bytes = max_message_bytes
+        # Serialized decisions by version, shared by every page this process serves.
+        self.rendered = pages.RenderedDecisions()
 
     async def _bounded(self, context: Context, work: Awaitable[T]) -> T:
         """The work, or UNAVAILABLE once the database has had the time the caller allows."""
@@ -125,25 +124,40 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         )
         return convert.decision_reply(decision_pb2.GetDecisionResponse, decision)
 
-    async def ListPendingDecisions(
+    # A serialized ListPendingDecisionsResponse, not a message: see SERIALIZED_BY_SERVICER.
+    async def ListPendingDecisions(  # type: ignore[override]
         self, request: decision_pb2.ListPendingDecisionsRequest, context: Context
-    ) -> decision_pb2.ListPendingDecisionsResponse:
+    ) -> bytes:
         page = parse_page_request(
             priorities=[int(p) for p in request.priorities],
             statuses=[int(s) for s in request.statuses],
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        items, token = await self._bounded(
-            context,
-            self._decisions.list_pending(
-                page,
-                convert.decision_to_proto,
-                _entry_bytes,
-                max_bytes=self._max_message_bytes - PAGE_MARGIN_BYTES,
-            ),
-        )
-        return convert.pending_page_reply(items, token)
+        rendered = self.rendered
+        max_bytes = self._max_message_bytes - PAGE_MARGIN_BYTES
+        check = principal_ctx.deferred_check()
+        if check is None:
+            items, token = await self._bounded(
+                context,
+                self._decisions.list_pending(
+                    page, rendered.render, pages.entry_bytes, max_bytes=max_bytes
+                ),
+            )
+        else:
+            items, token, by = await self._bounded(
+                context,
+                self._decisions.list_pending_checked(
+                    page,
+                    check,
+                    rendered.get,
+                    rendered.render,
+                    pages.entry_bytes,
+                    max_bytes=max_bytes,
+                ),
+            )
+            principal_ctx.bind(by, by.peer)
+        return pages.page_reply(items, token)
 
     # Serialized WatchPendingResponses, not messages: see SERIALIZED_BY_SERVICER.
     def WatchPending(  # type: ignore[override]
@@ -279,7 +293,11 @@ class _Handlers:
 
 
 def _bytes_out(handler: Handler) -> Handler:
-    """The same server-streaming handler, its responses sent as the servicer made them."""
+    """The same handler, its responses sent as the servicer made them."""
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            handler.unary_unary, request_deserializer=handler.request_deserializer
+        )
     assert handler.unary_stream is not None
     return grpc.unary_stream_rpc_method_handler(
         handler.unary_stream, request_deserializer=handler.request_deserializer

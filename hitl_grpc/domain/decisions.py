@@ -313,6 +313,45 @@ class DecisionOperations:
                 if len(rows) < limit:
                     return items, ""
 
+    async def list_pending_checked(
+        self,
+        page: PageRequest,
+        check: AccountCheck,
+        cached: Callable[[AnalysisId, int], T | None],
+        render: Callable[[Decision], T],
+        size_of: Callable[[T], int],
+        *,
+        max_bytes: int,
+    ) -> tuple[list[T], str, Principal]:
+        """list_pending() for a caller whose access check the page's own statement makes.
+
+        One round trip when every decision of the page is already rendered: the statement
+        checks the account and reads the page's keys and versions, and `cached` gives each
+        rendered decision at that version. On any miss the page is read whole and rendered
+        (list_pending), a moment after the check. Also the caller it admitted.
+        """
+        assert self._hot is not None, "list_pending_checked needs the store's hot statements"
+        # Keys are small: the whole page in one read, one more to say whether one follows.
+        found = await self._hot.page_keys(check, page.filter, page.after, page.size + 1)
+        by = checked_principal(found.access, check)
+        items: list[T] = []
+        used = 0
+        after = page.after
+        for key, version in found.keys:
+            if len(items) == page.size:
+                return items, page.token_after(after), by
+            rendered = cached(key.analysis_id, version)
+            if rendered is None:
+                whole = await self.list_pending(page, render, size_of, max_bytes=max_bytes)
+                return (*whole, by)
+            size = size_of(rendered)
+            if items and used + size > max_bytes:
+                return items, page.token_after(after), by
+            items.append(rendered)
+            used += size
+            after = key
+        return items, "", by
+
     async def stats(self) -> QueueStats:
         """The queue's counts and times to decision."""
         async with self._uow(readonly=True) as uow:

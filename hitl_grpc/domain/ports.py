@@ -303,6 +303,16 @@ class CheckedSubmit:
     now: datetime | None
 
 
+@dataclass(frozen=True)
+class CheckedPage:
+    """What one folded page read found: the caller's account, and the page's keys."""
+
+    # The caller's account as the statement read it (None: no such account).
+    access: StoredAccess | None
+    # The open decisions in queue order, each with its version; empty if refused.
+    keys: list[tuple[QueueKey, int]]
+
+
 class HotStatements(Protocol):
     """The statements most calls run, each one round trip (store/hot.py, PostgreSQL)."""
 
@@ -322,6 +332,12 @@ class HotStatements(Protocol):
     ) -> CheckedSubmit:
         """Queues the decision only if the account admits `check`; `audit`'s time is the
         statement's."""
+        ...
+
+    async def page_keys(
+        self, check: AccountCheck, queue_filter: QueueFilter, after: QueueKey | None, limit: int
+    ) -> CheckedPage:
+        """The account, and only if it admits `check` the next `limit` open decisions' keys."""
         ...
 
 

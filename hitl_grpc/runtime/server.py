@@ -29,8 +29,14 @@ from hitl_grpc import accounts, tasks
 from hitl_grpc.accounts import AccountServices
 from hitl_grpc.api.audit import AuditServicer
 from hitl_grpc.api.auth import AuthServicer
-from hitl_grpc.api.decisions import FOLDED, DecisionServicer, add_decision_service
+from hitl_grpc.api.decisions import (
+    FOLDED_READS,
+    FOLDED_SUBMITS,
+    DecisionServicer,
+    add_decision_service,
+)
 from hitl_grpc.api.errors import ErrorInterceptor
+from hitl_grpc.api.pages import RenderedDecisions
 from hitl_grpc.api.watch import WatchServicer
 from hitl_grpc.auth.interceptor import AuthInterceptor
 from hitl_grpc.auth.policy import load_policies
@@ -110,6 +116,8 @@ class RunningServer:
     generated_admin_password: str | None = None
     # The hot path's statements (PostgreSQL, untraced); None where every call uses the engine.
     hot: HotPath | None = None
+    # The serialized decisions pages are put together from.
+    rendered: RenderedDecisions | None = None
     metrics_port: int | None = None
     # The client-certificate listener's port, when HITL_MTLS_LISTEN sets one apart.
     mtls_port: int | None = None
@@ -297,7 +305,8 @@ async def running_server(
                         else None
                     ),
                     defer=services.sessions.deferred,
-                    folded=FOLDED if hot_submits is not None else frozenset(),
+                    folded=(FOLDED_READS if hot is not None else frozenset())
+                    | (FOLDED_SUBMITS if hot_submits is not None else frozenset()),
                 ),
             ],
             options=_server_options(settings),
@@ -315,22 +324,20 @@ async def running_server(
             rules=ApprovalRules(settings.approvals_required),
             step_up_actions=settings.step_up_actions,
             step_up=services.step_up,
-            hot=hot_submits,
+            hot=hot,
         )
         watch = WatchServicer(
             hub,
             heartbeat_s=settings.heartbeat_s,
             renew_leases=lambda principal: decisions.renew_held(by=principal),
         )
-        add_decision_service(
-            DecisionServicer(
-                decisions,
-                watch,
-                db_timeout_s=settings.db_timeout_s,
-                max_message_bytes=settings.max_message_bytes,
-            ),
-            server,
+        decision_servicer = DecisionServicer(
+            decisions,
+            watch,
+            db_timeout_s=settings.db_timeout_s,
+            max_message_bytes=settings.max_message_bytes,
         )
+        add_decision_service(decision_servicer, server)
         deliveries = WebhookDeliveries(door)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
             AuditServicer(services.trail, deliveries), server
@@ -383,6 +390,7 @@ async def running_server(
             webhooks=webhooks,
             generated_admin_password=generated,
             hot=hot,
+            rendered=decision_servicer.rendered,
             metrics_port=metrics_port,
             mtls_port=mtls_port,
         )

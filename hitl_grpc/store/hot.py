@@ -22,7 +22,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any, Final
 
 import psycopg
@@ -31,16 +31,19 @@ from psycopg.types.json import Json
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.engine import URL
 
-from hitl_grpc.domain import errors
+from hitl_grpc.domain import errors, lifecycle
 from hitl_grpc.domain.access import StoredAccess
-from hitl_grpc.domain.ports import CheckedSubmit, EventKind
+from hitl_grpc.domain.ports import CheckedPage, CheckedSubmit, EventKind
+from hitl_grpc.domain.queue import QueueFilter, QueueKey
 from hitl_grpc.domain.values import (
     Account,
     AccountCheck,
     ActionVerdict,
     Analysis,
+    AnalysisId,
     AuditRecord,
     Decision,
+    Priority,
     Role,
     Status,
     UserId,
@@ -164,6 +167,43 @@ SELECT acct.*, now() AS db_now, ins.created_at AS new_created_at,
        ins.sla_deadline AS new_sla_deadline
 FROM (SELECT 1) AS one LEFT JOIN acct ON true LEFT JOIN ins ON true
 """  # noqa: S608 - composed of this module's constants; every value is a bound parameter
+
+
+def _page_keys_sql(priorities: bool, statuses: bool, after: bool) -> str:
+    """The folded page read for one shape of filter: the account, then the page's keys.
+
+    The inner WHERE implies ix_decisions_queue's predicate and its ORDER BY is the index's,
+    so PostgreSQL walks the index and stops after `limit` rows, as for the whole-row read.
+    """
+    where = [f"status IN ({', '.join(str(int(s)) for s in sorted(lifecycle.OPEN))})"]
+    if priorities:
+        where.append("priority = ANY(%(priorities)s)")
+    if statuses:
+        where.append("status = ANY(%(statuses)s)")
+    if after:
+        where.append(
+            "(priority, created_at, analysis_id) > (%(after_p)s, %(after_c)s, %(after_i)s)"
+        )
+    return f"""
+WITH acct AS ({_ACCESS})
+SELECT acct.*, p.analysis_id, p.version, p.priority, p.created_at
+FROM (SELECT 1) AS one LEFT JOIN acct ON true
+LEFT JOIN LATERAL (
+    SELECT analysis_id, version, priority, created_at FROM decisions
+    WHERE {" AND ".join(where)}
+    ORDER BY priority, created_at, analysis_id
+    LIMIT %(limit)s
+) AS p ON {_ADMITS}
+ORDER BY p.priority, p.created_at, p.analysis_id
+"""  # noqa: S608 - composed of this module's constants; every value is a bound parameter
+
+
+_PAGE_KEYS: Final = {
+    (p, s, a): _page_keys_sql(p, s, a)
+    for p in (False, True)
+    for s in (False, True)
+    for a in (False, True)
+}
 
 
 def _stored(row: Any) -> StoredAccess | None:
@@ -295,6 +335,46 @@ class HotPath:
                 self._after_commit()
         return CheckedSubmit(_stored(row), decision, now)
 
+    async def page_keys(
+        self, check: AccountCheck, queue_filter: QueueFilter, after: QueueKey | None, limit: int
+    ) -> CheckedPage:
+        """Checks the caller's account and reads the keys of the next open decisions."""
+        if NUL in check.user_id or NUL in check.session_id:
+            return CheckedPage(None, [])
+        params: dict[str, Any] = {**_access_params(check), "limit": limit}
+        if queue_filter.priorities:
+            params["priorities"] = sorted(int(p) for p in queue_filter.priorities)
+        if queue_filter.statuses:
+            params["statuses"] = sorted(int(s) for s in queue_filter.statuses)
+        if after is not None:
+            params.update(
+                after_p=int(after.priority), after_c=after.created_at, after_i=after.analysis_id
+            )
+        shape = (bool(queue_filter.priorities), bool(queue_filter.statuses), after is not None)
+        rows = await self._rows("page", _PAGE_KEYS[shape], params)
+        keys = [
+            (
+                QueueKey(
+                    Priority(r.priority), r.created_at.astimezone(UTC), AnalysisId(r.analysis_id)
+                ),
+                int(r.version),
+            )
+            for r in rows
+            if r.analysis_id is not None
+        ]
+        return CheckedPage(_stored(rows[0]), keys)
+
+
+def _access_params(check: AccountCheck) -> dict[str, Any]:
+    """The parameters of _ACCESS and _ADMITS: whose account, and what it must still be."""
+    return {
+        "uid": check.user_id,
+        "sid": check.session_id,
+        "generation": check.generation,
+        "roles": sorted(int(r) for r in check.roles),
+        "username": check.username,
+    }
+
 
 def _submit_params(
     check: AccountCheck,
@@ -334,11 +414,7 @@ def _submit_params(
         name: Json(row[name]) if name in _JSON_COLUMNS else row[name] for name in _DECISION_COLUMNS
     }
     params.update(
-        uid=check.user_id,
-        sid=check.session_id,
-        generation=check.generation,
-        roles=sorted(int(r) for r in check.roles),
-        username=check.username,
+        **_access_params(check),
         sla=sla,
         event_kind=EventKind.ADDED.value,
         payload=json.dumps(payload, separators=(",", ":")),
