@@ -24,7 +24,7 @@ from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.values import AnalysisId, Priority
 from hitl_grpc.store.door import Door
 from hitl_grpc.store.events import NOTIFY_CHANNEL
-from hitl_grpc.store.outbox import EventStore, StoredEvent
+from hitl_grpc.store.outbox import EventStore, NewEvents, StoredEvent
 
 log = logging.getLogger("hitl_grpc.events")
 
@@ -172,8 +172,9 @@ class EventHub:
         listen_check_s: float = 5.0,
         on_fan_out: Callable[[float], None] | None = None,
         on_cut_off: Callable[[], None] | None = None,
+        hot_new_events: NewEvents | None = None,
     ) -> None:
-        self.store = EventStore(door)
+        self.store = EventStore(door, hot_new_events=hot_new_events)
         # Told, per event, how long after its change it reached the local watchers.
         self._on_fan_out = on_fan_out
         # Told each time a watcher that fell behind is cut off.

@@ -237,6 +237,13 @@ async def running_server(
             tracing = Tracing(settings.otlp_endpoint, version=build_version())
             stack.push_async_callback(tracing.close)
             trace_statements(engine, tracing.tracer)
+        hot = None
+        if door.postgres and tracing is None:
+            # Traced, every statement goes through SQLAlchemy, which gives each its span.
+            hot = HotPath(engine.url, timeout_s=settings.db_timeout_s, max_size=HOT_POOL_SIZE)
+            await hot.open()
+            # Always closed: its workers would go on reconnecting after the server is gone.
+            stack.push_async_callback(hot.close, DISPOSE_WITHIN_S)
         # One reader of the event log per process, fanning out to every local watcher.
         hub = hub_class(
             door,
@@ -250,22 +257,13 @@ async def running_server(
             listen_check_s=settings.db_check_interval_s,
             on_fan_out=service_metrics.fanned_out,
             on_cut_off=service_metrics.cut_offs.inc,
+            hot_new_events=hot.read_new if hot is not None else None,
         )
+        if hot is not None:
+            hot.wake_on_commit(hub.wake)
         uow = UnitOfWorkFactory(door, after_commit=hub.wake, webhook_urls=settings.webhook_urls)
         await hub.start()
         stack.push_async_callback(hub.close)
-        hot = None
-        if door.postgres and tracing is None:
-            # Traced, every statement goes through SQLAlchemy, which gives each its span.
-            hot = HotPath(
-                engine.url,
-                timeout_s=settings.db_timeout_s,
-                max_size=HOT_POOL_SIZE,
-                after_commit=hub.wake,
-            )
-            await hot.open()
-            # Always closed: its workers would go on reconnecting after the server is gone.
-            stack.push_async_callback(hot.close, DISPOSE_WITHIN_S)
         # A critical submit also queues webhooks, which the one-statement submit does not.
         hot_submits = hot if not settings.webhook_urls else None
 

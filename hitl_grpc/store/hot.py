@@ -61,6 +61,7 @@ from hitl_grpc.store.codec import (
 from hitl_grpc.store.door import LATE, UNAVAILABLE
 from hitl_grpc.store.engine import DroppedOnCancel, postgres_connect_args
 from hitl_grpc.store.events import row_bytes
+from hitl_grpc.store.outbox import NEW_EVENTS_POSTGRES, StoredEvent, new_events
 from hitl_grpc.store.users import account_from_row
 
 log = logging.getLogger("hitl_grpc.store")
@@ -289,6 +290,14 @@ class HotPath:
             raise errors.Unavailable(LATE) from None
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError) as exc:
             raise errors.Unavailable(UNAVAILABLE) from exc
+
+    async def read_new(
+        self, after: int, limit: int, budget_bytes: int
+    ) -> tuple[tuple[StoredEvent, ...], bool]:
+        """EventStore.read_new in one statement, without a transaction around it."""
+        params = {"after": after, "limit": limit, "budget": budget_bytes}
+        rows = await self._rows("events", NEW_EVENTS_POSTGRES, params)
+        return new_events(rows, limit, budget_bytes)
 
     async def account_with_session(
         self, user_id: UserId, session_id: str

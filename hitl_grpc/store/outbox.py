@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import BindParameter, Select, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hitl_grpc.domain.ports import EventKind
@@ -65,16 +66,27 @@ class LogBounds:
 
 
 def _event(row: Any) -> StoredEvent:
-    m = row._mapping
+    """An event from its row (SQLAlchemy's or psycopg's: both name the columns)."""
     return StoredEvent(
-        position=int(m["position"]),
-        kind=EventKind(m["kind"]),
-        decision=decision_from_row(payload_to_row(m["payload"])),
-        size=int(m["size"]),
+        position=int(row.position),
+        kind=EventKind(row.kind),
+        decision=decision_from_row(payload_to_row(row.payload)),
+        size=int(row.size),
     )
 
 
-def _events_within(where: Sequence[Any], limit: int, budget_bytes: int) -> Select[Any]:
+def new_events(
+    rows: Iterable[Any], limit: int, budget_bytes: int
+) -> tuple[tuple[StoredEvent, ...], bool]:
+    """read_new's answer from its rows: the events, and whether more may follow."""
+    events = tuple(_event(r) for r in rows)
+    more = len(events) == limit or sum(e.size for e in events) >= budget_bytes
+    return events, more
+
+
+def _events_within(
+    where: Sequence[Any], limit: int | BindParameter[int], budget_bytes: int | BindParameter[int]
+) -> Select[Any]:
     """Events in position order, `limit` at most, and only as far as `budget_bytes` reaches
     (the event that crosses it included, so a read always makes progress).
 
@@ -97,12 +109,24 @@ def _events_within(where: Sequence[Any], limit: int, budget_bytes: int) -> Selec
     )
 
 
+# read_new's statement for psycopg itself: the parameters are after, limit and budget.
+NEW_EVENTS_POSTGRES: Final = str(
+    _events_within(
+        [decision_events.c.position > bindparam("after")], bindparam("limit"), bindparam("budget")
+    ).compile(dialect=psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
+)
+
+NewEvents = Callable[[int, int, int], Awaitable[tuple[tuple[StoredEvent, ...], bool]]]
+
+
 class EventStore:
     """Reads the outbox in position order, pages through the open set, prunes."""
 
-    def __init__(self, door: Door) -> None:
+    def __init__(self, door: Door, *, hot_new_events: NewEvents | None = None) -> None:
         self._door = door
         self.postgres = door.postgres
+        # read_new as one statement through the hot path (store/hot.py), where there is one.
+        self._hot_new_events = hot_new_events
 
     @asynccontextmanager
     async def _reading(self, *, repeatable: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -125,13 +149,13 @@ class EventStore:
         No horizon to wait for: a position becomes visible only after every lower one
         has (store/events.py), so nothing can still appear behind what this returns.
         """
+        if self._hot_new_events is not None:
+            return await self._hot_new_events(after, limit, budget_bytes)
         async with self._reading() as conn:
             rows = await conn.execute(
                 _events_within([decision_events.c.position > after], limit, budget_bytes)
             )
-            events = tuple(_event(r) for r in rows)
-        more = len(events) == limit or sum(e.size for e in events) >= budget_bytes
-        return events, more
+            return new_events(rows, limit, budget_bytes)
 
     async def read_range(
         self, after: int, upto: int, limit: int, budget_bytes: int
