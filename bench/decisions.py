@@ -43,13 +43,14 @@ _COLUMNS = (
 )
 
 
-def _fill_sqlite(path: str) -> None:
+def fill_sqlite(path: str, rows: int = QUEUE_ROWS, fill_select: str = _FILL_SELECT) -> None:
+    """`rows` decisions written straight into a SQLite file, as `fill_select` makes them."""
     with sqlite3.connect(path) as conn:
         conn.execute(
             "WITH RECURSIVE s(n) AS "
-            f"(SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {QUEUE_ROWS}) "
+            f"(SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {rows}) "
             f"INSERT INTO decisions ({_COLUMNS}) "
-            + _FILL_SELECT.format(
+            + fill_select.format(
                 now="strftime('%Y-%m-%d %H:%M:%f', 'now')",
                 created="strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || n || ' seconds')",
                 sla="strftime('%Y-%m-%d %H:%M:%f', 'now', '+1 day')",
@@ -59,18 +60,19 @@ def _fill_sqlite(path: str) -> None:
         conn.execute("ANALYZE")
 
 
-def _fill_postgres(url: str) -> None:
+def fill_postgres(url: str, rows: int = QUEUE_ROWS, fill_select: str = _FILL_SELECT) -> None:
+    """`rows` decisions written straight into a PostgreSQL database, as `fill_select` makes them."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             f"INSERT INTO decisions ({_COLUMNS}) "
-            + _FILL_SELECT.format(
+            + fill_select.format(
                 now="now()",
                 created="now() - n * interval '1 second'",
                 sla="now() + interval '1 day'",
-                series=f"generate_series(1, {QUEUE_ROWS}) AS n",
+                series=f"generate_series(1, {rows}) AS n",
             )
         )
-        conn.execute("ANALYZE decisions")
+        conn.execute("VACUUM ANALYZE decisions")
 
 
 async def _admin_metadata(channel: grpc.aio.Channel) -> tuple[tuple[str, str], ...]:
@@ -139,11 +141,11 @@ async def run() -> None:
         path = f"{tmp}/hitl.db"
         env = {"HITL_DATABASE_URL": f"sqlite:///{path}"}
         with serve_subprocess(env) as addr:
-            submits, lists = await _measure(addr, fill=lambda: _fill_sqlite(path))
+            submits, lists = await _measure(addr, fill=lambda: fill_sqlite(path))
         _print("sqlite", submits, lists, ceiling)
 
     with fresh_postgres("hitl_bench_decisions") as url:
         env = {"HITL_DATABASE_URL": url, "HITL_JWT_SECRET": BENCH_SECRET}
         with serve_subprocess(env) as addr:
-            submits, lists = await _measure(addr, fill=lambda: _fill_postgres(url))
+            submits, lists = await _measure(addr, fill=lambda: fill_postgres(url))
         _print("postgres", submits, lists, ceiling)

@@ -8,15 +8,13 @@ full against empty, in calls/s and in the server's CPU per call.
 
 from __future__ import annotations
 
-import sqlite3
 import tempfile
 from collections.abc import Callable
 
 import grpc
-import psycopg
 from hitl.v1 import decision_pb2, decision_pb2_grpc
 
-from bench.decisions import CONCURRENCY, _admin_metadata, _submitter
+from bench.decisions import CONCURRENCY, _admin_metadata, _submitter, fill_postgres, fill_sqlite
 from bench.load import Measured, drive
 from bench.processes import BENCH_SECRET, Address, fresh_postgres, serve_subprocess
 
@@ -32,41 +30,6 @@ SELECT 'scale-' || n, 'inc', 'high', '10.0.0.1', '', 50, '[]', '[]', '[]', '',
        1, {created}, {created}, {sla}, false
 FROM {series}
 """
-_COLUMNS = (
-    "analysis_id, incident_id, threat_level, source_ip, attributed_actor, confidence, iocs, "
-    "ttps, recommended_actions, forensic_summary, priority, detected_at, payload_hash, "
-    "submitted_by, status, version, created_at, updated_at, sla_deadline, sla_breached"
-)
-
-
-def _fill_sqlite(path: str) -> None:
-    with sqlite3.connect(path) as conn:
-        conn.execute(
-            "WITH RECURSIVE s(n) AS "
-            f"(SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {ROWS}) "
-            f"INSERT INTO decisions ({_COLUMNS}) "
-            + _FILL_SELECT.format(
-                now="strftime('%Y-%m-%d %H:%M:%f', 'now')",
-                created="strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || n || ' seconds')",
-                sla="strftime('%Y-%m-%d %H:%M:%f', 'now', '+1 day')",
-                series="s",
-            )
-        )
-        conn.execute("ANALYZE")
-
-
-def _fill_postgres(url: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            f"INSERT INTO decisions ({_COLUMNS}) "
-            + _FILL_SELECT.format(
-                now="now()",
-                created="now() - n * interval '1 second'",
-                sla="now() + interval '1 day'",
-                series=f"generate_series(1, {ROWS}) AS n",
-            )
-        )
-        conn.execute("VACUUM ANALYZE decisions")
 
 
 async def _both(addr: Address, channel: grpc.aio.Channel) -> tuple[Measured, Measured]:
@@ -112,7 +75,7 @@ async def run() -> None:
     with tempfile.TemporaryDirectory(prefix="hitl-bench-scale-") as tmp:
         path = f"{tmp}/hitl.db"
         env = {"HITL_DATABASE_URL": f"sqlite:///{path}"}
-        await _measure("sqlite", env, lambda: _fill_sqlite(path))
+        await _measure("sqlite", env, lambda: fill_sqlite(path, ROWS, _FILL_SELECT))
     with fresh_postgres("hitl_bench_scale") as url:
         env = {"HITL_DATABASE_URL": url, "HITL_JWT_SECRET": BENCH_SECRET}
-        await _measure("postgres", env, lambda: _fill_postgres(url))
+        await _measure("postgres", env, lambda: fill_postgres(url, ROWS, _FILL_SELECT))

@@ -3,47 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
 
 from hitl.v1 import decision_pb2
 
 from hitl_grpc.api import convert, pages
-from hitl_grpc.domain.values import (
-    Analysis,
-    AnalysisId,
-    Decision,
-    Priority,
-    Status,
-)
-
-NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+from hitl_grpc.domain.values import AnalysisId, Decision
+from tests.lifecycle_support import pending
 
 
 def _decision(n: int, summary: str = "") -> Decision:
-    analysis = Analysis(
-        analysis_id=AnalysisId(f"id-{n}"),
-        incident_id="inc",
-        threat_level="high",
-        source_ip="10.0.0.1",
-        attributed_actor="APT ✓",
-        confidence=90,
-        iocs=("evil.example",),
-        ttps=("T1059",),
-        recommended_actions=(),
-        forensic_summary=summary,
-        priority=Priority.HIGH,
-        detected_at=NOW - timedelta(minutes=1),
-        expires_at=None,
+    """A decision of its own id, its summary `summary`."""
+    decision = pending()
+    analysis = dataclasses.replace(
+        decision.analysis, analysis_id=AnalysisId(f"id-{n}"), forensic_summary=summary
     )
-    return Decision(
-        analysis=analysis,
-        status=Status.PENDING,
-        version=1,
-        created_at=NOW,
-        updated_at=NOW,
-        sla_deadline=NOW + timedelta(hours=1),
-        submitted_by="candi",
-    )
+    return dataclasses.replace(decision, analysis=analysis)
 
 
 def test_a_page_reply_parses_as_the_reply_protobuf_builds() -> None:
