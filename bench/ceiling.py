@@ -6,9 +6,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import auth_pb2, auth_pb2_grpc
 
-from bench.load import drive, report_calls
+from bench.load import Measured, drive, report_calls
 from bench.noop import noop_call, noop_server
-from bench.processes import ADMIN_PASSWORD, serve_subprocess
+from bench.processes import (
+    ADMIN_PASSWORD,
+    BENCH_SECRET,
+    Address,
+    fresh_postgres,
+    serve_subprocess,
+)
 
 CONCURRENCY = 64
 CALLS = 6000
@@ -22,29 +28,41 @@ async def run() -> None:
             ceiling = await drive(
                 noop_call(channel), concurrency=CONCURRENCY, total=CALLS, server_pid=noop_addr.pid
             )
-    with serve_subprocess() as addr:
-        async with grpc.aio.insecure_channel(addr) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            auth = auth_pb2_grpc.AuthServiceStub(channel)
-            login = await auth.Login(
-                auth_pb2.LoginRequest(username="admin", password=ADMIN_PASSWORD), timeout=30
-            )
-            meta = (("authorization", f"Bearer {login.tokens.access_token}"),)
-
-            async def check() -> object:
-                return await health.Check(health_pb2.HealthCheckRequest(), timeout=30)
-
-            async def whoami() -> object:
-                return await auth.GetCurrentUser(
-                    auth_pb2.GetCurrentUserRequest(), metadata=meta, timeout=30
-                )
-
-            await drive(check, concurrency=CONCURRENCY, total=500)
-            pid = addr.pid
-            checks = await drive(check, concurrency=CONCURRENCY, total=CALLS, server_pid=pid)
-            reads = await drive(whoami, concurrency=CONCURRENCY, total=CALLS, server_pid=pid)
     print(
         f"no-op at {CONCURRENCY} callers: p50 {ceiling.p50_ms:.2f} ms p99 {ceiling.p99_ms:.2f} ms"
     )
+    with serve_subprocess() as addr:
+        checks, reads = await _measure(addr)
     report_calls("Health.Check", checks, ceiling)
-    report_calls("GetCurrentUser (JWT + user read)", reads, ceiling)
+    report_calls("GetCurrentUser (JWT + user read) sqlite", reads, ceiling)
+    with fresh_postgres("hitl_bench_ceiling") as url:
+        env = {"HITL_DATABASE_URL": url, "HITL_JWT_SECRET": BENCH_SECRET}
+        with serve_subprocess(env) as addr:
+            _, reads = await _measure(addr)
+    report_calls("GetCurrentUser (JWT + user read) postgres", reads, ceiling)
+
+
+async def _measure(addr: Address) -> tuple[Measured, Measured]:
+    """Health.Check, then GetCurrentUser as the admin, on one server."""
+    async with grpc.aio.insecure_channel(addr) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        auth = auth_pb2_grpc.AuthServiceStub(channel)
+        login = await auth.Login(
+            auth_pb2.LoginRequest(username="admin", password=ADMIN_PASSWORD), timeout=30
+        )
+        meta = (("authorization", f"Bearer {login.tokens.access_token}"),)
+
+        async def check() -> object:
+            return await health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+
+        async def whoami() -> object:
+            return await auth.GetCurrentUser(
+                auth_pb2.GetCurrentUserRequest(), metadata=meta, timeout=30
+            )
+
+        await drive(check, concurrency=CONCURRENCY, total=500)
+        pid = addr.pid
+        checks = await drive(check, concurrency=CONCURRENCY, total=CALLS, server_pid=pid)
+        await drive(whoami, concurrency=CONCURRENCY, total=300)
+        reads = await drive(whoami, concurrency=CONCURRENCY, total=CALLS, server_pid=pid)
+    return checks, reads
