@@ -141,7 +141,11 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             items, token = await self._bounded(
                 context,
                 self._decisions.list_pending(
-                    page, rendered.render, pages.entry_bytes, max_bytes=max_bytes
+                    page,
+                    rendered.render,
+                    pages.entry_bytes,
+                    max_bytes=max_bytes,
+                    cached=rendered.get,
                 ),
             )
         else:

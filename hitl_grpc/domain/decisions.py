@@ -112,6 +112,36 @@ def _resubmitted(found: tuple[Decision, str], digest: str, by: Principal) -> Dec
     return existing
 
 
+def _from_rendered(
+    page: PageRequest,
+    keys: Sequence[tuple[QueueKey, int]],
+    cached: Callable[[AnalysisId, int], T | None],
+    size_of: Callable[[T], int],
+    max_bytes: int,
+) -> tuple[list[T], str] | None:
+    """The page from decisions already rendered at the versions read; None on any miss.
+
+    `keys` are the next open decisions after the page's cursor, one more than the page
+    holds if there are that many (which says a next page follows).
+    """
+    items: list[T] = []
+    used = 0
+    after = page.after
+    for key, version in keys:
+        if len(items) == page.size:
+            return items, page.token_after(after)
+        rendered = cached(key.analysis_id, version)
+        if rendered is None:
+            return None
+        size = size_of(rendered)
+        if items and used + size > max_bytes:
+            return items, page.token_after(after)
+        items.append(rendered)
+        used += size
+        after = key
+    return items, ""
+
+
 class DecisionOperations:
     """Every decision use case; one unit of work each."""
 
@@ -284,14 +314,32 @@ class DecisionOperations:
         size_of: Callable[[T], int],
         *,
         max_bytes: int,
+        cached: Callable[[AnalysisId, int], T | None] | None = None,
     ) -> tuple[list[T], str]:
         """One page of the open queue, rendered, within `max_bytes`, and the next page's token.
 
         `size_of` measures a rendered item; the token is "" after the last page. A page
         ends early, with a token for the rest, rather than outgrow the message limit; it
         always holds one item at least, so paging moves on (submit limits keep any one
-        decision well under the limit).
+        decision well under the limit). With `cached`, which gives a decision already
+        rendered at a version, the page's keys and versions are read first, and the
+        whole rows only if one of them is not rendered yet.
         """
+        if cached is not None:
+            async with self._uow(readonly=True) as uow:
+                keys = await uow.decisions.open_keys(page.filter, page.after, page.size + 1)
+            found = _from_rendered(page, keys, cached, size_of, max_bytes)
+            if found is not None:
+                return found
+        return await self._read_page(page, render, size_of, max_bytes)
+
+    async def _read_page(
+        self,
+        page: PageRequest,
+        render: Callable[[Decision], T],
+        size_of: Callable[[T], int],
+        max_bytes: int,
+    ) -> tuple[list[T], str]:
         items: list[T] = []
         used = 0
         after = page.after
@@ -326,31 +374,16 @@ class DecisionOperations:
         """list_pending() for a caller whose access check the page's own statement makes.
 
         One round trip when every decision of the page is already rendered: the statement
-        checks the account and reads the page's keys and versions, and `cached` gives each
-        rendered decision at that version. On any miss the page is read whole and rendered
-        (list_pending), a moment after the check. Also the caller it admitted.
+        checks the account and reads the page's keys and versions. On any miss the page
+        is read whole and rendered, a moment after the check. Also the caller it admitted.
         """
         assert self._hot is not None, "list_pending_checked needs the store's hot statements"
-        # Keys are small: the whole page in one read, one more to say whether one follows.
         found = await self._hot.page_keys(check, page.filter, page.after, page.size + 1)
         by = checked_principal(found.access, check)
-        items: list[T] = []
-        used = 0
-        after = page.after
-        for key, version in found.keys:
-            if len(items) == page.size:
-                return items, page.token_after(after), by
-            rendered = cached(key.analysis_id, version)
-            if rendered is None:
-                whole = await self.list_pending(page, render, size_of, max_bytes=max_bytes)
-                return (*whole, by)
-            size = size_of(rendered)
-            if items and used + size > max_bytes:
-                return items, page.token_after(after), by
-            items.append(rendered)
-            used += size
-            after = key
-        return items, "", by
+        rendered = _from_rendered(page, found.keys, cached, size_of, max_bytes)
+        if rendered is None:
+            rendered = await self._read_page(page, render, size_of, max_bytes)
+        return (*rendered, by)
 
     async def stats(self) -> QueueStats:
         """The queue's counts and times to decision."""

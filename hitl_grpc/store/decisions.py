@@ -123,14 +123,18 @@ def _decision(row: Row[Any]) -> Decision:
     return decision_from_row(cast("Mapping[str, Any]", row._mapping))
 
 
-def queue_query(queue_filter: QueueFilter, after: QueueKey | None, limit: int) -> Select[Any]:
+def queue_query(
+    queue_filter: QueueFilter, after: QueueKey | None, limit: int, *columns: Any
+) -> Select[Any]:
     """The page query: open rows in (priority, created_at, analysis_id) order, after a key.
 
     Its WHERE repeats ix_decisions_queue's predicate literally and its ORDER BY is the
-    index's, so both backends walk the index and stop after `limit` rows.
+    index's, so both backends walk the index and stop after `limit` rows. Whole rows,
+    unless `columns` names the ones to read.
     """
     c = decisions.c
-    stmt = select(decisions).where(_OPEN)
+    stmt = select(*columns) if columns else select(decisions)
+    stmt = stmt.where(_OPEN)
     if queue_filter.priorities:
         stmt = stmt.where(c.priority.in_(sorted(int(p) for p in queue_filter.priorities)))
     if queue_filter.statuses:
@@ -275,6 +279,23 @@ class DecisionRepository:
         """Open decisions in queue order, strictly after `after`."""
         rows = (await self._conn.execute(queue_query(queue_filter, after, limit))).all()
         return [_decision(r) for r in rows]
+
+    async def open_keys(
+        self, queue_filter: QueueFilter, after: QueueKey | None, limit: int
+    ) -> list[tuple[QueueKey, int]]:
+        """list_open's decisions as their keys and versions only."""
+        c = decisions.c
+        query = queue_query(
+            queue_filter, after, limit, c.priority, c.created_at, c.analysis_id, c.version
+        )
+        rows = (await self._conn.execute(query)).all()
+        return [
+            (
+                QueueKey(Priority(r.priority), _utc(r.created_at), AnalysisId(r.analysis_id)),
+                r.version,
+            )
+            for r in rows
+        ]
 
     async def _due(
         self,
