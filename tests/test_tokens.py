@@ -28,6 +28,12 @@ async def _whoami_code(server: Harness, metadata: Metadata) -> grpc.StatusCode:
     return caught.value.code()
 
 
+async def _whoami(server: Harness, token: str) -> None:
+    await server.auth.GetCurrentUser(
+        auth_pb2.GetCurrentUserRequest(), metadata=bearer(token), timeout=5
+    )
+
+
 def _claims_of(token: str) -> dict[str, object]:
     return dict(jwt.decode(token, options={"verify_signature": False}))
 
@@ -67,6 +73,22 @@ async def test_expired_token_is_unauthenticated(server: Harness) -> None:
     token = await server.token(Role.ANALYST)
     server.clock.advance(server.running.settings.access_token_ttl + timedelta(seconds=1))
     assert await _whoami_code(server, bearer(token)) is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_token_let_in_before_is_refused_once_it_expires(server: Harness) -> None:
+    token = await server.token(Role.ANALYST)
+    await _whoami(server, token)
+    server.clock.advance(server.running.settings.access_token_ttl + timedelta(seconds=1))
+    assert await _whoami_code(server, bearer(token)) is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_token_altered_after_it_got_in_is_refused(server: Harness) -> None:
+    token = await server.token(Role.ANALYST)
+    await _whoami(server, token)
+    head, body, signature = token.split(".")
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    for altered in (f"{head}.{body}.{flipped}", f"{head}.{body}x.{signature}"):
+        assert await _whoami_code(server, bearer(altered)) is grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_token_signed_with_another_key_is_unauthenticated(server: Harness) -> None:

@@ -57,6 +57,10 @@ def new_opaque_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+# Verified tokens one process remembers; past this the memory starts again.
+VERIFIED_MAX: Final = 8192
+
+
 class TokenIssuer:
     """Issues and verifies signed tokens of a given type."""
 
@@ -65,6 +69,10 @@ class TokenIssuer:
         self._issuer = issuer
         self._audience = audience
         self._clock = clock
+        # Tokens whose signature and claims were verified, exactly as presented: the keys
+        # never change in a process, so only the expiry is left to check on the next call.
+        # (Whether the account still admits the token is read on every call, elsewhere.)
+        self._verified: dict[tuple[str, str], Claims] = {}
 
     def issue(
         self,
@@ -96,6 +104,18 @@ class TokenIssuer:
 
     def verify(self, token: str, typ: str) -> Claims:
         """The claims of a valid token of type `typ`; anything else is Unauthenticated."""
+        claims = self._verified.get((token, typ))
+        if claims is None:
+            claims = self._verify_signed(token, typ)
+            if len(self._verified) >= VERIFIED_MAX:
+                self._verified.clear()
+            self._verified[(token, typ)] = claims
+        if claims.expires_at <= self._clock.now():
+            raise Unauthenticated("token expired")
+        return claims
+
+    def _verify_signed(self, token: str, typ: str) -> Claims:
+        """The claims of a token whose signature, issuer, audience and type verify."""
         try:
             kid = jwt.get_unverified_header(token).get("kid")
             key = self._keys.keys.get(kid) if isinstance(kid, str) else None
@@ -126,6 +146,4 @@ class TokenIssuer:
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise Unauthenticated("invalid token") from exc
-        if claims.expires_at <= self._clock.now():
-            raise Unauthenticated("token expired")
         return claims
