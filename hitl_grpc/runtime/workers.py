@@ -73,7 +73,8 @@ def hold(listen: str) -> Held:
             chosen = probe.getsockname()[1]
         held = socket.socket(family, kind, proto)
         try:
-            held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # SO_REUSEPORT only: with SO_REUSEADDR too, a socket like the probe could
+            # bind it beside us while it does not listen.
             held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             held.bind((sockaddr[0], chosen, *sockaddr[2:]))
         except OSError:

@@ -144,8 +144,9 @@ def test_a_killed_worker_is_replaced_and_the_port_keeps_serving(workers: Served)
         with _channel(workers) as channel:
             _whoami(channel, token, f"meanwhile-{n}-{uuid.uuid4().hex[:8]}")
     replaced = workers.log_entries(
-        lambda e: str(e.get("msg", "")).startswith("worker 0 serving")
-        and e.get("worker_pid") not in pids
+        lambda e: (
+            str(e.get("msg", "")).startswith("worker 0 serving") and e.get("worker_pid") not in pids
+        )
     )
     assert replaced, workers.stderr_tail()
     body = workers.wait_for_metrics("hitl_workers_serving 2.0", "hitl_worker_restarts_total 1.0")
@@ -236,4 +237,3 @@ def test_a_taken_port_stops_the_supervisor_before_any_worker(
     assert last.startswith(f"hitl-grpc: cannot listen on 127.0.0.1:{port}: ")
     assert "worker" not in done.stderr
     assert "serving on" not in done.stdout
-
