@@ -17,7 +17,7 @@ import pytest
 from hitl.v1 import auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
 from tests.blackbox.conftest import ServedFactory
-from tests.blackbox.harness import CALL_S, Served, _env
+from tests.blackbox.harness import CALL_S, STOP_S, Served, _env
 from tests.children import SERVE
 from tests.harness import bearer
 from tests.samples import sample_request
@@ -177,6 +177,11 @@ def test_sigterm_drains_every_worker_and_the_supervisor_exits_zero(workers: Serv
         for reply in stream:
             if reply.WhichOneof("event") == "snapshot_complete":
                 break
+    # Gauges of open streams are summed over the live workers, whichever holds each.
+    active = 'hitl_rpc_active{method="/hitl.v1.DecisionService/WatchPending"} 8.0'
+    body = workers.wait_for_metrics(active, "hitl_watchers 8.0")
+    assert active in body
+    assert "hitl_watchers 8.0" in body
     workers.stop()  # SIGTERM; asserts exit 0 within the harness's bound
     for stream in streams:
         with pytest.raises(grpc.RpcError) as ended:
@@ -185,16 +190,38 @@ def test_sigterm_drains_every_worker_and_the_supervisor_exits_zero(workers: Serv
         assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
     for channel in channels:
         channel.close()
-    for pid in pids:
-        assert not Path(f"/proc/{pid}").exists() or _zombie_of_someone_else(pid)
+    # No worker outlives its supervisor.
+    assert not any(_worker_alive(pid) for pid in pids)
 
 
-def _zombie_of_someone_else(pid: int) -> bool:
-    # A pid reused since is not the worker; a worker never outlives its supervisor.
+def _worker_alive(pid: int) -> bool:
+    """Whether `pid` is still a running worker (not gone, not a zombie, not reused)."""
     try:
-        return "--worker-index" not in Path(f"/proc/{pid}/cmdline").read_text()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        command = Path(f"/proc/{pid}/cmdline").read_text()
     except OSError:
-        return True
+        return False
+    return state != "Z" and "--worker-index" in command
+
+
+@POSTGRES_ONLY
+def test_workers_drain_and_exit_when_their_supervisor_is_killed(
+    database_url: str, tmp_path: Path
+) -> None:
+    served = Served.start(database_url, tmp_path, HITL_WORKERS="2")
+    pids = _workers(served)
+    try:
+        assert all(_worker_alive(pid) for pid in pids)
+        served.proc.kill()
+        served.proc.wait()
+        deadline = time.monotonic() + STOP_S
+        while any(_worker_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_worker_alive(pid) for pid in pids), served.stderr_tail()
+    finally:
+        for pid in pids:
+            if _worker_alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _serve(database_url: str, workdir: Path, **env: str) -> subprocess.CompletedProcess[str]:
