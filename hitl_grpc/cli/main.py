@@ -128,8 +128,7 @@ async def _serve(settings: Settings, control: socket.socket | None = None) -> No
                 settings.shutdown_grace_s + SHUTDOWN_MARGIN_S + EXIT_BACKSTOP_S, exit=True
             )
             return
-        if running.generated_admin_password:
-            _print_admin_password(running.generated_admin_password)
+        _print_admin_password(running.generated_admin_password)
         if running.metrics_port is not None and settings.metrics_listen:
             # With port 0 this line is the only way to learn the port the OS chose.
             host = settings.metrics_listen.rpartition(":")[0]
