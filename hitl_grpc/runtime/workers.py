@@ -96,6 +96,16 @@ class Started:
     pids: tuple[int, ...]
 
 
+async def _first(*events: asyncio.Event) -> None:
+    """Waits until one of `events` is set."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
 class Supervisor:
     """Starts, watches, restarts and stops the workers."""
 
@@ -107,6 +117,7 @@ class Supervisor:
         self._fatal: int | None = None
         self._failed = asyncio.Event()
         self._all_ready = asyncio.Event()
+        self._first_ready = asyncio.Event()
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._serving: set[int] = set()
         self._tasks: list[asyncio.Task[int]] = []
@@ -146,16 +157,16 @@ class Supervisor:
             "PROMETHEUS_MULTIPROC_DIR": self._dir,
             **({"HITL_MTLS_LISTEN": mtls.address} if mtls is not None else {}),
         }
-        self._tasks = [
-            asyncio.create_task(self._keep(index), name=f"hitl-worker-{index}")
-            for index in range(settings.workers)
-        ]
-        waits = [asyncio.ensure_future(e.wait()) for e in (self._all_ready, self._failed, stop)]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for wait in waits:
-                wait.cancel()
+        # The first worker alone, then the others: what would stop every worker (a
+        # certificate, the database) is said once.
+        self._tasks = [asyncio.create_task(self._keep(0), name="hitl-worker-0")]
+        await _first(self._first_ready, self._failed, stop)
+        if self._first_ready.is_set() and not stop.is_set():
+            self._tasks += [
+                asyncio.create_task(self._keep(index), name=f"hitl-worker-{index}")
+                for index in range(1, settings.workers)
+            ]
+            await _first(self._all_ready, self._failed, stop)
         if self._fatal is not None:
             await self.stop()
             return self._fatal
@@ -254,6 +265,7 @@ class Supervisor:
                         proc.pid,
                         extra={"worker_pid": proc.pid},
                     )
+                    self._first_ready.set()
                     if len(self._serving) == self._settings.workers:
                         self._all_ready.set()
                 code = await proc.wait()

@@ -264,3 +264,24 @@ def test_a_taken_port_stops_the_supervisor_before_any_worker(
     assert last.startswith(f"hitl-grpc: cannot listen on 127.0.0.1:{port}: ")
     assert "worker" not in done.stderr
     assert "serving on" not in done.stdout
+
+
+@POSTGRES_ONLY
+def test_what_stops_every_worker_is_said_once_and_the_supervisor_exits_with_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    # The supervisor checks the files exist; only a worker, binding, finds them unusable.
+    bad = tmp_path / "not-a-certificate.pem"
+    bad.write_text("not a certificate\n")
+    done = _serve(
+        database_url,
+        tmp_path,
+        HITL_WORKERS="2",
+        HITL_TLS_CERT_FILE=str(bad),
+        HITL_TLS_KEY_FILE=str(bad),
+    )
+    assert done.returncode == 1
+    said = [line for line in done.stderr.splitlines() if line.startswith("hitl-grpc")]
+    assert len(said) == 1, done.stderr
+    assert said[0].startswith("hitl-grpc: cannot listen on 127.0.0.1:")
+    assert "serving on" not in done.stdout
