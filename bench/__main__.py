@@ -6,7 +6,7 @@ import asyncio
 import importlib
 import sys
 
-SCENARIOS = ("ceiling", "logins", "decisions", "watch", "scale")
+SCENARIOS = ("ceiling", "logins", "decisions", "watch", "scale", "workers")
 
 
 def main(argv: list[str]) -> int:

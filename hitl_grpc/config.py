@@ -21,6 +21,10 @@ MIN_SECRET_BYTES: Final = 32
 # A page must hold one decision at every documented field limit (~1,000,000 bytes in
 # 4-byte UTF-8), besides its token and framing (tests/test_decisions_paging.py).
 MIN_MESSAGE_BYTES: Final = 1024 * 1024
+# The event reader's rest between reads with several workers: N readers then read the log
+# at most 1/WAKE_LINGER_S times a second each, instead of once per commit each.
+WAKE_LINGER_S: Final = 0.005
+MAX_WORKERS: Final = 64
 
 
 class ConfigError(Exception):
@@ -120,6 +124,12 @@ class Settings:
     watch_page_bytes: int = 512 * 1024
     # How often the event reader reads the log without a wake-up (a lost NOTIFY).
     watch_catchup_s: float = 1.0
+    # Serving processes on the one port (PostgreSQL only beyond one).
+    workers: int = 1
+    # After each read of the log, the event reader rests this long, so that the wake-ups
+    # of commits in the meantime are served by one read. None: WAKE_LINGER_S with several
+    # workers, none with one.
+    wake_linger: float | None = None
     log_level: str = "INFO"
     # Outgoing webhooks: off while no URL is set. Signed with webhook_secret (HMAC-SHA256).
     webhook_urls: tuple[str, ...] = ()
@@ -151,6 +161,13 @@ class Settings:
             return None
         _, _, rest = self.database_url.partition(":///")
         return Path(rest.split("?", 1)[0]) if rest else None
+
+    @property
+    def wake_linger_s(self) -> float:
+        """How long the event reader rests after each read (see `wake_linger`)."""
+        if self.wake_linger is not None:
+            return self.wake_linger
+        return WAKE_LINGER_S if self.workers > 1 else 0.0
 
     @property
     def stream_reauth_interval_s(self) -> float:
@@ -214,6 +231,12 @@ class Settings:
             raise ConfigError(
                 "HITL_JWT_SECRET",
                 "required with PostgreSQL (replicas must share the signing key)",
+            )
+        if settings.workers > 1 and settings.is_sqlite:
+            raise ConfigError(
+                "HITL_WORKERS",
+                "several workers need PostgreSQL: SQLite has one writer and no NOTIFY "
+                "to wake the other workers' readers",
             )
         if settings.webhook_urls and not settings.webhook_secret:
             raise ConfigError(
@@ -476,6 +499,8 @@ VARIABLES: Final = (
     Variable("HITL_WATCH_QUEUE_BYTES", "watch_queue_bytes", _integer(65536, 2**34)),
     Variable("HITL_WATCH_PAGE_BYTES", "watch_page_bytes", _integer(1024, 2**30)),
     Variable("HITL_WATCH_CATCHUP_S", "watch_catchup_s", _number(0.05, 3600)),
+    Variable("HITL_WORKERS", "workers", _integer(1, MAX_WORKERS)),
+    Variable("HITL_WAKE_LINGER_S", "wake_linger", _number(0, 1)),
     Variable("HITL_DB_CHECK_INTERVAL_S", "db_check_interval_s", _number(0.05, 3600)),
     Variable("HITL_LOGIN_MAX_FAILURES", "login_max_failures", _integer(1, 1000)),
     Variable("HITL_LOGIN_WINDOW_S", "login_window", _seconds(minimum=1)),

@@ -197,3 +197,20 @@ def test_an_unknown_environment_names_the_variable() -> None:
         Settings.from_env({"HITL_ENV": "prod"})
     assert caught.value.variable == "HITL_ENV"
     assert Settings.from_env({"HITL_ENV": "Production", "HITL_JWT_SECRET": "s" * 40}).production
+
+
+def test_several_workers_need_postgresql() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"HITL_WORKERS": "2"})
+    assert caught.value.variable == "HITL_WORKERS"
+    assert "several workers need PostgreSQL" in str(caught.value)
+    # One worker is the single server, on either store.
+    assert Settings.from_env({"HITL_WORKERS": "1"}).workers == 1
+
+
+@pytest.mark.parametrize("raw", ["0", "65", "two", "1.5"])
+def test_a_worker_count_outside_one_to_64_is_refused(raw: str) -> None:
+    pg = {"HITL_DATABASE_URL": "postgresql://db/hitl", "HITL_JWT_SECRET": "s" * 40}
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**pg, "HITL_WORKERS": raw})
+    assert str(caught.value).startswith("HITL_WORKERS: ")

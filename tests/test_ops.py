@@ -209,6 +209,8 @@ async def test_metrics_show_build_process_queue_watchers_streams_and_probes(
     assert _sample(body, 'hitl_sweeper_actions_total{action="expired"}') == 0
     # Both submits' events reached this process's fan-out, each timed from its change.
     assert (_sample(body, "hitl_event_lag_seconds_count") or 0) >= 2
+    # ... by reads of the log, however many (a wake-up per commit, batched or not).
+    assert (_sample(body, "hitl_event_reads_total") or 0) >= 1
 
 
 async def test_oversized_request_is_resource_exhausted(server: Harness) -> None:

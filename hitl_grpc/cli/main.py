@@ -18,6 +18,7 @@ import faulthandler
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -51,20 +52,83 @@ def _config_error(exc: ConfigError) -> int:
     return EXIT_CONFIG
 
 
-async def _serve(settings: Settings) -> None:
-    from hitl_grpc.runtime.server import SHUTDOWN_MARGIN_S, running_server
-
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running_server(settings, close_pool=False) as running:
-        if running.generated_admin_password:
-            print(
-                "created user 'admin' with password "
-                f"{running.generated_admin_password} (shown once: change it)",
-                flush=True,
+    return stop
+
+
+def _print_admin_password(password: str | None) -> None:
+    if password:
+        print(f"created user 'admin' with password {password} (shown once: change it)", flush=True)
+
+
+async def _supervise(settings: Settings) -> int:
+    """HITL_WORKERS > 1: the supervisor of that many serving processes."""
+    from hitl_grpc.runtime.server import SHUTDOWN_MARGIN_S
+    from hitl_grpc.runtime.workers import Supervisor
+
+    stop = _stop_on_signals()
+    bound = settings.shutdown_grace_s + SHUTDOWN_MARGIN_S + EXIT_BACKSTOP_S
+    supervisor = Supervisor(settings, stop_within_s=bound)
+    try:
+        started = await supervisor.start(stop)
+        if isinstance(started, int):
+            return started
+        _print_admin_password(started.generated_admin_password)
+        if started.metrics_port is not None and settings.metrics_listen:
+            host = settings.metrics_listen.rpartition(":")[0]
+            print(f"hitl-grpc metrics on {host}:{started.metrics_port}", flush=True)
+        print(f"hitl-grpc serving on {started.address}", flush=True)
+        if started.mtls_address is not None:
+            print(f"hitl-grpc client certificates on {started.mtls_address}", flush=True)
+        pids = " ".join(str(pid) for pid in started.pids)
+        print(f"hitl-grpc workers: {len(started.pids)} (pids {pids})", flush=True)
+        await stop.wait()
+        print("hitl-grpc draining", flush=True)
+        faulthandler.dump_traceback_later(bound + EXIT_BACKSTOP_S, exit=True)
+        return await supervisor.stop()
+    finally:
+        supervisor.close()
+
+
+def _watch_supervisor(control: socket.socket, stop: asyncio.Event) -> None:
+    """A worker drains once its supervisor is gone (its end of the pair closed)."""
+    control.setblocking(False)
+
+    def readable() -> None:
+        try:
+            gone = not control.recv(64)
+        except BlockingIOError:
+            return
+        except OSError:
+            gone = True
+        if gone:
+            asyncio.get_running_loop().remove_reader(control.fileno())
+            stop.set()
+
+    asyncio.get_running_loop().add_reader(control.fileno(), readable)
+
+
+async def _serve(settings: Settings, control: socket.socket | None = None) -> None:
+    """Serves until SIGTERM or SIGINT; a worker (`control` set) also until its supervisor
+    is gone, and reports to it instead of printing."""
+    from hitl_grpc.runtime.server import SHUTDOWN_MARGIN_S, running_server
+    from hitl_grpc.runtime.workers import READY
+
+    stop = _stop_on_signals()
+    async with running_server(settings, close_pool=False, worker=control is not None) as running:
+        if control is not None:
+            control.sendall(READY)
+            _watch_supervisor(control, stop)
+            await stop.wait()
+            faulthandler.dump_traceback_later(
+                settings.shutdown_grace_s + SHUTDOWN_MARGIN_S + EXIT_BACKSTOP_S, exit=True
             )
+            return
+        _print_admin_password(running.generated_admin_password)
         if running.metrics_port is not None and settings.metrics_listen:
             # With port 0 this line is the only way to learn the port the OS chose.
             host = settings.metrics_listen.rpartition(":")[0]
@@ -157,7 +221,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hitl-grpc {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("serve", help="run the server (configured by HITL_* variables)")
+    serve = sub.add_parser("serve", help="run the server (configured by HITL_* variables)")
+    # How a supervisor (HITL_WORKERS > 1) starts each of its workers.
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
     sub.add_parser("migrate", help="bring the database schema up to date")
     health = sub.add_parser("health", help="ask a server's gRPC health service; exit 0 if SERVING")
     health.add_argument("--address", help="host:port (default: HITL_LISTEN or 127.0.0.1:50051)")
@@ -206,7 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hitl_grpc.runtime.observability import configure_logging
 
     settings = _settings()
-    logs = configure_logging(settings.log_level)
+    worker = getattr(args, "worker_index", None)
+    fields = {"worker": worker, "pid": os.getpid()} if worker is not None else None
+    logs = configure_logging(settings.log_level, fields)
     # alembic, loaded on first use now, announces each plugin it sets up at INFO.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     if args.command in ("users", "migrate"):
@@ -218,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = users.run(args, settings)
         elif args.command == "audit" and args.audit_command == "verify":
             code = audit_verify.run(args, settings)
+        elif args.command == "serve" and worker is not None:
+            asyncio.run(_serve(settings, socket.socket(fileno=args.worker_fd)))
+        elif args.command == "serve" and settings.workers > 1:
+            code = asyncio.run(_supervise(settings))
         elif args.command == "serve":
             asyncio.run(_serve(settings))
         elif args.command == "migrate":
@@ -240,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # past the shutdown bound.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(code)
     return code
 
 

@@ -2,7 +2,9 @@
 
 The reader wakes on a signal (a local commit, a PostgreSQL NOTIFY from any replica) or
 on a catch-up timer, reads the next batch of committed events once, and offers each
-event to every matching subscription. Subscriptions hold queues bounded in events and in
+event to every matching subscription. With a linger it rests that long after each read,
+so that many commits (and their NOTIFYs, which every worker and replica receives) cost
+one read per linger rather than one per commit. Subscriptions hold queues bounded in events and in
 bytes: a watcher that falls behind is dropped (and told so) instead of stalling the reader
 or the others, or holding the events it has not taken in memory.
 """
@@ -170,11 +172,17 @@ class EventHub:
         retention: timedelta,
         prune_interval_s: float,
         listen_check_s: float = 5.0,
+        wake_linger_s: float = 0.0,
         on_fan_out: Callable[[float], None] | None = None,
         on_cut_off: Callable[[], None] | None = None,
+        on_read: Callable[[], None] | None = None,
         hot_new_events: NewEvents | None = None,
     ) -> None:
         self.store = EventStore(door, hot_new_events=hot_new_events)
+        # The rest after each read: the wake-ups of commits meanwhile make one read.
+        self._wake_linger_s = wake_linger_s
+        # Told each time the reader reads the log (once per wake-up it serves).
+        self._on_read = on_read
         # Told, per event, how long after its change it reached the local watchers.
         self._on_fan_out = on_fan_out
         # Told each time a watcher that fell behind is cut off.
@@ -286,6 +294,8 @@ class EventHub:
 
     async def _read_once(self) -> None:
         """Reads and fans out everything committed."""
+        if self._on_read is not None:
+            self._on_read()
         more = True
         while more:
             # A batch holds no more than one watcher's queue may: the reader's own
@@ -309,6 +319,12 @@ class EventHub:
                 delay = min((delay or 0.1) * 2, ERROR_BACKOFF_MAX_S)
                 continue
             delay = None
+            if self._wake_linger_s:
+                # Wake-ups from here on set the event: the next read, right after the
+                # rest, serves them all. A first commit after a quiet spell is read at
+                # once; none waits longer than the rest plus one read, and the read
+                # always starts from `head`, so batching skips and repeats nothing.
+                await asyncio.sleep(self._wake_linger_s)
 
     async def _listen_loop(self) -> None:
         backoff = 0.1

@@ -1,7 +1,10 @@
 """The service's Prometheus metrics beyond per-RPC counts: queue, sweeper, watchers, database.
 
 Everything lives in the server's own registry (no global state), so several servers in
-one process, as in the tests, never share a sample.
+one process, as in the tests, never share a sample. With HITL_WORKERS > 1 each worker
+writes its samples to prometheus_client's multiprocess files and the supervisor serves
+them all (`workers_registry`): counters and histograms add up over the workers, gauges
+say how in their `multiprocess_mode`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from hitl_grpc import tasks
 from hitl_grpc.domain import errors
@@ -41,40 +45,60 @@ def build_version() -> str:
         return "unknown"
 
 
+def build_info(registry: CollectorRegistry) -> None:
+    """The hitl_build info sample."""
+    Info("hitl_build", "The running build", registry=registry).info(
+        {
+            "version": build_version(),
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+        }
+    )
+
+
+def workers_registry(directory: str) -> CollectorRegistry:
+    """What the supervisor serves: every worker's samples (from their multiprocess files
+    in `directory`), the build, and the supervisor's own process."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # untyped upstream
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    build_info(registry)
+    return registry
+
+
 class ServiceMetrics:
     """Build, process, queue, sweeper, watcher and database samples of one server."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
-        Info("hitl_build", "The running build", registry=registry).info(
-            {
-                "version": build_version(),
-                "python": platform.python_version(),
-                "grpcio": grpc.__version__,
-            }
-        )
+        build_info(registry)
         self.queue_open = Gauge(
             "hitl_queue_open",
             "Open decisions by status, as of the last queue read",
             ["status"],
             registry=registry,
+            multiprocess_mode="livemostrecent",
         )
         self.queue_pending = Gauge(
             "hitl_queue_pending",
             "PENDING decisions by priority, as of the last queue read",
             ["priority"],
             registry=registry,
+            multiprocess_mode="livemostrecent",
         )
         self.sla_breaches = Gauge(
             "hitl_sla_breaches_last_24h",
             "Verdicts of the last 24 hours made after their SLA deadline",
             registry=registry,
+            multiprocess_mode="livemostrecent",
         )
         self.queue_read = Gauge(
             "hitl_queue_read_timestamp_seconds",
             "When the queue gauges were last read from the database",
             registry=registry,
+            multiprocess_mode="livemostrecent",
         )
         self.sweeps = Counter(
             "hitl_sweeper_actions_total",
@@ -83,7 +107,10 @@ class ServiceMetrics:
             registry=registry,
         )
         self.watchers = Gauge(
-            "hitl_watchers", "Open WatchPending and WatchDecision streams", registry=registry
+            "hitl_watchers",
+            "Open WatchPending and WatchDecision streams",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.cut_offs = Counter(
             "hitl_watchers_cut_off_total",
@@ -99,6 +126,12 @@ class ServiceMetrics:
         self.connections = Gauge(
             "hitl_db_connections_in_use",
             "Pooled database connections checked out now",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.event_reads = Counter(
+            "hitl_event_reads_total",
+            "Reads of the event log by the event reader (one per wake-up it serves)",
             registry=registry,
         )
         self.probe = Histogram(
@@ -129,6 +162,7 @@ class ServiceMetrics:
             "hitl_queue_oldest_open_age_seconds",
             "Age of the oldest open decision (0 when none is open), as of the last queue read",
             registry=registry,
+            multiprocess_mode="livemostrecent",
         )
 
     def signed_in(self, step: str, outcome: str) -> None:

@@ -34,9 +34,13 @@ class _Handoff(logging.handlers.QueueHandler):
 _TRACEBACKS: Final = logging.Formatter()
 
 
-def configure_logging(level: str) -> logging.handlers.QueueListener:
+def configure_logging(
+    level: str, fields: dict[str, object] | None = None
+) -> logging.handlers.QueueListener:
     """JSON lines on stderr at the given level, written by a thread of their own so the
-    event loop never waits on stderr; stop the returned listener to flush before exit."""
+    event loop never waits on stderr; stop the returned listener to flush before exit.
+
+    `fields` go in every line (a worker's index and pid)."""
     writer = logging.StreamHandler()
     writer.setFormatter(
         JsonFormatter(
@@ -51,6 +55,7 @@ def configure_logging(level: str) -> logging.handlers.QueueListener:
                 "exc_info": "error",
             },
             json_ensure_ascii=False,
+            static_fields=fields,
         )
     )
     queue: SimpleQueue[logging.LogRecord] = SimpleQueue()
@@ -77,7 +82,13 @@ class RpcMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
         )
         # Streams are seen while open, not only once they end.
-        self.active = Gauge("hitl_rpc_active", "RPCs in progress", ["method"], registry=registry)
+        self.active = Gauge(
+            "hitl_rpc_active",
+            "RPCs in progress",
+            ["method"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
 
 
 class AccessLogInterceptor(WrappingInterceptor):

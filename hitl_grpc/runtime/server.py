@@ -156,7 +156,7 @@ def hashing_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="hash")
 
 
-def _server_options(settings: Settings) -> list[tuple[str, Any]]:
+def _server_options(settings: Settings, *, shared_port: bool) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -166,8 +166,9 @@ def _server_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
-        # Two servers must never silently share one port.
-        ("grpc.so_reuseport", 0),
+        # Two servers must never silently share one port: only the workers of one
+        # supervisor do, which holds the port for them (runtime/workers.py).
+        ("grpc.so_reuseport", 1 if shared_port else 0),
     ]
 
 
@@ -212,6 +213,7 @@ async def running_server(
     close_pool: bool = True,
     hub_class: type[EventHub] = EventHub,
     monitor_class: type[DatabaseMonitor] = DatabaseMonitor,
+    worker: bool = False,
 ) -> AsyncIterator[RunningServer]:
     """A started server; leaving the context drains it and releases everything.
 
@@ -219,7 +221,9 @@ async def running_server(
     exits at once): closing PostgreSQL connections runs synchronously on the loop, and
     was seen to stall an exiting process past its shutdown bound. `hub_class` and
     `monitor_class` build the event reader and the database probe, so that a caller can
-    observe them through subclasses.
+    observe them through subclasses. A `worker` (HITL_WORKERS > 1) shares its ports with
+    the other workers, leaves the bootstrap admin and the metrics endpoint to its
+    supervisor, and writes its samples where the supervisor reads them.
     """
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
@@ -227,7 +231,7 @@ async def running_server(
         # database (and before it would create, and print, a bootstrap admin).
         registry = CollectorRegistry()
         service_metrics = ServiceMetrics(registry)
-        metrics_port = _serve_metrics(settings, registry, stack)
+        metrics_port = None if worker else _serve_metrics(settings, registry, stack)
         door = await open_store(settings)
         engine = door.engine
         if close_pool:
@@ -255,8 +259,10 @@ async def running_server(
             retention=settings.event_retention,
             prune_interval_s=settings.sweep_interval_s,
             listen_check_s=settings.db_check_interval_s,
+            wake_linger_s=settings.wake_linger_s,
             on_fan_out=service_metrics.fanned_out,
             on_cut_off=service_metrics.cut_offs.inc,
+            on_read=service_metrics.event_reads.inc,
             hot_new_events=hot.read_new if hot is not None else None,
         )
         if hot is not None:
@@ -278,14 +284,7 @@ async def running_server(
             on_lockout=service_metrics.locked_out,
             hot=hot,
         )
-        try:
-            # No call: the audit row of a bootstrap admin carries an id of the start-up.
-            with request_id.bound(f"startup-{uuid.uuid4().hex}"):
-                generated = await services.users.bootstrap_admin(
-                    settings.bootstrap_admin_password, may_generate=not settings.production
-                )
-        except InvalidField as exc:
-            raise StartupError(f"HITL_BOOTSTRAP_ADMIN_PASSWORD: {exc.message}") from None
+        generated = None if worker else await _bootstrap(settings, services)
 
         server = grpc.aio.server(
             interceptors=[
@@ -307,7 +306,7 @@ async def running_server(
                     | (FOLDED_SUBMITS if hot_submits is not None else frozenset()),
                 ),
             ],
-            options=_server_options(settings),
+            options=_server_options(settings, shared_port=worker),
         )
         auth_pb2_grpc.add_AuthServiceServicer_to_server(
             AuthServicer(
@@ -367,7 +366,7 @@ async def running_server(
             webhooks.start()
             stack.push_async_callback(webhooks.stop)
         gauges = Gauges(service_metrics, decisions, hub, door, interval_s=settings.sweep_interval_s)
-        if metrics_port is not None:  # nobody could read them otherwise
+        if metrics_port is not None or worker:  # nobody could read them otherwise
             gauges.start()
             stack.push_async_callback(gauges.stop)
         host = settings.listen.rpartition(":")[0]
@@ -403,6 +402,33 @@ async def running_server(
                 gauges.stop(),
                 *([webhooks.stop()] if webhooks is not None else []),
             )
+
+
+async def _bootstrap(settings: Settings, services: AccountServices) -> str | None:
+    """Creates `admin` on an empty database; its password if it was generated."""
+    try:
+        # No call: the audit row of a bootstrap admin carries an id of the start-up.
+        with request_id.bound(f"startup-{uuid.uuid4().hex}"):
+            return await services.users.bootstrap_admin(
+                settings.bootstrap_admin_password, may_generate=not settings.production
+            )
+    except InvalidField as exc:
+        raise StartupError(f"HITL_BOOTSTRAP_ADMIN_PASSWORD: {exc.message}") from None
+
+
+async def prepare_store(settings: Settings) -> str | None:
+    """What a supervisor does once before its workers start: the schema (created on an
+    empty database, else checked) and the bootstrap admin. Returns the admin's password
+    if it was generated."""
+    door = await open_store(settings)
+    cpu_pool = hashing_pool()
+    try:
+        uow = UnitOfWorkFactory(door)
+        services = accounts.build(settings, uow, SystemClock(), cpu_pool)
+        return await _bootstrap(settings, services)
+    finally:
+        cpu_pool.shutdown(wait=False, cancel_futures=True)
+        await _dispose(door.engine)
 
 
 def _webhook_sender(settings: Settings, deliveries: WebhookDeliveries) -> WebhookSender | None:
