@@ -18,7 +18,7 @@ from hitl_grpc.domain.ports import (
     UnitOfWork,
     UnitOfWorkFactory,
 )
-from hitl_grpc.domain.queue import READ_ROWS_MAX, PageRequest, QueueKey, QueueStats
+from hitl_grpc.domain.queue import READ_ROWS_MAX, PageEntry, PageRequest, QueueKey, QueueStats
 from hitl_grpc.domain.validation import AnalysisDraft, VerdictDraft
 from hitl_grpc.domain.values import (
     AccountCheck,
@@ -114,7 +114,7 @@ def _resubmitted(found: tuple[Decision, str], digest: str, by: Principal) -> Dec
 
 def _from_rendered(
     page: PageRequest,
-    keys: Sequence[tuple[QueueKey, int]],
+    keys: Sequence[PageEntry],
     cached: Callable[[AnalysisId, int], T | None],
     size_of: Callable[[T], int],
     max_bytes: int,
@@ -126,19 +126,17 @@ def _from_rendered(
     """
     items: list[T] = []
     used = 0
-    after = page.after
-    for key, version in keys:
+    for n, entry in enumerate(keys):
         if len(items) == page.size:
-            return items, page.token_after(after)
-        rendered = cached(key.analysis_id, version)
+            return items, page.token_after(keys[n - 1].key())
+        rendered = cached(AnalysisId(entry.analysis_id), entry.version)
         if rendered is None:
             return None
         size = size_of(rendered)
         if items and used + size > max_bytes:
-            return items, page.token_after(after)
+            return items, page.token_after(keys[n - 1].key())
         items.append(rendered)
         used += size
-        after = key
     return items, ""
 
 

@@ -10,7 +10,7 @@ from typing import Any, Protocol, Self
 
 from hitl_grpc.domain.access import StoredAccess
 from hitl_grpc.domain.notifications import Delivery, DeliveryState
-from hitl_grpc.domain.queue import QueueFilter, QueueKey, QueueStats
+from hitl_grpc.domain.queue import PageEntry, QueueFilter, QueueKey, QueueStats
 from hitl_grpc.domain.values import (
     Account,
     AccountCheck,
@@ -236,8 +236,8 @@ class DecisionRepository(Protocol):
 
     async def open_keys(
         self, queue_filter: QueueFilter, after: QueueKey | None, limit: int
-    ) -> list[tuple[QueueKey, int]]:
-        """list_open's decisions as their keys and versions only."""
+    ) -> list[PageEntry]:
+        """list_open's decisions as their versions and places only."""
         ...
 
     async def expired(self, limit: int) -> list[tuple[Decision, datetime]]: ...
@@ -315,8 +315,8 @@ class CheckedPage:
 
     # The caller's account as the statement read it (None: no such account).
     access: StoredAccess | None
-    # The open decisions in queue order, each with its version; empty if refused.
-    keys: list[tuple[QueueKey, int]]
+    # The open decisions in queue order, as versions and places; empty if refused.
+    keys: list[PageEntry]
 
 
 class HotStatements(Protocol):

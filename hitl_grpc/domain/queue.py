@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, NamedTuple
 
 from hitl_grpc.domain import lifecycle, opaque, validation
 from hitl_grpc.domain.errors import FieldViolation, InvalidField
@@ -38,6 +38,22 @@ class QueueKey:
     def of(cls, decision: Decision) -> QueueKey:
         """The key of a decision."""
         return cls(decision.analysis.priority, decision.created_at, decision.analysis_id)
+
+
+class PageEntry(NamedTuple):
+    """A decision on a page as its version and place, read without the rest of its row."""
+
+    analysis_id: str
+    version: int
+    priority: int
+    # Aware, in whatever zone the store reads it.
+    created_at: datetime
+
+    def key(self) -> QueueKey:
+        """Its place in the queue, as a cursor names it."""
+        return QueueKey(
+            Priority(self.priority), self.created_at.astimezone(UTC), AnalysisId(self.analysis_id)
+        )
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hitl_grpc.domain import lifecycle
-from hitl_grpc.domain.queue import QueueFilter, QueueKey, QueueStats, WindowStats
+from hitl_grpc.domain.queue import PageEntry, QueueFilter, QueueKey, QueueStats, WindowStats
 from hitl_grpc.domain.values import (
     ActionVerdict,
     Analysis,
@@ -282,20 +282,14 @@ class DecisionRepository:
 
     async def open_keys(
         self, queue_filter: QueueFilter, after: QueueKey | None, limit: int
-    ) -> list[tuple[QueueKey, int]]:
-        """list_open's decisions as their keys and versions only."""
+    ) -> list[PageEntry]:
+        """list_open's decisions as their versions and places only."""
         c = decisions.c
         query = queue_query(
-            queue_filter, after, limit, c.priority, c.created_at, c.analysis_id, c.version
+            queue_filter, after, limit, c.analysis_id, c.version, c.priority, c.created_at
         )
         rows = (await self._conn.execute(query)).all()
-        return [
-            (
-                QueueKey(Priority(r.priority), _utc(r.created_at), AnalysisId(r.analysis_id)),
-                r.version,
-            )
-            for r in rows
-        ]
+        return [PageEntry(r.analysis_id, r.version, r.priority, _utc(r.created_at)) for r in rows]
 
     async def _due(
         self,

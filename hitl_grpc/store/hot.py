@@ -22,7 +22,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any, Final
 
 import psycopg
@@ -34,16 +34,14 @@ from sqlalchemy.engine import URL
 from hitl_grpc.domain import errors, lifecycle
 from hitl_grpc.domain.access import StoredAccess
 from hitl_grpc.domain.ports import CheckedPage, CheckedSubmit, EventKind
-from hitl_grpc.domain.queue import QueueFilter, QueueKey
+from hitl_grpc.domain.queue import PageEntry, QueueFilter, QueueKey
 from hitl_grpc.domain.values import (
     Account,
     AccountCheck,
     ActionVerdict,
     Analysis,
-    AnalysisId,
     AuditRecord,
     Decision,
-    Priority,
     Role,
     Status,
     UserId,
@@ -362,12 +360,7 @@ class HotPath:
         shape = (bool(queue_filter.priorities), bool(queue_filter.statuses), after is not None)
         rows = await self._rows("page", _PAGE_KEYS[shape], params)
         keys = [
-            (
-                QueueKey(
-                    Priority(r.priority), r.created_at.astimezone(UTC), AnalysisId(r.analysis_id)
-                ),
-                int(r.version),
-            )
+            PageEntry(r.analysis_id, r.version, r.priority, r.created_at)
             for r in rows
             if r.analysis_id is not None
         ]
