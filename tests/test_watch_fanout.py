@@ -59,6 +59,9 @@ async def test_one_log_read_per_batch_whatever_the_number_of_watchers(
 
         await hub_of(server).sync()
         reads_before = hub_of(server).reads
+        # On PostgreSQL the hub reads through the hot path's own connections.
+        hot = server.running.hot
+        hot_before = hot.executed["events"] if hot else 0
         event.listen(sync_engine, "before_cursor_execute", count)
         try:
             await append_events(server, [hand_decision(f"batch-{n}") for n in range(5)])
@@ -67,15 +70,16 @@ async def test_one_log_read_per_batch_whatever_the_number_of_watchers(
                 assert [event_of(r)[1] for r in got] == [f"batch-{n}" for n in range(5)]
         finally:
             event.remove(sync_engine, "before_cursor_execute", count)
+        hot_reads = hot.executed["events"] - hot_before if hot else 0
         # Every read of the log was the hub's; none was a watcher's own.
-        assert reads
         assert all(hub_read(statement) for statement in reads), reads
-        assert len(reads) == hub_of(server).reads - reads_before
+        total = len(reads) + hot_reads
+        assert total == hub_of(server).reads - reads_before
         if backend == "sqlite":
-            assert len(reads) == 1
+            assert total == 1
         else:
             # The NOTIFY of the same commit may add one read; nothing else does.
-            assert len(reads) <= 2
+            assert 1 <= total <= 2
 
 
 async def test_change_on_one_replica_reaches_a_watcher_on_another(
