@@ -243,7 +243,14 @@ async def running_server(
             on_fan_out=service_metrics.fanned_out,
             on_cut_off=service_metrics.cut_offs.inc,
         )
-        uow = UnitOfWorkFactory(door, after_commit=hub.wake, webhook_urls=settings.webhook_urls)
+        uow = UnitOfWorkFactory(
+            door,
+            after_commit=hub.wake,
+            webhook_urls=settings.webhook_urls,
+            group_commit_max=settings.group_commit_max if settings.group_commit_on else 0,
+        )
+        # Closed after the hub (pushed below, so run first) and after the gRPC server's drain.
+        stack.push_async_callback(uow.close)
         await hub.start()
         stack.push_async_callback(hub.close)
         hot = None
