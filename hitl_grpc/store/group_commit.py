@@ -143,6 +143,11 @@ class GroupCommit:
         # The most writes one commit carried.
         self.largest = 0
 
+    @property
+    def waiting(self) -> int:
+        """Writes queued for the next turn (abandoned ones until the writer drops them)."""
+        return len(self._queue)
+
     async def write(self, work: Callable[[Repositories], Awaitable[T]]) -> T:
         """Runs `work` in the next group and returns its result once the group committed."""
         if self._closed:
