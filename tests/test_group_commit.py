@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from hitl_grpc.config import ConfigError, Settings
+from hitl_grpc.domain import errors
 from hitl_grpc.domain.ports import Repositories
 from hitl_grpc.domain.values import Role, UserId
 from hitl_grpc.store import audit_chain
@@ -49,7 +50,8 @@ async def _held(server: Harness) -> AsyncIterator[None]:
         yield
     finally:
         release.set()
-        await holder
+        # The holder's own outcome is its group's: the tests look at the writes it carried.
+        await asyncio.gather(holder, return_exceptions=True)
 
 
 async def _queued(server: Harness, count: int) -> None:
@@ -207,6 +209,34 @@ async def test_a_failing_write_is_undone_alone_and_its_group_commits(
         assert sorted(seen) == sorted(("removed", i, int(REJECTED)) for i in good)
         report = await audit_chain.verify(server.running.engine)
         assert report.ok, report.breaks
+
+
+async def test_a_group_past_its_deadline_writes_nothing_and_the_writer_goes_on(
+    make_server: ServerFactory,
+) -> None:
+    async with make_server(group_commit="on", db_timeout_s=1.0) as server:
+        service = await server.as_role(Role.SERVICE)
+        group = _group(server)
+        written = f"late-{uuid.uuid4().hex[:10]}"
+
+        async def insert(uow: Repositories) -> None:
+            analysis = hand_decision(written).analysis
+            await uow.decisions.insert(analysis, "h", submitted_by="test", sla=timedelta(hours=1))
+
+        async def stall(_: Repositories) -> None:
+            await asyncio.Event().wait()  # until the group's deadline cancels it
+
+        async with _held(server):
+            done = asyncio.ensure_future(group.write(insert))
+            await _queued(server, 1)
+            stuck = asyncio.ensure_future(group.write(stall))
+            await _queued(server, 2)
+        # Both joined the held group, which cannot commit before its first write's deadline.
+        for write in (done, stuck):
+            with pytest.raises(errors.Unavailable):
+                await write
+        assert await _stored(server, written) is None
+        assert (await submit(server, service)).version == 1
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

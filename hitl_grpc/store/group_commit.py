@@ -15,6 +15,8 @@ earlier, so by the time any caller's deadline passes its group has committed or 
 being given up. A caller whose deadline passes is told UNAVAILABLE at once; a write
 not yet started is then dropped, and a started one can only have been committed by a
 COMMIT already under way when the deadline struck, as with any single transaction.
+A write with less than a tenth of its deadline left when its turn comes is not started
+(UNAVAILABLE, nothing written), so it cannot lead a group into timing out.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import collections
 import contextlib
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -41,6 +43,11 @@ from hitl_grpc.store.users import UserRepository
 from hitl_grpc.store.webhooks import WebhookOutbox
 
 T = TypeVar("T")
+
+# A write is started only with at least this share of its deadline left, and a group takes
+# no more writes once its own time falls below it: a group led by a write about to time
+# out would otherwise take the writes joining it down with it.
+_START_SHARE: Final = 0.1
 
 
 class SharedRepositories:
@@ -134,6 +141,8 @@ class GroupCommit:
         self._after_commit = after_commit
         self._webhook_urls = tuple(webhook_urls)
         self._queue: collections.deque[_Write[Any]] = collections.deque()
+        timeout_s = door.timeout_s
+        self._start_floor_s = 0.0 if timeout_s is None else timeout_s * _START_SHARE
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -183,6 +192,7 @@ class GroupCommit:
 
     def _next(self, not_before: float) -> _Write[Any] | None:
         """The next write still wanted whose deadline is no earlier than `not_before`."""
+        now = asyncio.get_running_loop().time()
         while self._queue:
             item = self._queue[0]
             if item.abandoned:
@@ -190,7 +200,12 @@ class GroupCommit:
                 continue
             if item.deadline < not_before:
                 return None
-            return self._queue.popleft()
+            self._queue.popleft()
+            if item.deadline - now < self._start_floor_s:
+                # Too late to start: nothing of it is written, its caller hears now.
+                item.fail(errors.Unavailable(LATE))
+                continue
+            return item
         return None
 
     async def _run(self) -> None:
@@ -213,6 +228,8 @@ class GroupCommit:
                 while item is not None:
                     await item.run(conn, self._webhook_urls)
                     if len(group) == self._max_items:
+                        break
+                    if first.deadline - loop.time() < self._start_floor_s:
                         break
                     # Arrived while this transaction ran: join it.
                     item = self._next(first.deadline)
