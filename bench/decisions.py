@@ -107,15 +107,16 @@ def _submitter(
 
 
 def _counted(
-    call: Callable[[], Awaitable[object]], codes: Counter[grpc.StatusCode]
+    call: Callable[[], Awaitable[object]], unavailable: Counter[str]
 ) -> Callable[[], Awaitable[object]]:
-    """The call, with each failure's status code counted."""
+    """The call, with each UNAVAILABLE counted by its message."""
 
     async def counted() -> object:
         try:
             return await call()
         except grpc.aio.AioRpcError as err:
-            codes[err.code()] += 1
+            if err.code() is grpc.StatusCode.UNAVAILABLE:
+                unavailable[err.details() or ""] += 1
             raise
 
     return counted
@@ -126,9 +127,9 @@ class Writes:
     """The write loads of one server: submits, then verdicts on what was submitted."""
 
     submits: Measured
-    submits_unavailable: int
+    submits_unavailable: Counter[str]
     verdicts: Measured
-    verdicts_unavailable: int
+    verdicts_unavailable: Counter[str]
 
 
 async def _measure_writes(
@@ -138,11 +139,13 @@ async def _measure_writes(
 ) -> Writes:
     submit = _submitter(stub, meta)
     await drive(submit, concurrency=CONCURRENCY, total=200)
-    codes: Counter[grpc.StatusCode] = Counter()
+    submitted_unavailable: Counter[str] = Counter()
     submits = await drive(
-        _counted(submit, codes), concurrency=CONCURRENCY, total=SUBMITS, server_pid=pid
+        _counted(submit, submitted_unavailable),
+        concurrency=CONCURRENCY,
+        total=SUBMITS,
+        server_pid=pid,
     )
-    submitted_unavailable = codes[grpc.StatusCode.UNAVAILABLE]
 
     ids: list[str] = []
 
@@ -152,7 +155,9 @@ async def _measure_writes(
         ids.append(reply.decision.analysis_id)
         return reply
 
-    await drive(submit_one, concurrency=CONCURRENCY, total=VERDICTS + 200)
+    # A submit refused (UNAVAILABLE) leaves nothing to decide: submit until there is enough.
+    while len(ids) < VERDICTS + 200:
+        await drive(submit_one, concurrency=CONCURRENCY, total=VERDICTS + 200 - len(ids))
     pending = iter(ids)
 
     async def reject() -> object:
@@ -162,11 +167,14 @@ async def _measure_writes(
         return await stub.MakeDecision(request, metadata=meta, timeout=30)
 
     await drive(reject, concurrency=CONCURRENCY, total=200)
-    codes.clear()
+    decided_unavailable: Counter[str] = Counter()
     verdicts = await drive(
-        _counted(reject, codes), concurrency=CONCURRENCY, total=VERDICTS, server_pid=pid
+        _counted(reject, decided_unavailable),
+        concurrency=CONCURRENCY,
+        total=VERDICTS,
+        server_pid=pid,
     )
-    return Writes(submits, submitted_unavailable, verdicts, codes[grpc.StatusCode.UNAVAILABLE])
+    return Writes(submits, submitted_unavailable, verdicts, decided_unavailable)
 
 
 async def _measure(addr: Address, *, fill: Callable[[], None] | None) -> tuple[Writes, Measured]:
@@ -190,9 +198,17 @@ async def _measure(addr: Address, *, fill: Callable[[], None] | None) -> tuple[W
 
 def _print_writes(label: str, writes: Writes, ceiling: Measured) -> None:
     report_calls(f"SubmitDecision {label}", writes.submits, ceiling)
-    print(f"  UNAVAILABLE {writes.submits_unavailable} of {SUBMITS} at {CONCURRENCY} callers")
+    _print_unavailable(writes.submits_unavailable, SUBMITS)
     report_calls(f"MakeDecision {label}", writes.verdicts, ceiling)
-    print(f"  UNAVAILABLE {writes.verdicts_unavailable} of {VERDICTS} at {CONCURRENCY} callers")
+    _print_unavailable(writes.verdicts_unavailable, VERDICTS)
+
+
+def _print_unavailable(unavailable: Counter[str], total: int) -> None:
+    why = "; ".join(f"{count} {message!r}" for message, count in unavailable.most_common())
+    print(
+        f"  UNAVAILABLE {unavailable.total()} of {total} at {CONCURRENCY} callers"
+        + (f": {why}" if why else "")
+    )
 
 
 async def run() -> None:

@@ -167,7 +167,8 @@ class GroupCommit:
         item = _Write(work, deadline)
         self._queue.append(item)
         self._arrived.set()
-        if self._task is None:
+        if self._task is None or self._task.done():
+            # Started by the first write; a writer that died of a bug is started again.
             self._task = asyncio.create_task(self._run(), name="hitl-group-commit")
         try:
             async with asyncio.timeout_at(None if timeout_s is None else deadline):
