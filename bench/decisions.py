@@ -1,12 +1,16 @@
-"""SubmitDecision and ListPendingDecisions beside the no-op ceiling, on SQLite and PostgreSQL."""
+"""SubmitDecision, MakeDecision and ListPendingDecisions beside the no-op ceiling, on SQLite
+and PostgreSQL, each with group commit as configured by default and switched the other way."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sqlite3
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -26,6 +30,7 @@ from tests.samples import sample_request, ts
 
 CONCURRENCY = 64
 SUBMITS = 3000
+VERDICTS = 1500
 LISTS = 3000
 QUEUE_ROWS = 100_000
 
@@ -103,13 +108,84 @@ def _submitter(
     return call
 
 
-async def _measure(addr: Address, *, fill: Callable[[], None]) -> tuple[Measured, Measured]:
+def _counted(
+    call: Callable[[], Awaitable[object]], unavailable: Counter[str]
+) -> Callable[[], Awaitable[object]]:
+    """The call, with each UNAVAILABLE counted by its message."""
+
+    async def counted() -> object:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as err:
+            if err.code() is grpc.StatusCode.UNAVAILABLE:
+                unavailable[err.details() or ""] += 1
+            raise
+
+    return counted
+
+
+@dataclass(frozen=True)
+class Writes:
+    """The write loads of one server: submits, then verdicts on what was submitted."""
+
+    submits: Measured
+    submits_unavailable: Counter[str]
+    verdicts: Measured
+    verdicts_unavailable: Counter[str]
+
+
+async def _measure_writes(
+    stub: decision_pb2_grpc.DecisionServiceAsyncStub,
+    meta: tuple[tuple[str, str], ...],
+    pid: int,
+) -> Writes:
+    submit = _submitter(stub, meta)
+    await drive(submit, concurrency=CONCURRENCY, total=200)
+    submitted_unavailable: Counter[str] = Counter()
+    submits = await drive(
+        _counted(submit, submitted_unavailable),
+        concurrency=CONCURRENCY,
+        total=SUBMITS,
+        server_pid=pid,
+    )
+
+    ids: list[str] = []
+
+    async def submit_one() -> object:
+        reply = await submit()
+        assert isinstance(reply, decision_pb2.SubmitDecisionResponse)
+        ids.append(reply.decision.analysis_id)
+        return reply
+
+    # A submit refused (UNAVAILABLE) leaves nothing to decide: submit until there is enough.
+    while len(ids) < VERDICTS + 200:
+        await drive(submit_one, concurrency=CONCURRENCY, total=VERDICTS + 200 - len(ids))
+    pending = iter(ids)
+
+    async def reject() -> object:
+        request = decision_pb2.MakeDecisionRequest(
+            analysis_id=next(pending), status=decision_pb2.DECISION_STATUS_REJECTED, notes="bench"
+        )
+        return await stub.MakeDecision(request, metadata=meta, timeout=30)
+
+    await drive(reject, concurrency=CONCURRENCY, total=200)
+    decided_unavailable: Counter[str] = Counter()
+    verdicts = await drive(
+        _counted(reject, decided_unavailable),
+        concurrency=CONCURRENCY,
+        total=VERDICTS,
+        server_pid=pid,
+    )
+    return Writes(submits, submitted_unavailable, verdicts, decided_unavailable)
+
+
+async def _measure(addr: Address, *, fill: Callable[[], None] | None) -> tuple[Writes, Measured]:
     async with grpc.aio.insecure_channel(addr) as channel:
         stub = decision_pb2_grpc.DecisionServiceStub(channel)
         meta = await _admin_metadata(channel)
-        submit = _submitter(stub, meta)
-        await drive(submit, concurrency=CONCURRENCY, total=200)
-        submits = await drive(submit, concurrency=CONCURRENCY, total=SUBMITS, server_pid=addr.pid)
+        writes = await _measure_writes(stub, meta, addr.pid)
+        if fill is None:
+            return writes, writes.submits
         fill()
 
         async def page() -> object:
@@ -119,12 +195,22 @@ async def _measure(addr: Address, *, fill: Callable[[], None]) -> tuple[Measured
 
         await drive(page, concurrency=CONCURRENCY, total=200)
         lists = await drive(page, concurrency=CONCURRENCY, total=LISTS, server_pid=addr.pid)
-    return submits, lists
+    return writes, lists
 
 
-def _print(backend: str, submits: Measured, lists: Measured, ceiling: Measured) -> None:
-    report_calls(f"SubmitDecision {backend}", submits, ceiling)
-    report_calls(f"ListPending p50 {backend} {QUEUE_ROWS} rows", lists, ceiling)
+def _print_writes(label: str, writes: Writes, ceiling: Measured) -> None:
+    report_calls(f"SubmitDecision {label}", writes.submits, ceiling)
+    _print_unavailable(writes.submits_unavailable, SUBMITS)
+    report_calls(f"MakeDecision {label}", writes.verdicts, ceiling)
+    _print_unavailable(writes.verdicts_unavailable, VERDICTS)
+
+
+def _print_unavailable(unavailable: Counter[str], total: int) -> None:
+    why = "; ".join(f"{count} {message!r}" for message, count in unavailable.most_common())
+    print(
+        f"  UNAVAILABLE {unavailable.total()} of {total} at {CONCURRENCY} callers"
+        + (f": {why}" if why else "")
+    )
 
 
 async def run() -> None:
@@ -137,15 +223,30 @@ async def run() -> None:
             )
     print(f"no-op at {CONCURRENCY} callers: {ceiling.calls_per_s:.0f} calls/s")
 
-    with tempfile.TemporaryDirectory(prefix="hitl-bench-decisions-") as tmp:
-        path = f"{tmp}/hitl.db"
-        env = {"HITL_DATABASE_URL": f"sqlite:///{path}"}
-        with serve_subprocess(env) as addr:
-            submits, lists = await _measure(addr, fill=lambda: fill_sqlite(path))
-        _print("sqlite", submits, lists, ceiling)
+    # Group commit as `auto` sets it (on for SQLite, off for PostgreSQL), then the other way.
+    for group_commit, fill_queue in (("on", True), ("off", False)):
+        with tempfile.TemporaryDirectory(prefix="hitl-bench-decisions-") as tmp:
+            path = f"{tmp}/hitl.db"
+            env = {"HITL_DATABASE_URL": f"sqlite:///{path}", "HITL_GROUP_COMMIT": group_commit}
+            with serve_subprocess(env) as addr:
+                writes, lists = await _measure(
+                    addr, fill=functools.partial(fill_sqlite, path) if fill_queue else None
+                )
+            _print_writes(f"sqlite group commit {group_commit}", writes, ceiling)
+            if fill_queue:
+                report_calls(f"ListPending p50 sqlite {QUEUE_ROWS} rows", lists, ceiling)
 
-    with fresh_postgres("hitl_bench_decisions") as url:
-        env = {"HITL_DATABASE_URL": url, "HITL_JWT_SECRET": BENCH_SECRET}
-        with serve_subprocess(env) as addr:
-            submits, lists = await _measure(addr, fill=lambda: fill_postgres(url))
-        _print("postgres", submits, lists, ceiling)
+    for group_commit, fill_queue in (("off", True), ("on", False)):
+        with fresh_postgres(f"hitl_bench_decisions_{group_commit}") as url:
+            env = {
+                "HITL_DATABASE_URL": url,
+                "HITL_JWT_SECRET": BENCH_SECRET,
+                "HITL_GROUP_COMMIT": group_commit,
+            }
+            with serve_subprocess(env) as addr:
+                writes, lists = await _measure(
+                    addr, fill=functools.partial(fill_postgres, url) if fill_queue else None
+                )
+            _print_writes(f"postgres group commit {group_commit}", writes, ceiling)
+            if fill_queue:
+                report_calls(f"ListPending p50 postgres {QUEUE_ROWS} rows", lists, ceiling)

@@ -89,6 +89,10 @@ class Settings:
     # An OTLP/HTTP collector (http://collector:4318): spans go to <it>/v1/traces. None: off.
     otlp_endpoint: str | None = None
     db_timeout_s: float = 5.0
+    # Concurrent writes share one transaction and commit: auto (SQLite only), on or off.
+    group_commit: str = "auto"
+    # Writes one shared transaction carries at most.
+    group_commit_max: int = 64
     shutdown_grace_s: float = 10.0
     max_message_bytes: int = 2 * 1024 * 1024
     max_concurrent_streams: int = 2048
@@ -168,6 +172,13 @@ class Settings:
         if self.wake_linger is not None:
             return self.wake_linger
         return WAKE_LINGER_S if self.workers > 1 else 0.0
+
+    @property
+    def group_commit_on(self) -> bool:
+        """Whether writes go through the group-commit writer (auto: on SQLite only)."""
+        if self.group_commit == "auto":
+            return self.is_sqlite
+        return self.group_commit == "on"
 
     @property
     def stream_reauth_interval_s(self) -> float:
@@ -279,6 +290,13 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a name, or "" (every address)
+
+
+def _switch(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("auto", "on", "off"):
+        raise ValueError(f"must be auto, on or off, got {raw!r}")
+    return value
 
 
 def _environment(raw: str) -> str:
@@ -489,6 +507,8 @@ VARIABLES: Final = (
     Variable("HITL_METRICS_LISTEN", "metrics_listen", _metrics),
     Variable("HITL_OTLP_ENDPOINT", "otlp_endpoint", _otlp_endpoint),
     Variable("HITL_DB_TIMEOUT_S", "db_timeout_s", _number(0.1, 300)),
+    Variable("HITL_GROUP_COMMIT", "group_commit", _switch),
+    Variable("HITL_GROUP_COMMIT_MAX", "group_commit_max", _integer(1, 10_000)),
     Variable("HITL_SHUTDOWN_GRACE_S", "shutdown_grace_s", _number(0, 3600)),
     Variable("HITL_MAX_MESSAGE_BYTES", "max_message_bytes", _integer(MIN_MESSAGE_BYTES, 2**30)),
     Variable("HITL_MAX_CONCURRENT_STREAMS", "max_concurrent_streams", _integer(1, 2**20)),

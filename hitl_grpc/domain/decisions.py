@@ -14,8 +14,8 @@ from hitl_grpc.domain.access import checked_principal
 from hitl_grpc.domain.ports import (
     EventKind,
     HotStatements,
+    Repositories,
     StepUp,
-    UnitOfWork,
     UnitOfWorkFactory,
 )
 from hitl_grpc.domain.queue import READ_ROWS_MAX, PageEntry, PageRequest, QueueKey, QueueStats
@@ -167,7 +167,7 @@ class DecisionOperations:
 
     async def _record(
         self,
-        uow: UnitOfWork,
+        uow: Repositories,
         kind: lifecycle.AuditKind,
         *,
         actor: str,
@@ -203,7 +203,8 @@ class DecisionOperations:
         """Queues an analysis; the same payload again returns the stored decision."""
         analysis = await self._validated(draft)
         digest = validation.payload_hash(analysis)
-        async with self._uow() as uow:
+
+        async def insert(uow: Repositories) -> tuple[Decision | None, tuple[Decision, str] | None]:
             decision = await uow.decisions.insert(
                 analysis,
                 digest,
@@ -211,23 +212,26 @@ class DecisionOperations:
                 sla=self._sla[analysis.priority],
                 action_verdicts=lifecycle.initial_verdicts(analysis, self._rules),
             )
-            if decision is not None:
-                # The INSERT stamped it on the database's clock; judged on the same one.
-                late = validation.expiry_violation(analysis.expires_at, decision.created_at)
-                if late is not None:
-                    raise errors.InvalidField([late])  # leaving rolls the INSERT back
-                await self._record(
-                    uow,
-                    lifecycle.AuditKind.SUBMIT,
-                    actor=by.username,
-                    peer=by.peer,
-                    before=None,
-                    after=decision,
-                    now=decision.created_at,
-                )
-                await uow.commit()
-                return decision, True
-            found = await uow.decisions.get_with_hash(analysis.analysis_id)
+            if decision is None:
+                return None, await uow.decisions.get_with_hash(analysis.analysis_id)
+            # The INSERT stamped it on the database's clock; judged on the same one.
+            late = validation.expiry_violation(analysis.expires_at, decision.created_at)
+            if late is not None:
+                raise errors.InvalidField([late])  # raising rolls the INSERT back
+            await self._record(
+                uow,
+                lifecycle.AuditKind.SUBMIT,
+                actor=by.username,
+                peer=by.peer,
+                before=None,
+                after=decision,
+                now=decision.created_at,
+            )
+            return decision, None
+
+        decision, found = await self._uow.write(insert)
+        if decision is not None:
+            return decision, True
         if found is None:  # pragma: no cover - a decision is never deleted
             raise errors.Unavailable("decision vanished while submitting, retry")
         return _resubmitted(found, digest, by), False
@@ -392,7 +396,7 @@ class DecisionOperations:
 
     async def _store(
         self,
-        uow: UnitOfWork,
+        uow: Repositories,
         current: Decision,
         transition: lifecycle.Transition,
         now: datetime,
@@ -424,21 +428,20 @@ class DecisionOperations:
         by: Principal,
         expected_version: int | None,
     ) -> Decision:
+
+        async def attempt(uow: Repositories) -> Decision | None:
+            found = await uow.decisions.get_with_now(analysis_id)
+            if found is None:
+                raise errors.NotFound(f"no decision {analysis_id}")
+            current, now = found
+            lifecycle.check_version(current, expected_version)
+            return await self._store(uow, current, step(current, now), now, by.username, by.peer)
+
         for _ in range(_RETRIES):
-            async with self._uow() as uow:
-                found = await uow.decisions.get_with_now(analysis_id)
-                if found is None:
-                    raise errors.NotFound(f"no decision {analysis_id}")
-                current, now = found
-                lifecycle.check_version(current, expected_version)
-                stored = await self._store(
-                    uow, current, step(current, now), now, by.username, by.peer
-                )
-                if stored is None:
-                    # Changed between our read and our compare-and-set: judge it again.
-                    continue
-                await uow.commit()
+            stored = await self._uow.write(attempt)
+            if stored is not None:
                 return stored
+            # Changed between our read and our compare-and-set: judge it again.
         raise errors.VersionConflict(f"decision {analysis_id} kept changing, retry")
 
     async def claim(
@@ -472,8 +475,9 @@ class DecisionOperations:
         not touched: a watching analyst costs one indexed read per call, not a write.
         """
         lease = self._claim_lease
-        renewed = 0
-        async with self._uow() as uow:
+
+        async def renew_all(uow: Repositories) -> int:
+            renewed = 0
             for current, now in await uow.decisions.held_leases(
                 by.username, lease / 2, SWEEP_BATCH
             ):
@@ -483,8 +487,9 @@ class DecisionOperations:
                 )
                 if await self._store(uow, current, transition, now, by.username, by.peer):
                     renewed += 1
-            await uow.commit()
-        return renewed
+            return renewed
+
+        return await self._uow.write(renew_all)
 
     async def reassign(
         self,
@@ -662,22 +667,24 @@ class DecisionOperations:
 
     async def _sweep_kind(
         self,
-        candidates: Callable[[UnitOfWork], Awaitable[list[tuple[Decision, datetime]]]],
+        candidates: Callable[[Repositories], Awaitable[list[tuple[Decision, datetime]]]],
         step: Step,
     ) -> int:
+        async def sweep_batch(uow: Repositories) -> tuple[int, int]:
+            due = await candidates(uow)
+            won = 0
+            for current, now in due:
+                transition = step(current, now)
+                if await self._store(uow, current, transition, now, lifecycle.SYSTEM_ACTOR, ""):
+                    won += 1
+                # else a caller got there first
+            return len(due), won
+
         changed = 0
         while True:
-            # One batch per transaction: the rows it holds are few and held briefly, and
+            # One batch per write: the rows it holds are few and held briefly, and
             # another replica's sweep takes the rows this one holds no lock on.
-            async with self._uow() as uow:
-                due = await candidates(uow)
-                won = 0
-                for current, now in due:
-                    transition = step(current, now)
-                    if await self._store(uow, current, transition, now, lifecycle.SYSTEM_ACTOR, ""):
-                        won += 1
-                    # else a caller got there first
-                await uow.commit()
+            due, won = await self._uow.write(sweep_batch)
             changed += won
-            if len(due) < SWEEP_BATCH or won == 0:
+            if due < SWEEP_BATCH or won == 0:
                 return changed

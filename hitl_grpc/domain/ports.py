@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, TypeVar
 
 from hitl_grpc.domain.access import StoredAccess
 from hitl_grpc.domain.notifications import Delivery, DeliveryState
@@ -23,6 +24,8 @@ from hitl_grpc.domain.values import (
     Role,
     UserId,
 )
+
+T = TypeVar("T")
 
 
 class EventKind(enum.Enum):
@@ -252,8 +255,8 @@ class DecisionRepository(Protocol):
     async def stats(self) -> QueueStats: ...
 
 
-class UnitOfWork(Protocol):
-    """One transaction over every repository; nothing persists until commit()."""
+class Repositories(Protocol):
+    """Every repository over one transaction."""
 
     @property
     def users(self) -> UserRepository: ...
@@ -278,6 +281,10 @@ class UnitOfWork(Protocol):
 
     @property
     def webhooks(self) -> WebhookOutbox: ...
+
+
+class UnitOfWork(Repositories, Protocol):
+    """One transaction over every repository; nothing persists until commit()."""
 
     async def commit(self) -> None: ...
 
@@ -351,3 +358,11 @@ class UnitOfWorkFactory(Protocol):
     """Opens a unit of work; read-only ones don't take SQLite's write lock."""
 
     def __call__(self, *, readonly: bool = False) -> UnitOfWork: ...
+
+    async def write(self, work: Callable[[Repositories], Awaitable[T]]) -> T:
+        """Runs `work` and commits what it wrote, or nothing if it raises; its result.
+
+        Concurrent writes may share one transaction and one commit (group commit): each
+        still lands whole or not at all, and one that raises never undoes another.
+        """
+        ...

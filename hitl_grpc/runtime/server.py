@@ -267,7 +267,14 @@ async def running_server(
         )
         if hot is not None:
             hot.wake_on_commit(hub.wake)
-        uow = UnitOfWorkFactory(door, after_commit=hub.wake, webhook_urls=settings.webhook_urls)
+        uow = UnitOfWorkFactory(
+            door,
+            after_commit=hub.wake,
+            webhook_urls=settings.webhook_urls,
+            group_commit_max=settings.group_commit_max if settings.group_commit_on else 0,
+        )
+        # Closed after the hub (pushed below, so run first) and after the gRPC server's drain.
+        stack.push_async_callback(uow.close)
         await hub.start()
         stack.push_async_callback(hub.close)
         # A critical submit also queues webhooks, which the one-statement submit does not.

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Self
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Self, TypeVar
 
+from hitl_grpc.domain.ports import Repositories
 from hitl_grpc.store.audit import AuditLog
 from hitl_grpc.store.backup_codes import BackupCodeRepository
 from hitl_grpc.store.decisions import DecisionRepository
 from hitl_grpc.store.door import Door, Passage
 from hitl_grpc.store.events import EventLog
+from hitl_grpc.store.group_commit import GroupCommit
 from hitl_grpc.store.refresh_tokens import RefreshTokenRepository
 from hitl_grpc.store.throttle import LoginThrottleRepository
 from hitl_grpc.store.users import UserRepository
 from hitl_grpc.store.webhooks import WebhookOutbox
+
+T = TypeVar("T")
 
 
 class UnitOfWork(Passage):
@@ -74,12 +78,22 @@ class UnitOfWorkFactory:
         *,
         after_commit: Callable[[], None] | None = None,
         webhook_urls: Sequence[str] = (),
+        group_commit_max: int = 0,
     ) -> None:
         self.door = door
         # Called after each commit that appended events (the server's event reader wakes).
         self._after_commit = after_commit
         # Where notifications go; none: no webhook is queued.
         self._webhook_urls = tuple(webhook_urls)
+        # Writes share transactions and commits (store/group_commit.py); None: one each.
+        self.group: GroupCommit | None = None
+        if group_commit_max > 0:
+            self.group = GroupCommit(
+                door,
+                max_items=group_commit_max,
+                after_commit=after_commit,
+                webhook_urls=self._webhook_urls,
+            )
 
     def __call__(self, *, readonly: bool = False) -> UnitOfWork:
         """A new, not yet entered, unit of work."""
@@ -89,3 +103,17 @@ class UnitOfWorkFactory:
             after_commit=self._after_commit,
             webhook_urls=self._webhook_urls,
         )
+
+    async def write(self, work: Callable[[Repositories], Awaitable[T]]) -> T:
+        """Runs `work` and commits what it wrote, or nothing if it raises; its result."""
+        if self.group is not None:
+            return await self.group.write(work)
+        async with self() as uow:
+            result = await work(uow)
+            await uow.commit()
+        return result
+
+    async def close(self) -> None:
+        """Stops the group-commit writer, if there is one."""
+        if self.group is not None:
+            await self.group.close()
