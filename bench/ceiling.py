@@ -6,7 +6,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import auth_pb2, auth_pb2_grpc
 
-from bench.load import drive, report_calls
+from bench.load import Measured, drive, report_calls
 from bench.noop import noop_call, noop_server
 from bench.processes import ADMIN_PASSWORD, serve_subprocess
 
@@ -14,15 +14,9 @@ CONCURRENCY = 64
 CALLS = 6000
 
 
-async def run() -> None:
-    """Unary calls/s: no-op server vs Health.Check vs authenticated GetCurrentUser."""
-    with noop_server() as noop_addr:
-        async with grpc.aio.insecure_channel(noop_addr) as channel:
-            await drive(noop_call(channel), concurrency=CONCURRENCY, total=500)
-            ceiling = await drive(
-                noop_call(channel), concurrency=CONCURRENCY, total=CALLS, server_pid=noop_addr.pid
-            )
-    with serve_subprocess() as addr:
+async def _serve_and_measure(log_level: str) -> tuple[Measured, Measured]:
+    """Health.Check and GetCurrentUser on `hitl-grpc serve` at this log level."""
+    with serve_subprocess({"HITL_LOG_LEVEL": log_level}) as addr:
         async with grpc.aio.insecure_channel(addr) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             auth = auth_pb2_grpc.AuthServiceStub(channel)
@@ -43,8 +37,23 @@ async def run() -> None:
             pid = addr.pid
             checks = await drive(check, concurrency=CONCURRENCY, total=CALLS, server_pid=pid)
             reads = await drive(whoami, concurrency=CONCURRENCY, total=CALLS, server_pid=pid)
+    return checks, reads
+
+
+async def run() -> None:
+    """Unary calls/s: no-op server vs Health.Check vs authenticated GetCurrentUser, with the
+    access log off (WARNING) and on (INFO, the default: one line per call to a file)."""
+    with noop_server() as noop_addr:
+        async with grpc.aio.insecure_channel(noop_addr) as channel:
+            await drive(noop_call(channel), concurrency=CONCURRENCY, total=500)
+            ceiling = await drive(
+                noop_call(channel), concurrency=CONCURRENCY, total=CALLS, server_pid=noop_addr.pid
+            )
+    quiet = await _serve_and_measure("WARNING")
+    logged = await _serve_and_measure("INFO")
     print(
         f"no-op at {CONCURRENCY} callers: p50 {ceiling.p50_ms:.2f} ms p99 {ceiling.p99_ms:.2f} ms"
     )
-    report_calls("Health.Check", checks, ceiling)
-    report_calls("GetCurrentUser (JWT + user read)", reads, ceiling)
+    for suffix, (checks, reads) in (("", quiet), (", access log", logged)):
+        report_calls(f"Health.Check{suffix}", checks, ceiling)
+        report_calls(f"GetCurrentUser (JWT + user read){suffix}", reads, ceiling)
