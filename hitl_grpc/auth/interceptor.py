@@ -107,7 +107,7 @@ class StreamAccess:
                     raise Unauthenticated(TOKEN_EXPIRED)
                 due = self._checked_at + self._reauth_s
                 if now >= due:
-                    await self._recheck()
+                    await self.recheck()
                     continue
                 await asyncio.sleep(min(due, self._expires_at) - now)
         except Exception as exc:
@@ -115,20 +115,21 @@ class StreamAccess:
             if self._task is not None:
                 self._task.cancel()
 
-    async def _recheck(self) -> None:
+    async def recheck(self) -> None:
+        """Checks the caller's access again now."""
         started = asyncio.get_running_loop().time()
         await self._check()
         self._checked_at = max(self._checked_at, started)
 
-    async def before_delivery(self) -> None:
-        """Raises why access ended, after a fresh check if the last is older than reauth_s."""
+    def due_before_delivery(self) -> bool:
+        """Raises why access ended; True if a fresh check must come first (the last is older
+        than reauth_s). Not a coroutine: it runs for every message of every watcher."""
         if self.ended is not None:
             raise self.ended
         now = asyncio.get_running_loop().time()
         if now >= self._expires_at:
             raise Unauthenticated(TOKEN_EXPIRED)
-        if self._every_message or now - self._checked_at >= self._reauth_s:
-            await self._recheck()
+        return self._every_message or now - self._checked_at >= self._reauth_s
 
     def cancelled_by_us(self) -> Exception | None:
         """Why access ended, if that is what cancelled the stream (the cancel is undone)."""

@@ -52,8 +52,8 @@ async def _stream(
             await result
             return
         async for response in result:
-            if watch is not None:
-                await watch.before_delivery()
+            if watch is not None and watch.due_before_delivery():
+                await watch.recheck()
             await context.write(response)
     except asyncio.CancelledError:
         ended = watch.cancelled_by_us() if watch is not None else None
