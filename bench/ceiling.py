@@ -21,7 +21,9 @@ CALLS = 6000
 
 
 async def run() -> None:
-    """Unary calls/s: no-op server vs Health.Check vs authenticated GetCurrentUser."""
+    """Unary calls/s: no-op server vs Health.Check vs authenticated GetCurrentUser, with the
+    access log off (WARNING) and on (INFO, the default: one line per call), on SQLite and
+    on PostgreSQL."""
     with noop_server() as noop_addr:
         async with grpc.aio.insecure_channel(noop_addr) as channel:
             await drive(noop_call(channel), concurrency=CONCURRENCY, total=500)
@@ -31,15 +33,17 @@ async def run() -> None:
     print(
         f"no-op at {CONCURRENCY} callers: p50 {ceiling.p50_ms:.2f} ms p99 {ceiling.p99_ms:.2f} ms"
     )
-    with serve_subprocess() as addr:
-        checks, reads = await _measure(addr)
-    report_calls("Health.Check", checks, ceiling)
-    report_calls("GetCurrentUser (JWT + user read) sqlite", reads, ceiling)
+    for level, suffix in (("WARNING", ""), ("INFO", ", access log")):
+        with serve_subprocess({"HITL_LOG_LEVEL": level}) as addr:
+            checks, reads = await _measure(addr)
+        report_calls(f"Health.Check{suffix}", checks, ceiling)
+        report_calls(f"GetCurrentUser (JWT + user read) sqlite{suffix}", reads, ceiling)
     with fresh_postgres("hitl_bench_ceiling") as url:
-        env = {"HITL_DATABASE_URL": url, "HITL_JWT_SECRET": BENCH_SECRET}
-        with serve_subprocess(env) as addr:
-            _, reads = await _measure(addr)
-    report_calls("GetCurrentUser (JWT + user read) postgres", reads, ceiling)
+        for level, suffix in (("WARNING", ""), ("INFO", ", access log")):
+            env = {"HITL_DATABASE_URL": url, "HITL_JWT_SECRET": BENCH_SECRET}
+            with serve_subprocess({**env, "HITL_LOG_LEVEL": level}) as addr:
+                _, reads = await _measure(addr)
+            report_calls(f"GetCurrentUser (JWT + user read) postgres{suffix}", reads, ceiling)
 
 
 async def _measure(addr: Address) -> tuple[Measured, Measured]:

@@ -135,6 +135,8 @@ class Settings:
     # workers, none with one.
     wake_linger: float | None = None
     log_level: str = "INFO"
+    # The fraction of OK calls that get an access-log line; a failed call always gets one.
+    access_log_sample: float = 1.0
     # Outgoing webhooks: off while no URL is set. Signed with webhook_secret (HMAC-SHA256).
     webhook_urls: tuple[str, ...] = ()
     webhook_secret: str | None = None
@@ -540,6 +542,7 @@ VARIABLES: Final = (
     Variable("HITL_PASSWORD_TIME_COST", "password_time_cost", _integer(1, 100)),
     Variable("HITL_PASSWORD_PARALLELISM", "password_parallelism", _integer(1, 64)),
     Variable("HITL_LOG_LEVEL", "log_level", _log_level),
+    Variable("HITL_ACCESS_LOG_SAMPLE", "access_log_sample", _number(0, 1)),
     Variable("HITL_WEBHOOK_URLS", "webhook_urls", _webhook_urls),
     Variable("HITL_WEBHOOK_SECRET", "webhook_secret", _secret),
     Variable("HITL_WEBHOOK_TIMEOUT_S", "webhook_timeout_s", _number(0.1, 300)),

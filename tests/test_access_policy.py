@@ -6,12 +6,14 @@ from typing import Any
 import grpc
 import pytest
 from hitl.v1 import access_pb2, auth_pb2
+from prometheus_client import CollectorRegistry
 
-from hitl_grpc.api.errors import ErrorInterceptor
 from hitl_grpc.auth.interceptor import AuthInterceptor
 from hitl_grpc.auth.policy import load_policies, policy_for
 from hitl_grpc.auth.principal import Access
 from hitl_grpc.domain.values import Principal, Role, UserId
+from hitl_grpc.runtime.calls import CallLayer
+from hitl_grpc.runtime.observability import AccessLog, RpcMetrics
 from hitl_grpc.runtime.server import CONTRACT_FILES
 from tests.harness import Harness, bearer
 
@@ -62,8 +64,10 @@ async def policy_less_server() -> AsyncIterator[str]:
 
     server = grpc.aio.server(
         interceptors=[
-            ErrorInterceptor(),
-            AuthInterceptor(load_policies(CONTRACT_FILES), authenticate, reauth_s=5),
+            CallLayer(
+                AccessLog(RpcMetrics(CollectorRegistry())),
+                AuthInterceptor(load_policies(CONTRACT_FILES), authenticate, reauth_s=5),
+            )
         ]
     )
     server.add_generic_rpc_handlers(

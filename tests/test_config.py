@@ -33,6 +33,7 @@ def test_every_setting_is_read() -> None:
             "HITL_CLAIM_LEASE_S": "30",
             "HITL_METRICS_LISTEN": "off",
             "HITL_LOG_LEVEL": "debug",
+            "HITL_ACCESS_LOG_SAMPLE": "0.25",
             "HITL_LOGIN_MAX_FAILURES": "3",
             "HITL_MFA_ISSUER": " hitl-grpc staging ",
         }
@@ -47,6 +48,7 @@ def test_every_setting_is_read() -> None:
     assert settings.claim_lease == timedelta(seconds=30)
     assert settings.metrics_listen is None
     assert settings.log_level == "DEBUG"
+    assert settings.access_log_sample == 0.25
     assert settings.login_max_failures == 3
     assert settings.mfa_issuer == "hitl-grpc staging"
 
@@ -65,6 +67,9 @@ def test_every_setting_is_read() -> None:
         ({"HITL_SLA_LOW_S": "0"}, "HITL_SLA_LOW_S"),
         ({"HITL_DB_TIMEOUT_S": "NaN-ish"}, "HITL_DB_TIMEOUT_S"),
         ({"HITL_LOG_LEVEL": "LOUD"}, "HITL_LOG_LEVEL"),
+        ({"HITL_ACCESS_LOG_SAMPLE": "1.5"}, "HITL_ACCESS_LOG_SAMPLE"),
+        ({"HITL_ACCESS_LOG_SAMPLE": "-0.1"}, "HITL_ACCESS_LOG_SAMPLE"),
+        ({"HITL_ACCESS_LOG_SAMPLE": "half"}, "HITL_ACCESS_LOG_SAMPLE"),
         ({"HITL_MFA_ISSUER": "   "}, "HITL_MFA_ISSUER"),
         ({"HITL_DATABASE_URL": "postgresql://u@h/db"}, "HITL_JWT_SECRET"),
     ],

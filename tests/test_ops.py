@@ -1,11 +1,14 @@
 """What ops rely on: health, reflection, access log, metrics, limits and safe errors."""
 
 import asyncio
+import io
 import json
 import logging
 import re
+import threading
 import urllib.request
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -18,7 +21,7 @@ from hitl.v1 import auth_pb2, decision_pb2
 from hitl_grpc.api.errors import status_of
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.values import Role
-from hitl_grpc.runtime.observability import configure_logging
+from hitl_grpc.runtime.observability import WRITER_THREAD, configure_logging
 from hitl_grpc.runtime.server import SERVICE_NAMES
 from tests.decisions_support import submit, wait_until
 from tests.harness import Harness, ServerFactory, bearer
@@ -135,6 +138,98 @@ async def test_a_request_id_that_is_not_short_and_plain_is_replaced(
     await server.health.Check(health_pb2.HealthCheckRequest(), metadata=metadata, timeout=5)
     (line,) = [vars(r) for r in caplog.records if r.name == "hitl_grpc.rpc"]
     assert re.fullmatch(r"[0-9a-f]{32}", line["request_id"])
+
+
+async def test_a_sample_of_zero_logs_only_failed_calls_and_still_counts_every_call(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with make_server(access_log_sample=0.0, metrics_listen="127.0.0.1:0") as harness:
+        url = f"http://127.0.0.1:{harness.running.metrics_port}/metrics"
+        caplog.set_level(logging.INFO, logger="hitl_grpc.rpc")
+        caplog.clear()
+        for _ in range(3):
+            await harness.health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await harness.auth.GetCurrentUser(auth_pb2.GetCurrentUserRequest(), timeout=5)
+        assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+        def access_lines() -> list[tuple[str, str]]:
+            rpc = [vars(r) for r in caplog.records if r.name == "hitl_grpc.rpc"]
+            return [(f["method"], f["code"]) for f in rpc]
+
+        async def logged() -> bool:
+            # An aborted call's status reaches the client before its line is made.
+            return bool(access_lines())
+
+        await wait_until(logged)
+
+        def fetch() -> str:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                return str(reply.read().decode())
+
+        body = await asyncio.to_thread(fetch)
+    assert access_lines() == [("/hitl.v1.AuthService/GetCurrentUser", "UNAUTHENTICATED")]
+    assert _sample(body, 'hitl_rpc_total{code="OK",method="/grpc.health.v1.Health/Check"}') == 3
+    duration = 'hitl_rpc_duration_seconds_count{method="/grpc.health.v1.Health/Check"}'
+    assert _sample(body, duration) == 3
+
+
+async def test_access_lines_are_made_and_written_on_the_log_writer_thread(
+    server: Harness,
+) -> None:
+    made: list[tuple[str, str]] = []
+    written: list[tuple[str, str]] = []
+    plain = logging.getLogRecordFactory()
+
+    def recording(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = plain(*args, **kwargs)
+        made.append((record.name, threading.current_thread().name))
+        return record
+
+    class Stream(io.StringIO):
+        def write(self, text: str) -> int:
+            written.append((threading.current_thread().name, text))
+            return len(text)
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logging.setLogRecordFactory(recording)
+    writer = configure_logging("INFO", stream=Stream())
+    try:
+        await server.health.Check(
+            health_pb2.HealthCheckRequest(), metadata=(("x-request-id", "off-loop-1"),), timeout=5
+        )
+    finally:
+        writer.stop()  # writes what is queued
+        logging.setLogRecordFactory(plain)
+        root.handlers[:], root.level = handlers, level
+    loop_thread = threading.current_thread().name
+    rpc_made = [thread for name, thread in made if name == "hitl_grpc.rpc"]
+    assert rpc_made == [WRITER_THREAD]
+    assert loop_thread != WRITER_THREAD
+    [(thread, text)] = [
+        (thread, line)
+        for thread, chunk in written
+        for line in chunk.splitlines()
+        if "off-loop-1" in line
+    ]
+    assert thread == WRITER_THREAD
+    line = json.loads(text)
+    assert list(line) == [
+        "time",
+        "level",
+        "logger",
+        "msg",
+        "method",
+        "code",
+        "duration_ms",
+        "principal",
+        "peer",
+        "request_id",
+    ]
+    assert (line["logger"], line["msg"], line["code"]) == ("hitl_grpc.rpc", "rpc", "OK")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", line["time"])
+    assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
 
 
 async def test_metrics_endpoint_counts_rpcs(make_server: ServerFactory) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Any, Final, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -14,7 +12,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hitl_grpc.domain import errors
-from hitl_grpc.interceptors import Around, UnparseableRequest, WrappingInterceptor, abort
+from hitl_grpc.interceptors import UnparseableRequest, abort
 
 log = logging.getLogger("hitl_grpc.api")
 
@@ -81,28 +79,14 @@ def code_number(err: errors.DomainError) -> int:
     return number
 
 
-@asynccontextmanager
-async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-    """Sends what escapes a servicer as a status: domain errors by the table, else INTERNAL."""
-    try:
-        yield
-    except (grpc.aio.AbortError, asyncio.CancelledError):
-        raise
-    except errors.DomainError as err:
+async def answer_error(context: grpc.aio.ServicerContext[Any, Any], err: Exception) -> NoReturn:
+    """Sends what escaped a servicer as a status: domain errors by the table, else INTERNAL."""
+    if isinstance(err, errors.DomainError):
         status = status_of(err)
         await abort(context, status.code, status.details, status.trailing_metadata)
-    except UnparseableRequest as err:
+    if isinstance(err, UnparseableRequest):
         await abort(context, grpc.StatusCode.INVALID_ARGUMENT, err.message)
-    except NotImplementedError:
+    if isinstance(err, NotImplementedError):
         await abort(context, grpc.StatusCode.UNIMPLEMENTED, "method not implemented yet")
-    except Exception:
-        log.exception("unhandled error in servicer")
-        await abort(context, grpc.StatusCode.INTERNAL, "internal error")
-
-
-class ErrorInterceptor(WrappingInterceptor):
-    """Applies the error table to every method."""
-
-    def around_for(self, method: str) -> Around:
-        """Every method gets the same table."""
-        return mapped_errors
+    log.error("unhandled error in servicer", exc_info=err)
+    await abort(context, grpc.StatusCode.INTERNAL, "internal error")

@@ -11,9 +11,7 @@ that, and ends at its access token's expiry on a timer.
 from __future__ import annotations
 
 import asyncio
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -26,11 +24,12 @@ from hitl_grpc.auth.policy import Policy, policy_for
 from hitl_grpc.auth.principal import Access
 from hitl_grpc.domain.errors import PermissionDenied, Unauthenticated
 from hitl_grpc.domain.values import AccountCheck, Role
-from hitl_grpc.interceptors import Around, Continuation, Handler, WrappingInterceptor, wrap_handler
 
 Authenticate = Callable[[str, str], Awaitable[Access]]
 # A token's check left to the call's own statement (and the token's life), or None.
 Defer = Callable[[str, str, frozenset[Role], str], tuple[AccountCheck, float] | None]
+Admit = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
+OpenStream = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable["StreamAccess"]]
 
 
 @dataclass(frozen=True)
@@ -81,10 +80,18 @@ class StreamAccess:
     once; the stream turns that cancellation back into the status of why access ended.
     """
 
-    def __init__(self, check: Callable[[], Awaitable[Access]], first: Access, reauth_s: float):
+    def __init__(
+        self,
+        check: Callable[[], Awaitable[Access]],
+        first: Access,
+        reauth_s: float,
+        *,
+        every_message: bool = False,
+    ):
         loop = asyncio.get_running_loop()
         self._check = check
         self._reauth_s = reauth_s
+        self._every_message = every_message
         self._checked_at = loop.time()
         self._expires_at = self._checked_at + first.expires_in_s
         self._task = asyncio.current_task()
@@ -100,7 +107,7 @@ class StreamAccess:
                     raise Unauthenticated(TOKEN_EXPIRED)
                 due = self._checked_at + self._reauth_s
                 if now >= due:
-                    await self._recheck()
+                    await self.recheck()
                     continue
                 await asyncio.sleep(min(due, self._expires_at) - now)
         except Exception as exc:
@@ -108,20 +115,21 @@ class StreamAccess:
             if self._task is not None:
                 self._task.cancel()
 
-    async def _recheck(self) -> None:
+    async def recheck(self) -> None:
+        """Checks the caller's access again now."""
         started = asyncio.get_running_loop().time()
         await self._check()
         self._checked_at = max(self._checked_at, started)
 
-    async def before_delivery(self, every_message: bool) -> None:
-        """Raises why access ended, after a fresh check if the last is older than reauth_s."""
+    def due_before_delivery(self) -> bool:
+        """Raises why access ended; True if a fresh check must come first (the last is older
+        than reauth_s). Not a coroutine: it runs for every message of every watcher."""
         if self.ended is not None:
             raise self.ended
         now = asyncio.get_running_loop().time()
         if now >= self._expires_at:
             raise Unauthenticated(TOKEN_EXPIRED)
-        if every_message or now - self._checked_at >= self._reauth_s:
-            await self._recheck()
+        return self._every_message or now - self._checked_at >= self._reauth_s
 
     def cancelled_by_us(self) -> Exception | None:
         """Why access ended, if that is what cancelled the stream (the cancel is undone)."""
@@ -135,8 +143,9 @@ class StreamAccess:
         self._watchdog.cancel()
 
 
-class AuthInterceptor(WrappingInterceptor):
-    """Denies any method without a policy; binds the caller for the servicer."""
+class AuthInterceptor:
+    """Denies any method without a policy; binds the caller for the servicer (run by the one
+    layer around every call, runtime/calls.py)."""
 
     def __init__(
         self,
@@ -181,12 +190,11 @@ class AuthInterceptor(WrappingInterceptor):
             raise PermissionDenied(f"role {access.principal.role.name} may not call {method}")
         return access
 
-    def around_for(self, method: str) -> Around:
+    def admission_for(self, method: str) -> Admit:
         """Authenticates and authorizes each call of `method` by its policy."""
         policy = policy_for(method, self._policies)
 
-        @asynccontextmanager
-        async def guard(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
             peer = context.peer() or ""
             if policy is None:
                 raise PermissionDenied("method has no access policy")
@@ -205,63 +213,29 @@ class AuthInterceptor(WrappingInterceptor):
                 else:
                     access = await self._admit(credential, peer, method, policy)
                     principal_ctx.bind(access.principal, peer, access.user)
-            yield
 
-        return guard
+        return admit
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None  # grpc answers UNIMPLEMENTED
-        method = handler_call_details.method
+    def stream_admission_for(self, method: str) -> OpenStream | None:
+        """For a server stream that needs a caller: admits each call of `method` and keeps its
+        access checked while it is open (None for a public or policy-less method)."""
         policy = policy_for(method, self._policies)
-        streams = handler.unary_stream is not None or handler.stream_stream is not None
-        if policy is None or policy.public or not streams:
-            return wrap_handler(handler, self.around_for(method), method)
-        return self._guarded_stream(handler, method, policy)
-
-    def _guarded_stream(self, handler: Handler, method: str, policy: Policy) -> Handler:
+        if policy is None or policy.public:
+            return None
         every_message = method in CHECK_EVERY_MESSAGE
-        # grpc's stubs type the behaviours as sync; grpc.aio passes async ones through.
-        behavior: Any = handler.unary_stream or handler.stream_stream
 
-        # A writer, not a generator: it runs to its end in grpc's task for the call, so the
-        # watchdog's cancel lands here (even in a blocked write) and becomes a status.
-        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        # The watchdog's cancel lands in the call's own task (even in a blocked write), where
+        # the caller of StreamAccess turns it into the status of why access ended.
+        async def open_stream(context: grpc.aio.ServicerContext[Any, Any]) -> StreamAccess:
             peer = context.peer() or ""
             credential = self._credential(context)
             access = await self._admit(credential, peer, method, policy)
             principal_ctx.bind(access.principal, peer)
-            watch = StreamAccess(
-                lambda: self._admit(credential, peer, method, policy), access, self._reauth_s
+            return StreamAccess(
+                lambda: self._admit(credential, peer, method, policy),
+                access,
+                self._reauth_s,
+                every_message=every_message,
             )
-            result = None
-            try:
-                result = behavior(request, context)
-                if inspect.isawaitable(result):
-                    await result
-                    return
-                async for response in result:
-                    await watch.before_delivery(every_message)
-                    await context.write(response)
-            except asyncio.CancelledError:
-                ended = watch.cancelled_by_us()
-                if ended is None:
-                    raise
-                raise ended from None
-            finally:
-                watch.close()
-                # Closed here, in the call's task, while grpc still holds the call.
-                aclose = getattr(result, "aclose", None)
-                if aclose is not None:
-                    await aclose()
 
-        args = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(call, **args)
-        return grpc.stream_stream_rpc_method_handler(call, **args)
+        return open_stream

@@ -1,24 +1,43 @@
-"""One structured log line and Prometheus samples per RPC."""
+"""One structured log line and Prometheus samples per RPC, and the thread that writes logs."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import logging.handlers
+import random
+import sys
+import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from queue import SimpleQueue
-from typing import Any, Final
+from dataclasses import dataclass
+from queue import Empty, SimpleQueue
+from typing import Final, TextIO
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pythonjsonlogger.json import JsonFormatter
 
 from hitl_grpc.auth.principal import current_principal_or_none
-from hitl_grpc.interceptors import Around, CallRecord, WrappingInterceptor, begin_call
+from hitl_grpc.interceptors import CallRecord
 
-log = logging.getLogger("hitl_grpc.rpc")
+ACCESS_LOGGER: Final = "hitl_grpc.rpc"
+WRITER_THREAD: Final = "hitl-log-writer"
+log = logging.getLogger(ACCESS_LOGGER)
+_ROOT: Final = logging.getLogger()
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLine:
+    """One call's access-log fields as the call left them; the writer thread makes the
+    record and its text."""
+
+    at: float  # time.time() when the call ended
+    method: str
+    code: str
+    elapsed_s: float
+    principal: str
+    peer: str
+    request_id: str
 
 
 class _Handoff(logging.handlers.QueueHandler):
@@ -32,16 +51,93 @@ class _Handoff(logging.handlers.QueueHandler):
 
 
 _TRACEBACKS: Final = logging.Formatter()
+_STOP: Final = object()
+_Queued = logging.LogRecord | AccessLine | object
+
+
+def _access_record(line: AccessLine) -> logging.LogRecord:
+    """The record `log.info("rpc", extra=...)` would have made when the call ended."""
+    record = logging.getLogRecordFactory()(
+        ACCESS_LOGGER, logging.INFO, __file__, 0, "rpc", None, None
+    )
+    record.created = line.at
+    record.msecs = int((line.at - int(line.at)) * 1000) + 0.0
+    record.relativeCreated = (line.at - logging._startTime) * 1000  # type: ignore[attr-defined]  # logging's own start
+    record.__dict__.update(
+        method=line.method,
+        code=line.code,
+        duration_ms=round(line.elapsed_s * 1000, 3),
+        principal=line.principal,
+        peer=line.peer,
+        request_id=line.request_id,
+    )
+    return record
+
+
+class LogWriter:
+    """The thread that turns queued records and access lines into text and writes them.
+
+    It drains what the queue holds and writes it in one go, so a busy server pays one write
+    (and one wake-up of this thread) per batch, not per line.
+    """
+
+    def __init__(self, queue: SimpleQueue[_Queued], handler: logging.StreamHandler[TextIO]):
+        self._queue = queue
+        self._handler = handler
+        self._thread = threading.Thread(target=self._run, name=WRITER_THREAD, daemon=True)
+
+    def start(self) -> None:
+        """Starts writing."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Writes everything queued so far, then ends the thread."""
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    def _run(self) -> None:
+        queue, handler = self._queue, self._handler
+        while True:
+            batch = [queue.get()]
+            try:
+                while True:
+                    batch.append(queue.get_nowait())
+            except Empty:
+                pass
+            lines: list[str] = []
+            stopping = False
+            for item in batch:
+                if item is _STOP:
+                    stopping = True
+                    continue
+                record = _access_record(item) if isinstance(item, AccessLine) else item
+                assert isinstance(record, logging.LogRecord)
+                try:
+                    lines.append(handler.format(record) + handler.terminator)
+                except Exception:
+                    handler.handleError(record)
+            if lines:
+                handler.acquire()
+                try:
+                    handler.stream.write("".join(lines))
+                    handler.stream.flush()
+                except Exception:
+                    handler.handleError(logging.makeLogRecord({"msg": "log write failed"}))
+                finally:
+                    handler.release()
+            if stopping:
+                return
 
 
 def configure_logging(
-    level: str, fields: dict[str, object] | None = None
-) -> logging.handlers.QueueListener:
-    """JSON lines on stderr at the given level, written by a thread of their own so the
-    event loop never waits on stderr; stop the returned listener to flush before exit.
+    level: str, fields: dict[str, object] | None = None, stream: TextIO | None = None
+) -> LogWriter:
+    """JSON lines on stderr (or `stream`) at the given level, made and written by a thread of
+    their own so the event loop never formats a line or waits on stderr; stop the returned
+    writer to flush before exit.
 
     `fields` go in every line (a worker's index and pid)."""
-    writer = logging.StreamHandler()
+    writer = logging.StreamHandler(stream if stream is not None else sys.stderr)
     writer.setFormatter(
         JsonFormatter(
             "{asctime}{levelname}{name}{message}",
@@ -58,13 +154,25 @@ def configure_logging(
             static_fields=fields,
         )
     )
-    queue: SimpleQueue[logging.LogRecord] = SimpleQueue()
-    listener = logging.handlers.QueueListener(queue, writer)
-    root = logging.getLogger()
-    root.handlers[:] = [_Handoff(queue)]
-    root.setLevel(level)
-    listener.start()
-    return listener
+    queue: SimpleQueue[_Queued] = SimpleQueue()
+    thread = LogWriter(queue, writer)
+    _ROOT.handlers[:] = [_Handoff(queue)]
+    _ROOT.setLevel(level)
+    thread.start()
+    return thread
+
+
+def _handoff_queue() -> SimpleQueue[_Queued] | None:
+    """The writer thread's queue, when configure_logging's hand-off is where access lines go
+    and nothing else would see them on the way (a test's capture handler, a filter)."""
+    handlers = _ROOT.handlers
+    if len(handlers) != 1 or log.handlers or log.filters:
+        return None
+    handoff = handlers[0]
+    if type(handoff) is not _Handoff or handoff.filters:
+        return None
+    queue: SimpleQueue[_Queued] = handoff.queue  # type: ignore[assignment]  # ours, above
+    return queue
 
 
 class RpcMetrics:
@@ -91,49 +199,71 @@ class RpcMetrics:
         )
 
 
-class AccessLogInterceptor(WrappingInterceptor):
-    """Outermost: sees the final status of every call."""
+class MethodLog:
+    """The samples and the access-log line of each call of one method."""
 
-    def __init__(self, metrics: RpcMetrics) -> None:
+    def __init__(self, metrics: RpcMetrics, method: str, sample: float) -> None:
         self._metrics = metrics
+        self._method = method
+        self._sample = sample
+        self.active = metrics.active.labels(method)
+        # Made on first use, as labels() would per call: a series appears once it has a value.
+        self._duration: Histogram | None = None
+        self._calls: dict[grpc.StatusCode, Counter] = {}
 
-    def around_for(self, method: str) -> Around:
-        """Times each call of `method` and logs its outcome."""
-        metrics = self._metrics
-
-        @asynccontextmanager
-        async def timed(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-            started = time.perf_counter()
-            record = begin_call(context)
-            code = grpc.StatusCode.OK
-            active = metrics.active.labels(method)
-            active.inc()
-            try:
-                yield
-            except BaseException as exc:
-                code = final_code(record, exc)
-                raise
-            finally:
-                # Only the record from here on: the call may have ended, and grpc.aio
-                # segfaults on a context whose call it has released.
-                elapsed = time.perf_counter() - started
-                active.dec()
-                metrics.calls.labels(method, code.name).inc()
-                metrics.duration.labels(method).observe(elapsed)
-                principal = current_principal_or_none()
-                log.info(
-                    "rpc",
-                    extra={
-                        "method": method,
-                        "code": code.name,
-                        "duration_ms": round(elapsed * 1000, 3),
-                        "principal": principal.username if principal else "",
-                        "peer": record.peer,
-                        "request_id": record.request_id,
-                    },
+    def ended(self, code: grpc.StatusCode, elapsed_s: float, record: CallRecord) -> None:
+        """Counts the call and logs it: every failed call, a `sample` of the OK ones."""
+        self.active.dec()
+        calls = self._calls.get(code)
+        if calls is None:
+            calls = self._calls[code] = self._metrics.calls.labels(self._method, code.name)
+        calls.inc()
+        if self._duration is None:
+            self._duration = self._metrics.duration.labels(self._method)
+        self._duration.observe(elapsed_s)
+        if code is grpc.StatusCode.OK and self._sample < 1 and random.random() >= self._sample:
+            return
+        if not log.isEnabledFor(logging.INFO):
+            return
+        principal = current_principal_or_none()
+        username = principal.username if principal else ""
+        queue = _handoff_queue()
+        if queue is not None:
+            queue.put(
+                AccessLine(
+                    time.time(),
+                    self._method,
+                    code.name,
+                    elapsed_s,
+                    username,
+                    record.peer,
+                    record.request_id,
                 )
+            )
+            return
+        log.info(
+            "rpc",
+            extra={
+                "method": self._method,
+                "code": code.name,
+                "duration_ms": round(elapsed_s * 1000, 3),
+                "principal": username,
+                "peer": record.peer,
+                "request_id": record.request_id,
+            },
+        )
 
-        return timed
+
+class AccessLog:
+    """The per-RPC samples and access-log lines of one server."""
+
+    def __init__(self, metrics: RpcMetrics, *, sample: float = 1.0) -> None:
+        self._metrics = metrics
+        self._sample = sample
+
+    def for_method(self, method: str) -> MethodLog:
+        """What each call of `method` counts and logs through."""
+        return MethodLog(self._metrics, method, self._sample)
 
 
 def final_code(record: CallRecord, exc: BaseException) -> grpc.StatusCode:

@@ -27,7 +27,7 @@ from hitl_grpc.domain import errors
 from hitl_grpc.domain.clock import Clock
 from hitl_grpc.domain.ports import ThrottleState, UnitOfWorkFactory
 from hitl_grpc.domain.values import AuditOutcome
-from hitl_grpc.interceptors import Continuation, Handler, WrappingInterceptor, wrap_handler
+from hitl_grpc.interceptors import Around
 
 log = logging.getLogger("hitl_grpc.auth")
 
@@ -98,10 +98,10 @@ class _Gauge:
             del self._by_host[host]
 
 
-class PublicLimitsInterceptor(WrappingInterceptor):
+class PublicLimiter:
     """Caps public streams and throttles failing RefreshToken calls per client address.
 
-    Sits inside the error-mapping interceptor, which turns its refusals into
+    Runs inside the error mapping (runtime/calls.py), which turns its refusals into
     RESOURCE_EXHAUSTED (with RetryInfo for a lock).
     """
 
@@ -122,20 +122,17 @@ class PublicLimitsInterceptor(WrappingInterceptor):
         # Bounds a burst: calls judged before the lock can land are at most this many.
         self._refreshing = _Gauge(limits.refresh_failures_per_peer, math.inf)
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        """Wraps public streams and throttled methods; every other call passes untouched."""
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
+    def around_for(self, method: str, *, streams: bool) -> Around | None:
+        """What each call of `method` runs in: a public stream holds a slot, a throttled
+        method is counted; None for every other method."""
         policy = policy_for(method, self._policies)
-        if handler is None or policy is None or not policy.public:
-            return handler
+        if policy is None or not policy.public:
+            return None
         if method in THROTTLED:
-            return wrap_handler(handler, self._throttled, method)
-        if handler.unary_stream is not None or handler.stream_stream is not None:
-            return wrap_handler(handler, self._stream_slot, method)
-        return handler
+            return self._throttled
+        if streams:
+            return self._stream_slot
+        return None
 
     @asynccontextmanager
     async def _stream_slot(
@@ -215,8 +212,8 @@ def public_limits(
     uow: UnitOfWorkFactory,
     trail: AuditTrail,
     clock: Clock,
-) -> PublicLimitsInterceptor:
-    """The interceptor with the limits the settings give."""
+) -> PublicLimiter:
+    """The limiter with the limits the settings give."""
     limits = PublicLimits(
         streams_per_peer=settings.public_streams_per_peer,
         streams_total=settings.public_streams_max,
@@ -224,4 +221,4 @@ def public_limits(
         refresh_window=settings.login_window,
         refresh_lockout=settings.refresh_lockout,
     )
-    return PublicLimitsInterceptor(limits, policies, uow, trail, clock)
+    return PublicLimiter(limits, policies, uow, trail, clock)

@@ -35,7 +35,6 @@ from hitl_grpc.api.decisions import (
     DecisionServicer,
     add_decision_service,
 )
-from hitl_grpc.api.errors import ErrorInterceptor
 from hitl_grpc.api.pages import RenderedDecisions
 from hitl_grpc.api.watch import WatchServicer
 from hitl_grpc.auth.interceptor import AuthInterceptor
@@ -48,13 +47,14 @@ from hitl_grpc.domain.errors import InvalidField
 from hitl_grpc.domain.lifecycle import ApprovalRules
 from hitl_grpc.events.hub import EventHub
 from hitl_grpc.runtime import reflection
+from hitl_grpc.runtime.calls import CallLayer
 from hitl_grpc.runtime.db_probe import DatabaseMonitor
 from hitl_grpc.runtime.errors import StartupError
 from hitl_grpc.runtime.metrics import Gauges, ServiceMetrics, build_version
-from hitl_grpc.runtime.observability import AccessLogInterceptor, RpcMetrics
+from hitl_grpc.runtime.observability import AccessLog, RpcMetrics
 from hitl_grpc.runtime.public_limits import public_limits
 from hitl_grpc.runtime.sweeper import Sweeper
-from hitl_grpc.runtime.tracing import Tracing, TracingInterceptor
+from hitl_grpc.runtime.tracing import Tracing
 from hitl_grpc.runtime.webhooks import WebhookSender
 from hitl_grpc.store import schema
 from hitl_grpc.store.door import Door
@@ -295,23 +295,26 @@ async def running_server(
 
         server = grpc.aio.server(
             interceptors=[
-                AccessLogInterceptor(RpcMetrics(registry)),
-                *([TracingInterceptor(tracing.tracer)] if tracing else []),
-                ErrorInterceptor(),
-                public_limits(settings, load_policies(CONTRACT_FILES), uow, services.trail, clock),
-                AuthInterceptor(
-                    load_policies(CONTRACT_FILES),
-                    services.sessions.authenticate,
-                    reauth_s=settings.stream_reauth_interval_s,
-                    authenticate_certificate=(
-                        services.sessions.authenticate_certificate
-                        if settings.tls_client_ca_file
-                        else None
+                CallLayer(
+                    AccessLog(RpcMetrics(registry), sample=settings.access_log_sample),
+                    AuthInterceptor(
+                        load_policies(CONTRACT_FILES),
+                        services.sessions.authenticate,
+                        reauth_s=settings.stream_reauth_interval_s,
+                        authenticate_certificate=(
+                            services.sessions.authenticate_certificate
+                            if settings.tls_client_ca_file
+                            else None
+                        ),
+                        defer=services.sessions.deferred,
+                        folded=(FOLDED_READS if hot is not None else frozenset())
+                        | (FOLDED_SUBMITS if hot_submits is not None else frozenset()),
                     ),
-                    defer=services.sessions.deferred,
-                    folded=(FOLDED_READS if hot is not None else frozenset())
-                    | (FOLDED_SUBMITS if hot_submits is not None else frozenset()),
-                ),
+                    limits=public_limits(
+                        settings, load_policies(CONTRACT_FILES), uow, services.trail, clock
+                    ),
+                    tracer=tracing.tracer if tracing else None,
+                )
             ],
             options=_server_options(settings, shared_port=worker),
         )

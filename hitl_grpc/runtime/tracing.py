@@ -1,30 +1,26 @@
 """Tracing, off unless HITL_OTLP_ENDPOINT is set: a server span per RPC, a span per SQL
 statement under it, exported over OTLP/HTTP in batches from a thread of their own.
 
-The server span is this interceptor's, not opentelemetry-instrumentation-grpc's: that one
-iterates a streaming method as a generator, while ours write through `context.write` and
-must end inside grpc's call task (see interceptors.py). A caller's W3C `traceparent`
-metadata makes its trace the parent.
+The server span is the call layer's (runtime/calls.py), not
+opentelemetry-instrumentation-grpc's: that one iterates a streaming method as a generator,
+while ours write through `context.write` and must end inside grpc's call task (see
+interceptors.py). A caller's W3C `traceparent` metadata makes its trace the parent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import grpc
-from opentelemetry import propagate
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
-
-from hitl_grpc.interceptors import Around, WrappingInterceptor, current_record
-from hitl_grpc.runtime.observability import final_code
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 EXPORT_TIMEOUT_S: Final = 5.0
 # How long a stopping server waits for its last spans to reach the collector.
@@ -63,40 +59,41 @@ def _carrier(metadata: Any) -> dict[str, str]:
     return {key: value for key, value in metadata or () if isinstance(value, str)}
 
 
-class TracingInterceptor(WrappingInterceptor):
-    """A SERVER span around each call, its status the call's final gRPC code."""
+class _Span:
+    """One call's open server span, and the context token that made it current."""
 
-    def __init__(self, tracer: Tracer) -> None:
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Span, token: object) -> None:
+        self.span = span
+        self.token = token
+
+
+class MethodTracing:
+    """Opens and ends the SERVER span of each call of one method."""
+
+    def __init__(self, tracer: Tracer, method: str) -> None:
         self._tracer = tracer
+        self._name = method.strip("/")
+        service, _, rpc = self._name.partition("/")
+        self._attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
 
-    def around_for(self, method: str) -> Around:
-        """Traces each call of `method`."""
-        name = method.strip("/")
-        service, _, rpc = name.partition("/")
-        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
-        tracer = self._tracer
+    def begin(self, context: grpc.aio.ServicerContext[Any, Any]) -> _Span:
+        """Starts the call's span, a child of the caller's trace if it sent one, as current."""
+        parent = propagate.extract(_carrier(context.invocation_metadata()))
+        span = self._tracer.start_span(
+            self._name,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=self._attributes,
+        )
+        return _Span(span, otel_context.attach(trace.set_span_in_context(span)))
 
-        @asynccontextmanager
-        async def traced(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-            parent = propagate.extract(_carrier(context.invocation_metadata()))
-            with tracer.start_as_current_span(
-                name,
-                context=parent,
-                kind=SpanKind.SERVER,
-                attributes=attributes,
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span:
-                code = grpc.StatusCode.OK
-                try:
-                    yield
-                except BaseException as exc:
-                    record = current_record()
-                    code = final_code(record, exc) if record else grpc.StatusCode.UNKNOWN
-                    raise
-                finally:
-                    span.set_attribute("rpc.grpc.status_code", code.value[0])
-                    if code in SERVER_FAULTS:
-                        span.set_status(Status(StatusCode.ERROR, code.name))
-
-        return traced
+    def end(self, opened: _Span, code: grpc.StatusCode) -> None:
+        """Ends the span with the call's final gRPC code."""
+        otel_context.detach(opened.token)  # type: ignore[arg-type]  # attach's own token
+        span = opened.span
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code in SERVER_FAULTS:
+            span.set_status(Status(StatusCode.ERROR, code.name))
+        span.end()

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
+from tests.blackbox.conftest import ServedFactory
 from tests.blackbox.harness import CALL_S, Served
+from tests.children import SERVE
 from tests.harness import bearer
 
 # Wire-level behaviour that no store changes; the login test still runs on both.
@@ -109,3 +114,69 @@ def test_the_log_is_json_lines_and_the_access_line_keeps_the_callers_request_id(
     assert line["peer"].startswith("ipv4:127.0.0.1:")
     assert {"time", "duration_ms", "principal"} <= line.keys()
     served.assert_alive()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_zero_access_log_sample_logs_failed_calls_only_and_counts_every_call(
+    make_served: ServedFactory,
+) -> None:
+    served = make_served(HITL_ACCESS_LOG_SAMPLE="0")
+    with served.channel() as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for n in range(3):
+            health.Check(
+                health_pb2.HealthCheckRequest(),
+                metadata=(("x-request-id", f"sampled-ok-{n}"),),
+                timeout=CALL_S,
+            )
+        with pytest.raises(grpc.RpcError) as caught:
+            auth_pb2_grpc.AuthServiceStub(channel).GetCurrentUser(
+                auth_pb2.GetCurrentUserRequest(),
+                metadata=(("x-request-id", "sampled-failure"),),
+                timeout=CALL_S,
+            )
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    (line,) = served.log_entries(lambda e: e.get("request_id") == "sampled-failure")
+    assert (line["method"], line["code"]) == (
+        "/hitl.v1.AuthService/GetCurrentUser",
+        "UNAUTHENTICATED",
+    )
+    # One writer thread, lines in the order the calls ended: the OK ones would be above.
+    ok_lines = served.log_entries(lambda e: str(e.get("request_id", "")).startswith("sampled-ok"))
+    assert ok_lines == []
+    sample = 'hitl_rpc_total{code="OK",method="/grpc.health.v1.Health/Check"} 3.0'
+    assert sample in served.wait_for_metrics(sample)
+    served.assert_alive()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_every_call_gets_its_access_line_by_default_in_call_order(served: Served) -> None:
+    with served.channel() as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for n in range(20):
+            health.Check(
+                health_pb2.HealthCheckRequest(),
+                metadata=(("x-request-id", f"each-{n:02d}"),),
+                timeout=CALL_S,
+            )
+    lines = served.log_entries(lambda e: e.get("request_id") == "each-19")
+    assert len(lines) == 1
+    ids = [
+        e["request_id"]
+        for e in served.log_entries(lambda e: str(e.get("request_id", "")).startswith("each-"))
+    ]
+    assert ids == [f"each-{n:02d}" for n in range(20)]
+    served.assert_alive()
+
+
+def test_an_access_log_sample_out_of_range_stops_serve_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HITL_")}
+    env["HITL_DATABASE_URL"] = f"sqlite:///{tmp_path}/hitl.db"
+    env["HITL_ACCESS_LOG_SAMPLE"] = "2"
+    done = subprocess.run(
+        SERVE, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=CALL_S * 6
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "hitl-grpc: configuration error: HITL_ACCESS_LOG_SAMPLE: must be between 0 and 1, got 2"
+    ]
