@@ -60,7 +60,7 @@ async def test_one_log_read_per_batch_whatever_the_number_of_watchers(
         await hub_of(server).sync()
         reads_before = hub_of(server).reads
         # On PostgreSQL the hub reads through the hot path's own connections.
-        hot = server.running.hot
+        hot = server.running.reader
         hot_before = hot.executed["events"] if hot else 0
         event.listen(sync_engine, "before_cursor_execute", count)
         try:

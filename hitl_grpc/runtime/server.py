@@ -116,6 +116,8 @@ class RunningServer:
     generated_admin_password: str | None = None
     # The hot path's statements (PostgreSQL, untraced); None where every call uses the engine.
     hot: HotPath | None = None
+    # The event reader's own statements of the hot path (None with `hot`).
+    reader: HotPath | None = None
     # The serialized decisions pages are put together from.
     rendered: RenderedDecisions | None = None
     metrics_port: int | None = None
@@ -241,13 +243,17 @@ async def running_server(
             tracing = Tracing(settings.otlp_endpoint, version=build_version())
             stack.push_async_callback(tracing.close)
             trace_statements(engine, tracing.tracer)
-        hot = None
+        hot = reader = None
         if door.postgres and tracing is None:
             # Traced, every statement goes through SQLAlchemy, which gives each its span.
             hot = HotPath(engine.url, timeout_s=settings.db_timeout_s, max_size=HOT_POOL_SIZE)
-            await hot.open()
-            # Always closed: its workers would go on reconnecting after the server is gone.
-            stack.push_async_callback(hot.close, DISPOSE_WITHIN_S)
+            # The event reader's reads on a connection of their own: a reader retrying
+            # through an outage never takes the calls' connections, nor they its.
+            reader = HotPath(engine.url, timeout_s=settings.db_timeout_s, max_size=1)
+            for pool in (hot, reader):
+                await pool.open()
+                # Always closed: its workers would go on reconnecting after the server is gone.
+                stack.push_async_callback(pool.close, DISPOSE_WITHIN_S)
         # One reader of the event log per process, fanning out to every local watcher.
         hub = hub_class(
             door,
@@ -263,7 +269,7 @@ async def running_server(
             on_fan_out=service_metrics.fanned_out,
             on_cut_off=service_metrics.cut_offs.inc,
             on_read=service_metrics.event_reads.inc,
-            hot_new_events=hot.read_new if hot is not None else None,
+            hot_new_events=reader.read_new if reader is not None else None,
         )
         if hot is not None:
             hot.wake_on_commit(hub.wake)
@@ -397,6 +403,7 @@ async def running_server(
             webhooks=webhooks,
             generated_admin_password=generated,
             hot=hot,
+            reader=reader,
             rendered=decision_servicer.rendered,
             metrics_port=metrics_port,
             mtls_port=mtls_port,
