@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import access_pb2, auth_pb2, auth_pb2_grpc
 
 from bench.load import Measured, drive, report
-from bench.processes import ADMIN_PASSWORD, serve_subprocess
+from bench.processes import ADMIN_PASSWORD, BENCH_SECRET, fresh_postgres, serve_subprocess
 from hitl_grpc.auth.passwords import HashParams
 
 LOGINS = 100
@@ -95,6 +95,13 @@ async def _storm(
 
 
 async def run() -> None:
+    """The storm on PostgreSQL (the budget's backend), then on SQLite."""
+    with fresh_postgres("hitl_bench_logins") as url:
+        await _backend("postgres", {"HITL_DATABASE_URL": url, "HITL_JWT_SECRET": BENCH_SECRET})
+    await _backend("sqlite", {})
+
+
+async def _backend(backend: str, env: dict[str, str]) -> None:
     """Prints the login storm beside the hashing ceiling and their ratio.
 
     The machine may be shared, so storm and ceiling alternate for a few rounds and the
@@ -102,7 +109,7 @@ async def run() -> None:
     """
     ceilings: list[float] = []
     storms: list[tuple[Measured, Measured]] = []
-    with serve_subprocess() as address:
+    with serve_subprocess(env) as address:
         async with grpc.aio.insecure_channel(address) as channel:
             auth = auth_pb2_grpc.AuthServiceStub(channel)
             health = health_pb2_grpc.HealthStub(channel)
@@ -113,6 +120,7 @@ async def run() -> None:
     assert all(s.errors == 0 for s, _ in storms), "some logins failed"
     ceiling_s = min(ceilings)
     logins, checks = min(storms, key=lambda pair: pair[0].seconds)
+    print(f"-- {backend}")
     print(
         f"rounds: logins {', '.join(f'{s.seconds:.2f}' for s, _ in storms)} s; "
         f"hashes {', '.join(f'{c:.2f}' for c in ceilings)} s"
@@ -122,7 +130,7 @@ async def run() -> None:
         f"p50 {logins.p50_ms:.0f} ms p99 {logins.p99_ms:.0f} ms; "
         f"{LOGINS} argon2id hashes on {os.cpu_count()} threads: {ceiling_s:.2f} s"
     )
-    report(f"{LOGINS} concurrent logins (wall)", logins.seconds, ceiling_s, "s")
+    report(f"{LOGINS} concurrent logins, {backend} (wall)", logins.seconds, ceiling_s, "s")
     print(
         f"Health.Check during the storm: p50 {checks.p50_ms:.1f} ms "
         f"p99 {checks.p99_ms:.1f} ms errors {checks.errors}"
