@@ -12,6 +12,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 from hitl.v1 import access_pb2, auth_pb2, decision_pb2
+from sqlalchemy import event
 
 from hitl_grpc.accounts.users import UserUpdate
 from hitl_grpc.config import ConfigError, Settings
@@ -199,6 +200,69 @@ async def test_a_fresh_token_resumes_where_the_ended_stream_stopped(
         while message.WhichOneof("event") == "heartbeat":
             message = await next_of(resumed)
         assert message.added.analysis_id == fresh.decision.analysis_id
+
+
+SHARED_STREAMS = 20
+
+
+async def _open_watches(server: Harness, token: str, count: int) -> list[AsyncIterator[Any]]:
+    """`count` WatchPending streams of one token, each past its snapshot."""
+    streams = [
+        aiter(
+            server.decisions.WatchPending(
+                decision_pb2.WatchPendingRequest(), metadata=bearer(token)
+            )
+        )
+        for _ in range(count)
+    ]
+    for first in await asyncio.gather(*(next_of(s) for s in streams)):
+        assert first.WhichOneof("event") == "snapshot_complete"
+    return streams
+
+
+async def test_streams_of_one_token_share_their_rechecks(make_server: ServerFactory) -> None:
+    # Four re-checks per stream fall due before the first heartbeat of every stream.
+    async with make_server(stream_reauth_s=0.4, heartbeat_s=1.6) as server:
+        token = await server.token(Role.ANALYST)
+        hot = server.running.hot
+        statements: list[str] = []
+
+        def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            statements.append(statement)
+
+        def account_reads() -> int:
+            if hot is not None:
+                return hot.executed["account"]
+            return len([s for s in statements if "FROM users" in s])
+
+        engine = server.running.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            streams = await _open_watches(server, token, SHARED_STREAMS)
+            before = account_reads()
+            for heartbeat in await asyncio.gather(*(next_of(s) for s in streams)):
+                assert heartbeat.WhichOneof("event") == "heartbeat"
+            reads = account_reads() - before
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        # Checked apart, the streams would have read the account about 4 x 20 times.
+        assert 1 <= reads <= SHARED_STREAMS, reads
+
+
+async def test_deactivation_ends_every_stream_sharing_a_recheck(
+    make_server: ServerFactory,
+) -> None:
+    async with make_server(stream_reauth_s=REAUTH_S) as server:
+        analyst = await server.create_user(Role.ANALYST)
+        token = (await server.login(analyst.username)).tokens.access_token
+        streams = await _open_watches(server, token, SHARED_STREAMS)
+        await server.running.accounts.users.update(
+            analyst.id, UserUpdate(active=False), actor="test", peer="test"
+        )
+        deactivated_at = time.monotonic()
+        ended = await asyncio.gather(*(_end_of(s, REAUTH_S + MARGIN_S) for s in streams))
+        assert time.monotonic() - deactivated_at < REAUTH_S + MARGIN_S
+        assert {error.code() for error, _ in ended} == {grpc.StatusCode.PERMISSION_DENIED}
 
 
 def test_the_reauth_interval_is_never_longer_than_the_heartbeat() -> None:

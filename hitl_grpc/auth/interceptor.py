@@ -5,13 +5,16 @@ without a token, the SERVICE account bound to the verified certificate's subject
 
 A server stream is authorized for as long as it is open, not only when it opens: it re-checks
 its caller's access every `reauth_s`, before any message when the last check is older than
-that, and ends at its access token's expiry on a timer.
+that, and ends at its access token's expiry on a timer. Streams of one credential share
+their re-checks: one read started once a stream's check is due answers for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import functools
+import math
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -46,6 +49,13 @@ TOKEN_EXPIRED: Final = "token expired: sign in again"
 # A verdict stream carries a handful of messages and its last one is the verdict a machine
 # acts on: each message is checked like a unary GetDecision would be.
 CHECK_EVERY_MESSAGE: Final = frozenset({"/hitl.v1.DecisionService/WatchDecision"})
+# Re-checks fall due on a grid of this fraction of the interval, so the streams of one
+# credential due within one step wake together and share a read; a check comes at most
+# one step early, never late.
+GRID_STEPS: Final = 8
+# Checks a stream's access, with a read started no earlier than the given loop time;
+# returns the loop time that read started.
+Recheck = Callable[[float], Awaitable[float]]
 
 
 def bearer_token(metadata: Any) -> str:
@@ -73,6 +83,52 @@ def client_certificate(auth_context: Mapping[str, Any]) -> ClientCertificate | N
     return ClientCertificate(bytes(subjects[0]).decode(), certificate.not_valid_after_utc)
 
 
+class SharedChecks:
+    """The access checks in flight for open streams, one per credential.
+
+    A stream whose check fell due at some moment may take the answer of any read that
+    started at or after it: that read sees the account at least as late as the stream's
+    own would have. So a thousand dashboards of one service account, due together, cost
+    one read instead of a thousand. A check is shared only while it is in flight.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[Hashable, tuple[float, asyncio.Future[Access]]] = {}
+
+    async def check(
+        self, key: Hashable, since: float, run: Callable[[], Awaitable[Access]]
+    ) -> float:
+        """Raises why `key`'s access ended, by a read started at or after `since`; returns
+        the loop time that read started."""
+        while (found := self._running.get(key)) is not None and found[0] >= since:
+            started, shared = found
+            try:
+                await asyncio.shield(shared)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if shared.cancelled() and (task is None or not task.cancelling()):
+                    continue  # the stream that read went away mid-read: read again
+                raise
+            return started
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        future: asyncio.Future[Access] = loop.create_future()
+        self._running[key] = (started, future)
+        try:
+            future.set_result(await run())
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a failure nobody joined is not "never retrieved"
+            raise
+        finally:
+            if self._running.get(key, (0.0, None))[1] is future:
+                del self._running[key]
+        return started
+
+
 class StreamAccess:
     """Keeps one open stream's access checked; cancels the stream's task when it ends.
 
@@ -82,7 +138,7 @@ class StreamAccess:
 
     def __init__(
         self,
-        check: Callable[[], Awaitable[Access]],
+        check: Recheck,
         first: Access,
         reauth_s: float,
         *,
@@ -91,6 +147,7 @@ class StreamAccess:
         loop = asyncio.get_running_loop()
         self._check = check
         self._reauth_s = reauth_s
+        self._grid_s = reauth_s / GRID_STEPS
         self._every_message = every_message
         self._checked_at = loop.time()
         self._expires_at = self._checked_at + first.expires_in_s
@@ -105,9 +162,9 @@ class StreamAccess:
                 now = loop.time()
                 if now >= self._expires_at:
                     raise Unauthenticated(TOKEN_EXPIRED)
-                due = self._checked_at + self._reauth_s
+                due = self._due()
                 if now >= due:
-                    await self.recheck()
+                    await self._recheck(due)
                     continue
                 await asyncio.sleep(min(due, self._expires_at) - now)
         except Exception as exc:
@@ -115,11 +172,17 @@ class StreamAccess:
             if self._task is not None:
                 self._task.cancel()
 
-    async def recheck(self) -> None:
-        """Checks the caller's access again now."""
-        started = asyncio.get_running_loop().time()
-        await self._check()
+    def _due(self) -> float:
+        """When the next check falls due: on the grid, at most one step before reauth_s."""
+        return math.floor((self._checked_at + self._reauth_s) / self._grid_s) * self._grid_s
+
+    async def _recheck(self, since: float) -> None:
+        started = await self._check(since)
         self._checked_at = max(self._checked_at, started)
+
+    async def recheck(self) -> None:
+        """Checks the caller's access again, by a read started once the check fell due."""
+        await self._recheck(min(self._due(), asyncio.get_running_loop().time()))
 
     def due_before_delivery(self) -> bool:
         """Raises why access ended; True if a fresh check must come first (the last is older
@@ -129,7 +192,7 @@ class StreamAccess:
         now = asyncio.get_running_loop().time()
         if now >= self._expires_at:
             raise Unauthenticated(TOKEN_EXPIRED)
-        return self._every_message or now - self._checked_at >= self._reauth_s
+        return self._every_message or now >= self._due()
 
     def cancelled_by_us(self) -> Exception | None:
         """Why access ended, if that is what cancelled the stream (the cancel is undone)."""
@@ -223,6 +286,7 @@ class AuthInterceptor:
         if policy is None or policy.public:
             return None
         every_message = method in CHECK_EVERY_MESSAGE
+        shared = SharedChecks()
 
         # The watchdog's cancel lands in the call's own task (even in a blocked write), where
         # the caller of StreamAccess turns it into the status of why access ended.
@@ -231,8 +295,13 @@ class AuthInterceptor:
             credential = self._credential(context)
             access = await self._admit(credential, peer, method, policy)
             principal_ctx.bind(access.principal, peer)
+
+            def recheck(since: float) -> Awaitable[float]:
+                run = functools.partial(self._admit, credential, peer, method, policy)
+                return shared.check((credential, peer), since, run)
+
             return StreamAccess(
-                lambda: self._admit(credential, peer, method, policy),
+                recheck,
                 access,
                 self._reauth_s,
                 every_message=every_message,

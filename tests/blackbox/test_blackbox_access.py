@@ -132,6 +132,27 @@ def test_revocation_ends_an_open_watch_within_the_bound(
     strict.assert_alive()
 
 
+def test_deactivation_ends_every_watch_of_one_token_from_threads(strict: Served) -> None:
+    # Streams of one token share their re-checks: each still ends within the bound.
+    username, password = strict.create_user(access_pb2.ROLE_ANALYST)
+    token = strict.login(username, password)
+    with strict.channel() as channel:
+        me = auth_pb2_grpc.AuthServiceStub(channel).GetCurrentUser(
+            auth_pb2.GetCurrentUserRequest(), metadata=bearer(token), timeout=CALL_S
+        )
+    outs = [_watch_in_thread(strict, token) for _ in range(8)]
+    for out in outs:
+        first = out.get(timeout=CALL_S)
+        assert isinstance(first, decision_pb2.WatchPendingResponse)
+        assert first.WhichOneof("event") == "snapshot_complete"
+    _deactivate(strict, me.user.id, token)
+    deactivated_at = time.monotonic()
+    codes = {_until_error(out, REAUTH_S + MARGIN_S).code() for out in outs}
+    assert codes == {grpc.StatusCode.PERMISSION_DENIED}
+    assert time.monotonic() - deactivated_at < REAUTH_S + MARGIN_S
+    strict.assert_alive()
+
+
 def test_a_burst_of_wrong_logins_from_threads_judges_at_most_the_limit(strict: Served) -> None:
     username, password = strict.create_user(access_pb2.ROLE_ADMIN)
     start = threading.Barrier(BURST)
