@@ -8,6 +8,7 @@ response that decodes to the decision as stored.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -17,6 +18,7 @@ from hitl.v1 import decision_pb2
 from hitl_grpc.api.watch import decision_bytes, pending_bytes
 from hitl_grpc.domain.values import Priority, Role
 from hitl_grpc.events.cursor import encode
+from hitl_grpc.events.hub import IDLE_SLACK_S
 from hitl_grpc.events.streams import DecisionItem, ItemKind, PendingItem
 from tests.harness import Harness, Metadata, ServerFactory
 from tests.watching import (
@@ -230,3 +232,26 @@ async def test_the_hub_hands_every_watcher_one_event_encoded_once_per_shape(
         assert state.decision == reply.added and state.cursor == reply.cursor
         for sub in [*subscriptions, one]:
             sub.close()
+
+
+async def test_an_idle_subscription_beats_a_whole_wait_after_its_last_event(
+    make_server: ServerFactory,
+) -> None:
+    # The idle timer is not reset by each event: it must still never end a wait early.
+    idle_s = 0.3
+    async with make_server() as server:
+        hub = hub_of(server)
+        sub = hub.subscribe()
+        loop = asyncio.get_running_loop()
+        waiting = asyncio.create_task(sub.get(idle_s))
+        await asyncio.sleep(idle_s / 2)  # time passes inside the first wait
+        await append_events(server, [hand_decision("beat")])
+        await hub.sync()
+        assert (await waiting) is not None
+        started = loop.time()
+        assert await sub.get(idle_s) is None
+        assert loop.time() - started >= idle_s - IDLE_SLACK_S
+        started = loop.time()
+        assert await sub.get(idle_s) is None
+        assert loop.time() - started >= idle_s - IDLE_SLACK_S
+        sub.close()

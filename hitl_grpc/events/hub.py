@@ -32,6 +32,7 @@ log = logging.getLogger("hitl_grpc.events")
 
 BATCH: Final = 500
 ERROR_BACKOFF_MAX_S: Final = 5.0
+IDLE_SLACK_S: Final = 0.001
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +72,9 @@ class Subscription:
         "_match",
         "_queue",
         "_queued_bytes",
+        "_timer",
         "_waiter",
+        "_waiting_since",
         "key",
     )
 
@@ -89,7 +92,13 @@ class Subscription:
         self._queued_bytes = 0
         self._match = match
         self._queue: deque[SharedEvent] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        # Resolved True by an event (or the end), False by the idle timer.
+        self._waiter: asyncio.Future[bool] | None = None
+        self._waiting_since = 0.0
+        # The idle timer outlives the waits it does not end: an event does not cancel
+        # it, and when it fires early for the wait then running it sets itself again.
+        # One timer per idle period instead of one per message.
+        self._timer: asyncio.TimerHandle | None = None
         self._ended: errors.DomainError | None = None
         self.key = key
 
@@ -124,7 +133,20 @@ class Subscription:
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+            self._waiter.set_result(True)
+
+    def _idle_timer(self, timeout_s: float) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # no wait running: the next one sets the timer
+        loop = asyncio.get_running_loop()
+        due = self._waiting_since + timeout_s
+        # A timer may run a hair before its time (the loop's clock resolution).
+        if loop.time() >= due - IDLE_SLACK_S:
+            waiter.set_result(False)
+        else:
+            self._timer = loop.call_at(due, self._idle_timer, timeout_s)
 
     @property
     def idle(self) -> bool:
@@ -134,12 +156,16 @@ class Subscription:
     async def get(self, timeout_s: float | None) -> SharedEvent | None:
         """The next event; None if none came within `timeout_s`."""
         if not self._queue and self._ended is None:
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            self._waiting_since = loop.time()
+            if timeout_s is not None and self._timer is None:
+                self._timer = loop.call_at(
+                    self._waiting_since + timeout_s, self._idle_timer, timeout_s
+                )
             try:
-                async with asyncio.timeout(timeout_s):
-                    await self._waiter
-            except TimeoutError:
-                return None
+                if not await waiter:
+                    return None
             finally:
                 self._waiter = None
         if self._ended is not None:
@@ -150,6 +176,9 @@ class Subscription:
 
     def close(self) -> None:
         """The watcher is gone."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._ended is None:
             self._ended = errors.Unavailable("watch closed")
             self._queue.clear()
