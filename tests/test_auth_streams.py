@@ -245,8 +245,10 @@ async def test_streams_of_one_token_share_their_rechecks(make_server: ServerFact
             reads = account_reads() - before
         finally:
             event.remove(engine, "before_cursor_execute", seen)
-        # Checked apart, the streams would have read the account about 4 x 20 times.
-        assert 1 <= reads <= SHARED_STREAMS, reads
+        # Checked apart, the streams would read the account 4 x 20 = 80 times; shared, a
+        # few reads per grid step (32 seen on a loaded CI run, where streams open further
+        # apart and fall into more steps).
+        assert 1 <= reads <= 2 * SHARED_STREAMS, reads
 
 
 async def test_deactivation_ends_every_stream_sharing_a_recheck(
