@@ -188,7 +188,7 @@ class LoginThrottle:
         finally:
             if not attempt.settled:
                 async with self._uow() as uow:
-                    await self._release(uow, account)
+                    await uow.throttle.release(busy_subject(account))
                     await uow.commit()
             await self._wake(account)
 
@@ -286,10 +286,6 @@ class LoginThrottle:
         self._refusals_audited[lock] = None
         return True
 
-    async def _release(self, uow: UnitOfWork, account: str) -> None:
-        busy = await uow.throttle.lock(busy_subject(account), self._clock.now())
-        await uow.throttle.save(replace(busy, failures=max(busy.failures - 1, 0)))
-
     async def _wake(self, account: str) -> None:
         slot = self._slots.get(account)
         if slot is not None:
@@ -299,7 +295,7 @@ class LoginThrottle:
     async def settle(self, uow: UnitOfWork, attempt: Attempt, *, ok: bool) -> None:
         """Ends an attempt in the caller's transaction (see Attempt)."""
         now = self._clock.now()
-        await self._release(uow, attempt.account)
+        await uow.throttle.release(busy_subject(attempt.account))
         if ok:
             if attempt.counted:
                 await uow.throttle.clear(attempt.account)
@@ -323,9 +319,7 @@ class LoginThrottle:
 
     async def signed_in(self, uow: UnitOfWork, username: str, peer: str) -> None:
         """Remembers a full sign-in of this username from this peer (see LoginLimits.peer_trust)."""
-        now = self._clock.now()
-        state = await uow.throttle.lock(trust_subject(username, peer), now)
-        await uow.throttle.save(replace(state, window_started_at=now))
+        await uow.throttle.touch(trust_subject(username, peer), self._clock.now())
 
 
 def _wait(state: ThrottleState, now: datetime) -> float:

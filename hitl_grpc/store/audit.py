@@ -16,6 +16,7 @@ from hitl_grpc.domain.ports import AuditQuery
 from hitl_grpc.domain.values import AuditOutcome, AuditRecord
 from hitl_grpc.store import audit_chain
 from hitl_grpc.store.codec import aware, storable
+from hitl_grpc.store.prepared import Prepared
 from hitl_grpc.store.tables import audit_chain_heads, audit_events
 
 ACTOR_MAX = 150
@@ -23,8 +24,21 @@ KIND_MAX = 64
 TARGET_MAX = 256
 PEER_MAX = 128
 REQUEST_ID_MAX: Final = 128
-# Built once: SQLAlchemy reuses the compiled statement and only binds the row.
-_APPEND = insert(audit_events)
+# The columns audit_row() fills; on SQLite the chain's own are added before the write.
+_ROW: Final = (
+    "time",
+    "actor",
+    "kind",
+    "target",
+    "peer",
+    "outcome",
+    "details",
+    "request_id",
+    "chain",
+    "digest",
+)
+# Every audited call writes its rows with this (store/prepared.py).
+_APPEND: Final = Prepared(insert(audit_events), columns=_ROW)
 
 
 def _record(row: Any) -> AuditRecord:
@@ -86,7 +100,7 @@ class AuditLog:
         rows, self._pending = self._pending, []
         if not self._postgres:
             await audit_chain.link_in_python(self._conn, rows)
-        await self._conn.execute(_APPEND, rows)
+        await _APPEND.many(self._conn, rows)
 
     async def after(self, seq: int, limit: int) -> list[AuditRecord]:
         """Up to `limit` rows of the chain past `seq`, in chain order (commit order)."""

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hitl_grpc.domain.ports import StoredRefreshToken
 from hitl_grpc.domain.values import UserId
 from hitl_grpc.store.codec import aware
+from hitl_grpc.store.prepared import Prepared
 from hitl_grpc.store.tables import refresh_tokens
+
+# Every sign-in and refresh stores one (store/prepared.py).
+_ADD = Prepared(
+    insert(refresh_tokens).values(
+        {
+            name: bindparam("b_" + name)
+            for name in ("id", "user_id", "family_id", "token_hash", "issued_at", "expires_at")
+        }
+    )
+)
 
 
 class RefreshTokenRepository:
@@ -30,16 +41,15 @@ class RefreshTokenRepository:
         expires_at: datetime,
     ) -> None:
         """Stores a newly issued refresh token."""
-        await self._conn.execute(
-            insert(refresh_tokens).values(
-                id=token_id,
-                user_id=user_id,
-                family_id=family_id,
-                token_hash=token_hash,
-                issued_at=issued_at,
-                expires_at=expires_at,
-            )
-        )
+        params = {
+            "b_id": token_id,
+            "b_user_id": user_id,
+            "b_family_id": family_id,
+            "b_token_hash": token_hash,
+            "b_issued_at": issued_at,
+            "b_expires_at": expires_at,
+        }
+        await _ADD.rows(self._conn, params)
 
     async def by_hash(self, token_hash: str) -> StoredRefreshToken | None:
         """The token with this hash, if any."""

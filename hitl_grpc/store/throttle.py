@@ -1,17 +1,75 @@
-"""Login failure counters in the database, so lockouts hold across replicas and restarts."""
+"""Login failure counters in the database, so lockouts hold across replicas and restarts.
+
+Every sign-in runs these statements, so each is compiled once and, on PostgreSQL, sent
+through the driver itself (store/prepared.py).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, case, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hitl_grpc.domain.ports import ThrottleState
 from hitl_grpc.store.codec import aware, storable
+from hitl_grpc.store.prepared import Prepared
 from hitl_grpc.store.tables import login_throttle
+
+_T: Final = login_throttle
+_SUBJECT: Final = _T.c.subject == bindparam("b_subject")
+
+
+def _upserts(set_started: bool) -> dict[str, Prepared]:
+    """INSERT .. ON CONFLICT DO UPDATE .. RETURNING, per dialect: the row created if
+    missing and locked until commit; `set_started` also moves its window start to now."""
+    built = {}
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite)):
+        stmt = dialect.insert(_T).values(
+            subject=bindparam("b_subject"),
+            failures=0,
+            window_started_at=bindparam("b_now"),
+            lockouts=0,
+        )
+        changed = {"subject": stmt.excluded.subject}
+        if set_started:
+            changed["window_started_at"] = stmt.excluded.window_started_at
+        stmt = stmt.on_conflict_do_update(index_elements=["subject"], set_=changed)
+        built[name] = Prepared(stmt.returning(*_T.c))
+    return built
+
+
+_LOCK: Final = _upserts(set_started=False)
+_TOUCH: Final = _upserts(set_started=True)
+_SAVE: Final = Prepared(
+    update(_T)
+    .where(_SUBJECT)
+    .values(
+        failures=bindparam("b_failures"),
+        window_started_at=bindparam("b_started"),
+        locked_until=bindparam("b_locked_until"),
+        lockouts=bindparam("b_lockouts"),
+    )
+)
+# One fewer in flight, never below zero; a counter that is gone has none to free.
+_RELEASE: Final = Prepared(
+    update(_T)
+    .where(_SUBJECT)
+    .values(failures=case((_T.c.failures > 0, _T.c.failures - 1), else_=0))
+)
+_CLEAR: Final = Prepared(delete(_T).where(_SUBJECT))
+# Peeks by how many subjects they read (one for a public limit, three for a sign-in).
+_PEEKS: dict[int, Prepared] = {}
+
+
+def _peek(count: int) -> Prepared:
+    found = _PEEKS.get(count)
+    if found is None:
+        stmt = select(_T).where(_T.c.subject.in_([bindparam(f"s{n}") for n in range(count)]))
+        found = _PEEKS[count] = Prepared(stmt)
+    return found
 
 
 def _state(row: Any) -> ThrottleState:
@@ -31,13 +89,12 @@ class LoginThrottleRepository:
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        self._dialect = conn.dialect.name
 
     async def peek(self, subjects: list[str]) -> list[ThrottleState]:
         """The counters of these subjects that exist, without locking them."""
-        stmt = select(login_throttle).where(
-            login_throttle.c.subject.in_([storable(s) for s in subjects])
-        )
-        return [_state(row) for row in await self._conn.execute(stmt)]
+        params = {f"s{n}": storable(s) for n, s in enumerate(subjects)}
+        return [_state(row) for row in await _peek(len(subjects)).rows(self._conn, params)]
 
     async def lock(self, subject: str, now: datetime) -> ThrottleState:
         """The subject's counter, created if missing, its row locked until commit.
@@ -47,32 +104,35 @@ class LoginThrottleRepository:
         concurrent forgive delete the row between the two statements on PostgreSQL, so the
         SELECT found nothing and the failure was lost.
         """
+        return await self._upsert(_LOCK, subject, now)
+
+    async def touch(self, subject: str, now: datetime) -> ThrottleState:
+        """lock(), with the counter's window start moved to `now`, in one statement."""
+        return await self._upsert(_TOUCH, subject, now)
+
+    async def _upsert(
+        self, stmt: dict[str, Prepared], subject: str, now: datetime
+    ) -> ThrottleState:
         # A probed username may hold U+0000: it is counted under a name PostgreSQL can hold.
-        subject = storable(subject)
-        dialect = postgresql if self._conn.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(login_throttle).values(
-            subject=subject, failures=0, window_started_at=now, lockouts=0
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["subject"], set_={"subject": stmt.excluded.subject}
-        ).returning(*login_throttle.c)
-        return _state((await self._conn.execute(stmt)).one())
+        params = {"b_subject": storable(subject), "b_now": now}
+        (row,) = await stmt[self._dialect].rows(self._conn, params)
+        return _state(row)
 
     async def save(self, state: ThrottleState) -> None:
         """Writes a counter back (after lock())."""
-        await self._conn.execute(
-            update(login_throttle)
-            .where(login_throttle.c.subject == storable(state.subject))
-            .values(
-                failures=state.failures,
-                window_started_at=state.window_started_at,
-                locked_until=state.locked_until,
-                lockouts=state.lockouts,
-            )
-        )
+        params = {
+            "b_subject": storable(state.subject),
+            "b_failures": state.failures,
+            "b_started": state.window_started_at,
+            "b_locked_until": state.locked_until,
+            "b_lockouts": state.lockouts,
+        }
+        await _SAVE.rows(self._conn, params)
+
+    async def release(self, subject: str) -> None:
+        """One fewer attempt in flight on an in-flight counter, in one statement."""
+        await _RELEASE.rows(self._conn, {"b_subject": storable(subject)})
 
     async def clear(self, subject: str) -> None:
         """Forgets a subject's failures (after a successful sign-in)."""
-        await self._conn.execute(
-            delete(login_throttle).where(login_throttle.c.subject == storable(subject))
-        )
+        await _CLEAR.rows(self._conn, {"b_subject": storable(subject)})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -13,7 +13,12 @@ from hitl_grpc.domain import errors
 from hitl_grpc.domain.ports import UserChanges
 from hitl_grpc.domain.values import Account, Role, User, UserId, username_key
 from hitl_grpc.store.codec import NUL, aware
+from hitl_grpc.store.prepared import Prepared
 from hitl_grpc.store.tables import refresh_tokens, users
+
+# Every sign-in reads its account by name (store/prepared.py).
+_BY_KEY = Prepared(select(users).where(users.c.username_key == bindparam("key")))
+_BY_ID = Prepared(select(users).where(users.c.id == bindparam("id")))
 
 
 def account_from_row(row: Any) -> Account:
@@ -57,8 +62,8 @@ class UserRepository:
         """The account with this id, if any."""
         if NUL in user_id:
             return None  # no stored id holds it, and PostgreSQL refuses it as a parameter
-        row = (await self._conn.execute(select(users).where(users.c.id == user_id))).first()
-        return account_from_row(row) if row else None
+        rows = await _BY_ID.rows(self._conn, {"id": user_id})
+        return account_from_row(rows[0]) if rows else None
 
     async def get_for_update(self, user_id: UserId) -> Account | None:
         """The account, its row locked until the transaction ends (PostgreSQL)."""
@@ -93,9 +98,8 @@ class UserRepository:
         """The account whose name is this one, compared NFKC case-insensitively."""
         if NUL in username:
             return None
-        stmt = select(users).where(users.c.username_key == username_key(username))
-        row = (await self._conn.execute(stmt)).first()
-        return account_from_row(row) if row else None
+        rows = await _BY_KEY.rows(self._conn, {"key": username_key(username)})
+        return account_from_row(rows[0]) if rows else None
 
     async def by_certificate_subject(self, subject: str) -> Account | None:
         """The account bound to this client-certificate subject, if any."""
