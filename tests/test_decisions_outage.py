@@ -87,7 +87,8 @@ async def test_write_lock_held_too_long_is_unavailable_not_a_hang(
         decision = await submit(server, service)
         if backend == "sqlite":
             path = database_url.split(":///", 1)[1]
-            holder = sqlite3.connect(path, isolation_level=None)
+            # The server may be mid-write (a sweep, a group commit): wait for it as a client would.
+            holder = sqlite3.connect(path, isolation_level=None, timeout=30)
             holder.execute("BEGIN IMMEDIATE")
             release = holder.rollback
         else:

@@ -119,7 +119,8 @@ class SignIn:
                 and self._passwords.needs_rehash(account.password_hash)
                 else None
             )
-            async with self._uow() as uow:
+            # Every statement of the outcome runs in one round trip with its COMMIT.
+            async with self._uow(pipelined=True) as uow:
                 if not ok or account is None:
                     await attempt.failed(uow)
                     await uow.audit.append(

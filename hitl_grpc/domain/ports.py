@@ -359,9 +359,14 @@ class HotStatements(Protocol):
 
 
 class UnitOfWorkFactory(Protocol):
-    """Opens a unit of work; read-only ones don't take SQLite's write lock."""
+    """Opens a unit of work; read-only ones don't take SQLite's write lock.
 
-    def __call__(self, *, readonly: bool = False) -> UnitOfWork: ...
+    A pipelined one (PostgreSQL) sends the writes that return nothing together with the
+    next statement that returns rows, or with its COMMIT: for a unit of work that runs
+    only the repositories' sign-in statements (store/prepared.py).
+    """
+
+    def __call__(self, *, readonly: bool = False, pipelined: bool = False) -> UnitOfWork: ...
 
     async def write(self, work: Callable[[Repositories], Awaitable[T]]) -> T:
         """Runs `work` and commits what it wrote, or nothing if it raises; its result.

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hitl_grpc.domain import errors
 from hitl_grpc.store.engine import READONLY, DroppedOnCancel, postgres_connect_args
+from hitl_grpc.store.prepared import driver_of
 
 # What "the database is not there" looks like from the driver or the pool.
 UNAVAILABLE_ERRORS = (
@@ -65,8 +66,12 @@ class Passage:
         timeout_s: float | None,
         readonly: bool = False,
         isolation: str | None = None,
+        pipelined: bool = False,
     ) -> None:
         self._engine = engine
+        # PostgreSQL's pipeline mode for the whole transaction (UnitOfWorkFactory).
+        self._pipelined = pipelined and engine.dialect.name == "postgresql"
+        self._pipeline: psycopg.AsyncPipeline | None = None
         self._timeout_s = timeout_s
         self._readonly = readonly
         self._isolation = isolation
@@ -103,6 +108,10 @@ class Passage:
             if options:
                 await conn.execution_options(**options)
             await conn.begin()
+            if self._pipelined:
+                driver = driver_of(conn)
+                self._pipeline = driver.pipeline()
+                await self._pipeline.__aenter__()
         except BaseException as exc:
             self._conn = None
             await asyncio.shield(_discard(conn))
@@ -152,8 +161,11 @@ class Passage:
     async def _close(self, exc: BaseException | None) -> None:
         conn = self.connection
         self._conn = None
+        pipeline, self._pipeline = self._pipeline, None
         if isinstance(exc, asyncio.CancelledError | TimeoutError):
             # A cancelled query may leave the connection mid-protocol: never reuse it.
+            await asyncio.shield(_discard(conn))
+        elif pipeline is not None and not await _left(pipeline, exc):
             await asyncio.shield(_discard(conn))
         else:
             try:
@@ -167,6 +179,17 @@ class Passage:
                     raise errors.Unavailable(UNAVAILABLE) from cleanup
         if exc is not None and not isinstance(exc, errors.DomainError) and is_unavailable(exc):
             raise errors.Unavailable(UNAVAILABLE) from exc
+
+
+async def _left(pipeline: psycopg.AsyncPipeline, exc: BaseException | None) -> bool:
+    """Ends pipeline mode, sending what is still queued (rolled back unless committed):
+    whether the connection came out of it fit for reuse. A failure here changes nothing:
+    the COMMIT, if there was one, already reported how it went."""
+    try:
+        await pipeline.__aexit__(type(exc) if exc else None, exc, None)
+    except psycopg.Error:
+        return False
+    return True
 
 
 class Door:

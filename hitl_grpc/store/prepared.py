@@ -32,6 +32,8 @@ class Prepared:
 
     def __init__(self, statement: Executable, *, columns: Sequence[str] | None = None) -> None:
         self._statement = statement
+        # Whether it returns rows, known before it runs (in pipeline mode nothing is yet).
+        self._returns = len(statement.exported_columns) > 0  # type: ignore[attr-defined]
         self._columns = list(columns) if columns is not None else None
         # (SQL text, bound defaults, bind processors), compiled for PostgreSQL on first use.
         self._postgres: tuple[str, dict[str, Any], dict[str, Callable[[Any], Any]]] | None = None
@@ -57,10 +59,11 @@ class Prepared:
             result = await conn.execute(self._statement, dict(params))
             return list(result) if result.returns_rows else []
         sql, values = self._bound(conn.dialect, params)
+        # Not closed after use: in pipeline mode its result may arrive at a later sync.
+        cursor = driver_of(conn).cursor(row_factory=namedtuple_row)
         try:
-            async with _driver(conn).cursor(row_factory=namedtuple_row) as cursor:
-                await cursor.execute(sql, values)
-                return await cursor.fetchall() if cursor.description else []
+            await cursor.execute(sql, values)
+            return await cursor.fetchall() if self._returns else []
         except psycopg.Error as exc:
             raise _as_sqlalchemy(conn, sql, values, exc) from exc
 
@@ -71,17 +74,17 @@ class Prepared:
             return
         bound = [self._bound(conn.dialect, p) for p in params]
         sql = bound[0][0]
+        cursor = driver_of(conn).cursor()
         try:
-            async with _driver(conn).cursor() as cursor:
-                if len(bound) == 1:
-                    await cursor.execute(sql, bound[0][1])
-                else:
-                    await cursor.executemany(sql, [values for _, values in bound])
+            if len(bound) == 1:
+                await cursor.execute(sql, bound[0][1])
+            else:
+                await cursor.executemany(sql, [values for _, values in bound])
         except psycopg.Error as exc:
             raise _as_sqlalchemy(conn, sql, bound, exc) from exc
 
 
-def _driver(conn: AsyncConnection) -> Any:
+def driver_of(conn: AsyncConnection) -> Any:
     """The psycopg connection under a SQLAlchemy one already in its transaction."""
     return conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]
 
@@ -93,5 +96,5 @@ def _as_sqlalchemy(
     OperationalError with connection_invalidated for a lost server), so callers see one
     kind of error whichever way the statement went."""
     # psycopg is the DBAPI module of this dialect; its errors are what is_disconnect reads.
-    lost = conn.dialect.is_disconnect(cast(Any, exc), _driver(conn), None)
+    lost = conn.dialect.is_disconnect(cast(Any, exc), driver_of(conn), None)
     return DBAPIError.instance(sql, params, exc, psycopg.Error, connection_invalidated=lost)

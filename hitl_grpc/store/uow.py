@@ -37,10 +37,13 @@ class UnitOfWork(Passage):
         door: Door,
         *,
         readonly: bool = False,
+        pipelined: bool = False,
         after_commit: Callable[[], None] | None = None,
         webhook_urls: Sequence[str] = (),
     ) -> None:
-        super().__init__(door.engine, timeout_s=door.timeout_s, readonly=readonly)
+        super().__init__(
+            door.engine, timeout_s=door.timeout_s, readonly=readonly, pipelined=pipelined
+        )
         self._after_commit = after_commit
         self._webhook_urls = webhook_urls
 
@@ -95,11 +98,12 @@ class UnitOfWorkFactory:
                 webhook_urls=self._webhook_urls,
             )
 
-    def __call__(self, *, readonly: bool = False) -> UnitOfWork:
-        """A new, not yet entered, unit of work."""
+    def __call__(self, *, readonly: bool = False, pipelined: bool = False) -> UnitOfWork:
+        """A new, not yet entered, unit of work (see the port for `pipelined`)."""
         return UnitOfWork(
             self.door,
             readonly=readonly,
+            pipelined=pipelined,
             after_commit=self._after_commit,
             webhook_urls=self._webhook_urls,
         )

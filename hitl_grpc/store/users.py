@@ -19,6 +19,9 @@ from hitl_grpc.store.tables import refresh_tokens, users
 # Every sign-in reads its account by name (store/prepared.py).
 _BY_KEY = Prepared(select(users).where(users.c.username_key == bindparam("key")))
 _BY_ID = Prepared(select(users).where(users.c.id == bindparam("id")))
+_SET_HASH = Prepared(
+    update(users).where(users.c.id == bindparam("b_id")).values(password_hash=bindparam("b_hash"))
+)
 
 
 def account_from_row(row: Any) -> Account:
@@ -146,9 +149,7 @@ class UserRepository:
 
     async def set_password_hash(self, user_id: UserId, password_hash: str) -> None:
         """Replaces a password hash (a rehash with new parameters, or a new password)."""
-        await self._conn.execute(
-            update(users).where(users.c.id == user_id).values(password_hash=password_hash)
-        )
+        await _SET_HASH.rows(self._conn, {"b_id": user_id, "b_hash": password_hash})
 
     async def update(self, user_id: UserId, changes: UserChanges, at: datetime) -> Account | None:
         """Applies the changes; None if there is no such account."""
