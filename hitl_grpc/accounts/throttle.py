@@ -208,7 +208,8 @@ class LoginThrottle:
             while True:
                 # One admission per account at a time in this process: a burst queues here,
                 # holding no connection, not on the database row with a connection each.
-                async with slot.admitting, self._uow() as uow:
+                # Pipelined: the slot's save goes with the read after it, BEGIN with the lock.
+                async with slot.admitting, self._uow(pipelined=True) as uow:
                     admitted = await self._take_slot(uow, account, username, peer, refused)
                     if admitted is not None:
                         value = await read(uow)

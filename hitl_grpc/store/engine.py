@@ -146,7 +146,7 @@ def make_engine(raw_url: str, *, timeout_s: float, pool_size: int = 10) -> Async
     url = normalize_url(raw_url)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, timeout_s)
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -160,6 +160,15 @@ def make_engine(raw_url: str, *, timeout_s: float, pool_size: int = 10) -> Async
             "async_creator_fn": DroppedOnCancel.connect,
         },
     )
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _not_pipelined(conn: Any, *_: Any) -> None:
+        # SQLAlchemy reads a result as soon as its statement is sent, which pipeline mode
+        # does not give it yet: a pipelined unit of work runs store/prepared.py statements.
+        if conn.connection.driver_connection.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+            raise RuntimeError("a pipelined unit of work ran a statement through SQLAlchemy")
+
+    return engine
 
 
 def _create_private(database: str | None) -> None:

@@ -19,6 +19,7 @@ from hitl_grpc.store.tables import refresh_tokens, users
 # Every sign-in reads its account by name (store/prepared.py).
 _BY_KEY = Prepared(select(users).where(users.c.username_key == bindparam("key")))
 _BY_ID = Prepared(select(users).where(users.c.id == bindparam("id")))
+_BY_ID_LOCKED = Prepared(select(users).where(users.c.id == bindparam("id")).with_for_update())
 _SET_HASH = Prepared(
     update(users).where(users.c.id == bindparam("b_id")).values(password_hash=bindparam("b_hash"))
 )
@@ -72,9 +73,8 @@ class UserRepository:
         """The account, its row locked until the transaction ends (PostgreSQL)."""
         if NUL in user_id:
             return None
-        stmt = select(users).where(users.c.id == user_id).with_for_update()
-        row = (await self._conn.execute(stmt)).first()
-        return account_from_row(row) if row else None
+        rows = await _BY_ID_LOCKED.rows(self._conn, {"id": user_id})
+        return account_from_row(rows[0]) if rows else None
 
     async def with_session(self, user_id: UserId, session_id: str) -> tuple[Account, bool] | None:
         """The account and whether the session (refresh family) was revoked, in one query."""
