@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -13,8 +14,22 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from hitl.v1 import auth_pb2
 
-from hitl_grpc.domain.values import Role, User
+from hitl_grpc.domain.ports import Repositories
+from hitl_grpc.domain.values import Role, User, UserId
 from tests.harness import PASSWORD, Harness, bearer
+
+
+async def add_orphan_refresh_token(uow: Repositories) -> None:
+    """A refresh token of a user that does not exist: the foreign key refuses it."""
+    now = datetime.now(UTC)
+    await uow.refresh_tokens.add(
+        token_id=str(uuid.uuid4()),
+        user_id=UserId(str(uuid.uuid4())),
+        family_id=str(uuid.uuid4()),
+        token_hash=uuid.uuid4().hex,
+        issued_at=now,
+        expires_at=now + timedelta(hours=1),
+    )
 
 
 async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:

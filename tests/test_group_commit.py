@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -18,11 +18,12 @@ from sqlalchemy.exc import IntegrityError
 from hitl_grpc.config import ConfigError, Settings
 from hitl_grpc.domain import errors
 from hitl_grpc.domain.ports import Repositories
-from hitl_grpc.domain.values import Role, UserId
+from hitl_grpc.domain.values import Role
 from hitl_grpc.store import audit_chain
 from hitl_grpc.store.group_commit import GroupCommit
 from tests.decisions_support import submit, wait_until
 from tests.harness import Harness, Metadata, ServerFactory
+from tests.signin import add_orphan_refresh_token
 from tests.watching import event_of, hand_decision, next_of, watch_live
 
 REJECTED = decision_pb2.DECISION_STATUS_REJECTED
@@ -152,15 +153,7 @@ async def test_a_failing_write_is_undone_alone_and_its_group_commits(
         async def doomed(uow: Repositories) -> None:
             # A row written, then a statement the database refuses (no such user).
             await uow.decisions.insert(analysis, "h", submitted_by="test", sla=timedelta(hours=1))
-            now = datetime.now(UTC)
-            await uow.refresh_tokens.add(
-                token_id=str(uuid.uuid4()),
-                user_id=UserId(str(uuid.uuid4())),
-                family_id=str(uuid.uuid4()),
-                token_hash=uuid.uuid4().hex,
-                issued_at=now,
-                expires_at=now + timedelta(hours=1),
-            )
+            await add_orphan_refresh_token(uow)
 
         group = _group(server)
         async with _held(server):

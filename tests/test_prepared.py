@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy.exc import IntegrityError
 
 from hitl_grpc.domain.ports import ThrottleState
-from hitl_grpc.domain.values import UserId
 from tests.harness import Harness
+from tests.signin import add_orphan_refresh_token
 
 SUBJECT = "user:pipelined"
 
@@ -49,15 +48,8 @@ async def test_a_failing_queued_write_fails_the_commit_and_leaves_nothing(
     async def doomed() -> None:
         async with server.running.uow(pipelined=True) as uow:
             await uow.throttle.lock(SUBJECT, now)
-            # No such user: the foreign key refuses it, at the COMMIT at the latest.
-            await uow.refresh_tokens.add(
-                token_id=str(uuid.uuid4()),
-                user_id=UserId(str(uuid.uuid4())),
-                family_id=str(uuid.uuid4()),
-                token_hash=uuid.uuid4().hex,
-                issued_at=now,
-                expires_at=now + timedelta(hours=1),
-            )
+            # Refused by the foreign key, at the COMMIT at the latest.
+            await add_orphan_refresh_token(uow)
             await uow.commit()
 
     with pytest.raises(IntegrityError):
