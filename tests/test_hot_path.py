@@ -87,6 +87,35 @@ async def test_a_submit_is_stored_with_its_event_and_a_verifying_audit_row(
     assert report.ok, report.breaks
 
 
+async def test_every_field_is_stored_as_submitted_whatever_its_text(
+    server: Harness, backend: str
+) -> None:
+    """The row comes from the event's JSON payload: escapes, non-BMP text, a float and a
+    literal of a stamped key inside a value all arrive in their columns unchanged."""
+    user, meta = await _signed_in(server)
+    _folded(server, backend, user)
+    awkward = 'quote " backslash \\ tab\t \U0001f512 \u202e rtl "created_at":null'
+    request = sample_request(
+        "hot-text",
+        incident_id="inc-\u00e9\U0001f600",
+        attributed_actor=awkward,
+        forensic_summary=awkward * 3,
+        confidence=0.1 + 0.2,
+        iocs=['"created_at":null', "\\x41", "\u0101"],
+        ttps=["T1059"],
+        expires_at=ts(datetime.now(UTC) + timedelta(hours=2)),
+    )
+    submitted = await server.decisions.SubmitDecision(request, metadata=meta, timeout=10)
+    stored = await server.decisions.GetDecision(
+        decision_pb2.GetDecisionRequest(analysis_id="hot-text"), metadata=meta, timeout=10
+    )
+    assert stored.decision == submitted.decision
+    for field in request.DESCRIPTOR.fields:
+        assert getattr(stored.decision, field.name) == getattr(request, field.name), field.name
+    assert stored.decision.action_verdicts == submitted.decision.action_verdicts
+    assert len(stored.decision.action_verdicts) == len(request.recommended_actions)
+
+
 @pytest.mark.parametrize(
     ("change", "code", "message"),
     [

@@ -255,13 +255,13 @@ class DecisionOperations:
             updated_at=_STAMPED_BY_STATEMENT,
             sla_deadline=_STAMPED_BY_STATEMENT,
             submitted_by=check.username,
+            action_verdicts=lifecycle.initial_verdicts(analysis, self._rules),
         )
         outcome = await self._hot.submit(
             check,
-            analysis,
+            pending,
             digest,
             sla=self._sla[analysis.priority],
-            action_verdicts=lifecycle.initial_verdicts(analysis, self._rules),
             audit=AuditRecord(
                 time=_STAMPED_BY_STATEMENT,
                 actor=check.username,

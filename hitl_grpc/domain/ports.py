@@ -340,15 +340,14 @@ class HotStatements(Protocol):
     async def submit(
         self,
         check: AccountCheck,
-        analysis: Analysis,
+        pending: Decision,
         payload_hash: str,
         *,
         sla: timedelta,
-        action_verdicts: tuple[ActionVerdict, ...],
         audit: AuditRecord,
     ) -> CheckedSubmit:
-        """Queues the decision only if the account admits `check`; `audit`'s time is the
-        statement's."""
+        """Queues `pending` only if the account admits `check`; its times and `audit`'s are
+        the statement's."""
         ...
 
     async def page_keys(

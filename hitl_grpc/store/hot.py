@@ -22,6 +22,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, Final
 
@@ -38,23 +39,18 @@ from hitl_grpc.domain.queue import PageEntry, QueueFilter, QueueKey
 from hitl_grpc.domain.values import (
     Account,
     AccountCheck,
-    ActionVerdict,
-    Analysis,
     AuditRecord,
     Decision,
     Role,
-    Status,
     UserId,
 )
 from hitl_grpc.store import audit_chain
 from hitl_grpc.store.audit import audit_row
 from hitl_grpc.store.codec import (
     NUL,
-    analysis_to_row,
     aware,
     decision_to_row,
     row_to_payload,
-    verdicts_to_json,
 )
 from hitl_grpc.store.door import LATE, UNAVAILABLE
 from hitl_grpc.store.engine import DroppedOnCancel, postgres_connect_args
@@ -94,6 +90,8 @@ acct.u_active AND NOT acct.u_revoked AND acct.u_generation = %(generation)s
 AND acct.u_role = ANY(%(roles)s) AND acct.u_username = %(username)s
 """
 
+# The columns a submit fills from the decision's event payload; the statement stamps the
+# times and adds the hash, which the payload leaves out.
 _DECISION_COLUMNS: Final = (
     "analysis_id",
     "incident_id",
@@ -108,7 +106,6 @@ _DECISION_COLUMNS: Final = (
     "priority",
     "detected_at",
     "expires_at",
-    "payload_hash",
     "submitted_by",
     "status",
     "version",
@@ -118,7 +115,7 @@ _DECISION_COLUMNS: Final = (
 
 
 def _payload_sql() -> str:
-    text = "%(payload)s"
+    text = "%(payload)s::text"
     for name in _STAMPED:
         column = "ins.sla_deadline" if name == "sla_deadline" else "ins.created_at"
         stamped = f"""'"{name}":"' || {_ISO.format(column)} || '"'"""
@@ -128,28 +125,32 @@ def _payload_sql() -> str:
 
 # One statement, one round trip, one transaction (autocommit): the account as it is now,
 # and only if it still admits the caller, the decision, its staged event and its audit
-# row. The deferred triggers of migrations 0002 and 0005 publish the event and link the
-# audit row at its COMMIT, as for any other writer. ON CONFLICT DO NOTHING: a resubmit
-# inserts nothing, and the caller reads the stored row to judge it.
+# row. The decision's columns come from its event payload, one JSON parameter the
+# database takes apart (json_populate_record), rather than a parameter each. The deferred
+# triggers of migrations 0002 and 0005 publish the event and link the audit row at its
+# COMMIT, as for any other writer. ON CONFLICT DO NOTHING: a resubmit inserts nothing,
+# and the caller reads the stored row to judge it.
 _SUBMIT: Final = f"""
 WITH acct AS ({_ACCESS}),
+rec AS (SELECT * FROM json_populate_record(NULL::decisions, %(payload)s::text::json)),
 ok AS (
-    SELECT 1 FROM acct
+    SELECT 1 FROM acct, rec
     WHERE {_ADMITS}
-      AND (%(expires_at)s::timestamptz IS NULL OR %(expires_at)s::timestamptz > now())
+      AND (rec.expires_at IS NULL OR rec.expires_at > now())
 ),
 ins AS (
-    INSERT INTO decisions ({", ".join(_DECISION_COLUMNS)}, created_at, updated_at, sla_deadline)
-    SELECT {", ".join(f"%({name})s" for name in _DECISION_COLUMNS)},
-           now(), now(), now() + %(sla)s
-    FROM ok
+    INSERT INTO decisions
+        ({", ".join(_DECISION_COLUMNS)}, payload_hash, created_at, updated_at, sla_deadline)
+    SELECT {", ".join(f"rec.{name}" for name in _DECISION_COLUMNS)},
+           %(payload_hash)s, now(), now(), now() + %(sla)s
+    FROM ok, rec
     ON CONFLICT (analysis_id) DO NOTHING
-    RETURNING created_at, sla_deadline
+    RETURNING analysis_id, status, priority, version, created_at, sla_deadline
 ),
 ev AS (
     INSERT INTO decision_events_staged
         (analysis_id, kind, status, priority, version, time, payload, size)
-    SELECT %(analysis_id)s, %(event_kind)s, %(status)s, %(priority)s, %(version)s,
+    SELECT ins.analysis_id, %(event_kind)s, ins.status, ins.priority, ins.version,
            ins.created_at, {_payload_sql()}, %(event_size)s
     FROM ins
 ),
@@ -309,17 +310,16 @@ class HotPath:
     async def submit(
         self,
         check: AccountCheck,
-        analysis: Analysis,
+        pending: Decision,
         payload_hash: str,
         *,
         sla: timedelta,
-        action_verdicts: tuple[ActionVerdict, ...],
         audit: AuditRecord,
     ) -> CheckedSubmit:
         """Checks the caller's account and queues the decision in one statement."""
         if NUL in check.user_id or NUL in check.session_id:
             return CheckedSubmit(None, None, None)
-        params = _submit_params(check, analysis, payload_hash, sla, action_verdicts, audit)
+        params = _submit_params(check, pending, payload_hash, sla, audit)
         (row,) = await self._rows("submit", _SUBMIT, params)
         now = aware(row.db_now)
         assert now is not None
@@ -328,15 +328,8 @@ class HotPath:
             created_at = aware(row.new_created_at)
             sla_deadline = aware(row.new_sla_deadline)
             assert created_at is not None and sla_deadline is not None
-            decision = Decision(
-                analysis=analysis,
-                status=Status.PENDING,
-                version=1,
-                created_at=created_at,
-                updated_at=created_at,
-                sla_deadline=sla_deadline,
-                submitted_by=check.username,
-                action_verdicts=action_verdicts,
+            decision = replace(
+                pending, created_at=created_at, updated_at=created_at, sla_deadline=sla_deadline
             )
             if self._after_commit is not None:
                 self._after_commit()
@@ -380,59 +373,33 @@ def _access_params(check: AccountCheck) -> dict[str, Any]:
 
 def _submit_params(
     check: AccountCheck,
-    analysis: Analysis,
+    pending: Decision,
     payload_hash: str,
     sla: timedelta,
-    action_verdicts: tuple[ActionVerdict, ...],
     audit: AuditRecord,
 ) -> dict[str, Any]:
-    """The statement's parameters: the row, its event's payload and its audit row's parts."""
-    verdicts = verdicts_to_json(action_verdicts) if action_verdicts else None
-    row: dict[str, Any] = {
-        **analysis_to_row(analysis),
-        "payload_hash": payload_hash,
-        "submitted_by": check.username,
-        "status": int(Status.PENDING),
-        "version": 1,
-        "lease_epoch": 0,
-        "action_verdicts": verdicts,
-    }
+    """The statement's parameters: the decision as its event's payload, the audit row's
+    parts, and the account check's."""
     # The event carries the decision as the INSERT leaves it; the statement stamps its times.
-    pending = Decision(
-        analysis=analysis,
-        status=Status.PENDING,
-        version=1,
-        created_at=audit.time,
-        updated_at=audit.time,
-        sla_deadline=audit.time,
-        submitted_by=check.username,
-        action_verdicts=action_verdicts,
-    )
     payload = {**row_to_payload(decision_to_row(pending)), **dict.fromkeys(_STAMPED)}
-    sized = {**payload, **dict.fromkeys(_STAMPED, _TIME_TEXT)}
     stored = audit_row(audit)
     head, tail = audit_chain.digest_parts(stored)
-    params = {
-        name: Json(row[name]) if name in _JSON_COLUMNS else row[name] for name in _DECISION_COLUMNS
-    }
-    params.update(
+    return {
         **_access_params(check),
-        sla=sla,
-        event_kind=EventKind.ADDED.value,
-        payload=json.dumps(payload, separators=(",", ":")),
-        event_size=row_bytes(sized),
-        a_actor=stored["actor"],
-        a_kind=stored["kind"],
-        a_target=stored["target"],
-        a_peer=stored["peer"],
-        a_outcome=stored["outcome"],
-        a_details=Json(stored["details"]),
-        a_request_id=stored["request_id"],
-        a_chain=stored["chain"],
-        a_head=head,
-        a_tail=tail,
-    )
-    return params
-
-
-_JSON_COLUMNS: Final = frozenset({"iocs", "ttps", "recommended_actions", "action_verdicts"})
+        "payload": json.dumps(payload, separators=(",", ":")),
+        "payload_hash": payload_hash,
+        "sla": sla,
+        "event_kind": EventKind.ADDED.value,
+        # The size of the payload as stored: each stamped time then holds an ISO 8601 text.
+        "event_size": row_bytes(payload) + len(_STAMPED) * len(_TIME_TEXT),
+        "a_actor": stored["actor"],
+        "a_kind": stored["kind"],
+        "a_target": stored["target"],
+        "a_peer": stored["peer"],
+        "a_outcome": stored["outcome"],
+        "a_details": Json(stored["details"]),
+        "a_request_id": stored["request_id"],
+        "a_chain": stored["chain"],
+        "a_head": head,
+        "a_tail": tail,
+    }
