@@ -21,8 +21,9 @@ MIN_SECRET_BYTES: Final = 32
 # A page must hold one decision at every documented field limit (~1,000,000 bytes in
 # 4-byte UTF-8), besides its token and framing (tests/test_decisions_paging.py).
 MIN_MESSAGE_BYTES: Final = 1024 * 1024
-# The event reader's rest between reads with several workers: N readers then read the log
-# at most 1/WAKE_LINGER_S times a second each, instead of once per commit each.
+# The event reader's rest between reads: under a stream of commits it reads the log at
+# most 1/WAKE_LINGER_S times a second (with N workers, each of N readers), instead of
+# once per commit; a commit after a quiet spell is still read at once.
 WAKE_LINGER_S: Final = 0.005
 MAX_WORKERS: Final = 64
 
@@ -131,8 +132,7 @@ class Settings:
     # Serving processes on the one port (PostgreSQL only beyond one).
     workers: int = 1
     # After each read of the log, the event reader rests this long, so that the wake-ups
-    # of commits in the meantime are served by one read. None: WAKE_LINGER_S with several
-    # workers, none with one.
+    # of commits in the meantime are served by one read. None: WAKE_LINGER_S.
     wake_linger: float | None = None
     log_level: str = "INFO"
     # The fraction of OK calls that get an access-log line; a failed call always gets one.
@@ -173,7 +173,7 @@ class Settings:
         """How long the event reader rests after each read (see `wake_linger`)."""
         if self.wake_linger is not None:
             return self.wake_linger
-        return WAKE_LINGER_S if self.workers > 1 else 0.0
+        return WAKE_LINGER_S
 
     @property
     def group_commit_on(self) -> bool:

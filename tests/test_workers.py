@@ -71,9 +71,10 @@ async def _burst(make_server: ServerFactory, *, across: bool) -> None:
     assert reads < COMMITS
 
 
-def test_the_linger_is_on_by_default_only_with_several_workers() -> None:
+def test_the_linger_is_on_by_default_and_can_be_set_or_turned_off() -> None:
     pg = {"HITL_DATABASE_URL": "postgresql://db/hitl", "HITL_JWT_SECRET": "s" * 40}
-    assert Settings.from_env(pg).wake_linger_s == 0.0
+    assert Settings.from_env(pg).wake_linger_s == 0.005
+    assert Settings.from_env({**pg, "HITL_WAKE_LINGER_S": "0"}).wake_linger_s == 0.0
     assert Settings.from_env({**pg, "HITL_WORKERS": "2"}).wake_linger_s == 0.005
     assert (
         Settings.from_env({**pg, "HITL_WORKERS": "2", "HITL_WAKE_LINGER_S": "0"}).wake_linger_s
