@@ -18,8 +18,10 @@ closes its connection (DroppedOnCancel), which the pool then replaces.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -27,6 +29,7 @@ from datetime import timedelta
 from typing import Any, Final
 
 import psycopg
+from psycopg import AsyncRawCursor
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import Json
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -279,10 +282,12 @@ class HotPath:
     async def _rows(self, name: str, query: str, params: dict[str, Any]) -> Sequence[Any]:
         """The rows of one statement, under the database deadline; faults are Unavailable."""
         self.executed[name] += 1
+        text, names = _positional(query)
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with self._pool.connection() as conn:
-                    cursor = await conn.execute(query, params)
+                    cursor = AsyncRawCursor(conn, row_factory=namedtuple_row)
+                    await cursor.execute(text, [params[n] for n in names], prepare=True)
                     rows: list[Any] = await cursor.fetchall()
                     return rows
         except TimeoutError:
@@ -358,6 +363,26 @@ class HotPath:
             if r.analysis_id is not None
         ]
         return CheckedPage(_stored(rows[0]), keys)
+
+
+@functools.cache
+def _positional(query: str) -> tuple[str, tuple[str, ...]]:
+    """A statement of %(name)s placeholders as PostgreSQL's own $1, $2... and the names in
+    their order. Sent as such through a raw cursor, and always prepared, a statement skips
+    psycopg's per-call placeholder mapping and prepare bookkeeping (~30 µs of loop CPU)."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    text = _PLACEHOLDER.sub(number, query)
+    assert "%" not in text, "a hot statement holds only %(name)s placeholders"
+    return text, tuple(names)
+
+
+_PLACEHOLDER: Final = re.compile(r"%\((\w+)\)s")
 
 
 def _access_params(check: AccountCheck) -> dict[str, Any]:
