@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import auth_pb2, auth_pb2_grpc
 
-from bench.load import Measured, drive, report_calls
+from bench.load import Beside, Measured, beside_noop, drive, report_beside, report_calls
 from bench.noop import noop_call, noop_server
 from bench.processes import (
     ADMIN_PASSWORD,
@@ -23,31 +25,46 @@ CALLS = 6000
 async def run() -> None:
     """Unary calls/s: no-op server vs Health.Check vs authenticated GetCurrentUser, with the
     access log off (WARNING) and on (INFO, the default: one line per call), on SQLite and
-    on PostgreSQL."""
+    on PostgreSQL; the budgeted figure (PostgreSQL, WARNING) also in rounds beside the no-op."""
     with noop_server() as noop_addr:
         async with grpc.aio.insecure_channel(noop_addr) as channel:
-            await drive(noop_call(channel), concurrency=CONCURRENCY, total=500)
+            noop = noop_call(channel)
+            await drive(noop, concurrency=CONCURRENCY, total=500)
             ceiling = await drive(
-                noop_call(channel), concurrency=CONCURRENCY, total=CALLS, server_pid=noop_addr.pid
+                noop, concurrency=CONCURRENCY, total=CALLS, server_pid=noop_addr.pid
             )
-    print(
-        f"no-op at {CONCURRENCY} callers: p50 {ceiling.p50_ms:.2f} ms p99 {ceiling.p99_ms:.2f} ms"
-    )
+            print(
+                f"no-op at {CONCURRENCY} callers:"
+                f" p50 {ceiling.p50_ms:.2f} ms p99 {ceiling.p99_ms:.2f} ms"
+            )
+            await _scenarios(ceiling, noop, noop_addr.pid)
+
+
+async def _scenarios(
+    ceiling: Measured, noop: Callable[[], Awaitable[object]], noop_pid: int
+) -> None:
     for level, suffix in (("WARNING", ""), ("INFO", ", access log")):
         with serve_subprocess({"HITL_LOG_LEVEL": level}) as addr:
-            checks, reads = await _measure(addr)
+            checks, reads, _ = await _measure(addr)
         report_calls(f"Health.Check{suffix}", checks, ceiling)
         report_calls(f"GetCurrentUser (JWT + user read) sqlite{suffix}", reads, ceiling)
     with fresh_postgres("hitl_bench_ceiling") as url:
         for level, suffix in (("WARNING", ""), ("INFO", ", access log")):
             env = {"HITL_DATABASE_URL": url, "HITL_JWT_SECRET": BENCH_SECRET}
+            budgeted = level == "WARNING"
             with serve_subprocess({**env, "HITL_LOG_LEVEL": level}) as addr:
-                _, reads = await _measure(addr)
-            report_calls(f"GetCurrentUser (JWT + user read) postgres{suffix}", reads, ceiling)
+                _, reads, beside = await _measure(addr, (noop, noop_pid) if budgeted else None)
+            name = f"GetCurrentUser (JWT + user read) postgres{suffix}"
+            report_calls(name, reads, ceiling)
+            if beside is not None:
+                report_beside(name, beside)
 
 
-async def _measure(addr: Address) -> tuple[Measured, Measured]:
-    """Health.Check, then GetCurrentUser as the admin, on one server."""
+async def _measure(
+    addr: Address, noop: tuple[Callable[[], Awaitable[object]], int] | None = None
+) -> tuple[Measured, Measured, Beside | None]:
+    """Health.Check, then GetCurrentUser as the admin, on one server; with `noop` (its call
+    and pid), GetCurrentUser again in rounds beside it."""
     async with grpc.aio.insecure_channel(addr) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         auth = auth_pb2_grpc.AuthServiceStub(channel)
@@ -69,4 +86,14 @@ async def _measure(addr: Address) -> tuple[Measured, Measured]:
         checks = await drive(check, concurrency=CONCURRENCY, total=CALLS, server_pid=pid)
         await drive(whoami, concurrency=CONCURRENCY, total=300)
         reads = await drive(whoami, concurrency=CONCURRENCY, total=CALLS, server_pid=pid)
-    return checks, reads
+        beside = None
+        if noop is not None:
+            beside = await beside_noop(
+                whoami,
+                noop[0],
+                concurrency=CONCURRENCY,
+                total=CALLS // 2,
+                server_pid=pid,
+                noop_pid=noop[1],
+            )
+    return checks, reads, beside

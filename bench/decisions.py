@@ -17,7 +17,7 @@ import grpc
 import psycopg
 from hitl.v1 import auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
-from bench.load import Measured, drive, report_calls
+from bench.load import Beside, Measured, beside_noop, drive, report_beside, report_calls
 from bench.noop import noop_call, noop_server
 from bench.processes import (
     ADMIN_PASSWORD,
@@ -132,12 +132,15 @@ class Writes:
     submits_unavailable: Counter[str]
     verdicts: Measured
     verdicts_unavailable: Counter[str]
+    # Submits in rounds beside the no-op server, where one was given.
+    submits_beside: Beside | None
 
 
 async def _measure_writes(
     stub: decision_pb2_grpc.DecisionServiceAsyncStub,
     meta: tuple[tuple[str, str], ...],
     pid: int,
+    noop: Noop | None,
 ) -> Writes:
     submit = _submitter(stub, meta)
     await drive(submit, concurrency=CONCURRENCY, total=200)
@@ -148,6 +151,16 @@ async def _measure_writes(
         total=SUBMITS,
         server_pid=pid,
     )
+    beside = None
+    if noop is not None:
+        beside = await beside_noop(
+            submit,
+            noop.call,
+            concurrency=CONCURRENCY,
+            total=SUBMITS,
+            server_pid=pid,
+            noop_pid=noop.pid,
+        )
 
     ids: list[str] = []
 
@@ -176,16 +189,26 @@ async def _measure_writes(
         total=VERDICTS,
         server_pid=pid,
     )
-    return Writes(submits, submitted_unavailable, verdicts, decided_unavailable)
+    return Writes(submits, submitted_unavailable, verdicts, decided_unavailable, beside)
 
 
-async def _measure(addr: Address, *, fill: Callable[[], None] | None) -> tuple[Writes, Measured]:
+@dataclass(frozen=True)
+class Noop:
+    """The no-op server, kept running so that budgeted figures are measured beside it."""
+
+    call: Callable[[], Awaitable[object]]
+    pid: int
+
+
+async def _measure(
+    addr: Address, *, fill: Callable[[], None] | None, noop: Noop | None = None
+) -> tuple[Writes, Measured, Beside | None]:
     async with grpc.aio.insecure_channel(addr) as channel:
         stub = decision_pb2_grpc.DecisionServiceStub(channel)
         meta = await _admin_metadata(channel)
-        writes = await _measure_writes(stub, meta, addr.pid)
+        writes = await _measure_writes(stub, meta, addr.pid, noop)
         if fill is None:
-            return writes, writes.submits
+            return writes, writes.submits, None
         fill()
 
         async def page() -> object:
@@ -195,12 +218,24 @@ async def _measure(addr: Address, *, fill: Callable[[], None] | None) -> tuple[W
 
         await drive(page, concurrency=CONCURRENCY, total=200)
         lists = await drive(page, concurrency=CONCURRENCY, total=LISTS, server_pid=addr.pid)
-    return writes, lists
+        beside = None
+        if noop is not None:
+            beside = await beside_noop(
+                page,
+                noop.call,
+                concurrency=CONCURRENCY,
+                total=LISTS,
+                server_pid=addr.pid,
+                noop_pid=noop.pid,
+            )
+    return writes, lists, beside
 
 
 def _print_writes(label: str, writes: Writes, ceiling: Measured) -> None:
     report_calls(f"SubmitDecision {label}", writes.submits, ceiling)
     _print_unavailable(writes.submits_unavailable, SUBMITS)
+    if writes.submits_beside is not None:
+        report_beside(f"SubmitDecision {label}", writes.submits_beside)
     report_calls(f"MakeDecision {label}", writes.verdicts, ceiling)
     _print_unavailable(writes.verdicts_unavailable, VERDICTS)
 
@@ -214,22 +249,29 @@ def _print_unavailable(unavailable: Counter[str], total: int) -> None:
 
 
 async def run() -> None:
-    """Submit throughput and queue pages on both backends, each beside the no-op server."""
+    """Submit throughput and queue pages on both backends, each beside the no-op server;
+    on PostgreSQL, whose figures are budgeted, also in rounds right beside it."""
     with noop_server() as noop_addr:
-        async with grpc.aio.insecure_channel(noop_addr) as channel:
-            await drive(noop_call(channel), concurrency=CONCURRENCY, total=500)
+        async with grpc.aio.insecure_channel(noop_addr) as noop_channel:
+            await drive(noop_call(noop_channel), concurrency=CONCURRENCY, total=500)
             ceiling = await drive(
-                noop_call(channel), concurrency=CONCURRENCY, total=6000, server_pid=noop_addr.pid
+                noop_call(noop_channel),
+                concurrency=CONCURRENCY,
+                total=6000,
+                server_pid=noop_addr.pid,
             )
-    print(f"no-op at {CONCURRENCY} callers: {ceiling.calls_per_s:.0f} calls/s")
+            print(f"no-op at {CONCURRENCY} callers: {ceiling.calls_per_s:.0f} calls/s")
+            await _run_scenarios(ceiling, Noop(noop_call(noop_channel), noop_addr.pid))
 
+
+async def _run_scenarios(ceiling: Measured, noop: Noop) -> None:
     # Group commit as `auto` sets it (on for SQLite, off for PostgreSQL), then the other way.
     for group_commit, fill_queue in (("on", True), ("off", False)):
         with tempfile.TemporaryDirectory(prefix="hitl-bench-decisions-") as tmp:
             path = f"{tmp}/hitl.db"
             env = {"HITL_DATABASE_URL": f"sqlite:///{path}", "HITL_GROUP_COMMIT": group_commit}
             with serve_subprocess(env) as addr:
-                writes, lists = await _measure(
+                writes, lists, _ = await _measure(
                     addr, fill=functools.partial(fill_sqlite, path) if fill_queue else None
                 )
             _print_writes(f"sqlite group commit {group_commit}", writes, ceiling)
@@ -244,9 +286,14 @@ async def run() -> None:
                 "HITL_GROUP_COMMIT": group_commit,
             }
             with serve_subprocess(env) as addr:
-                writes, lists = await _measure(
-                    addr, fill=functools.partial(fill_postgres, url) if fill_queue else None
+                writes, lists, pages_beside = await _measure(
+                    addr,
+                    fill=functools.partial(fill_postgres, url) if fill_queue else None,
+                    noop=noop,
                 )
             _print_writes(f"postgres group commit {group_commit}", writes, ceiling)
             if fill_queue:
-                report_calls(f"ListPending p50 postgres {QUEUE_ROWS} rows", lists, ceiling)
+                name = f"ListPending p50 postgres {QUEUE_ROWS} rows"
+                report_calls(name, lists, ceiling)
+                if pages_beside is not None:
+                    report_beside(name, pages_beside)

@@ -109,3 +109,60 @@ def report(name: str, value: float, ceiling: float, unit: str) -> None:
     print(
         f"{name:<48} {value:>12.1f} {unit:<8} ceiling {ceiling:>12.1f} {unit:<8} ratio {ratio:6.2f}"
     )
+
+
+# Rounds of a budgeted figure, each measured right beside the no-op server's own.
+ROUNDS: Final = 3
+
+
+@dataclass(frozen=True)
+class Beside:
+    """A load measured in rounds, each round followed at once by the no-op server's."""
+
+    rounds: tuple[tuple[Measured, Measured], ...]
+
+    @property
+    def ratios(self) -> list[float]:
+        """Each round's server CPU per call over the no-op server's in the same round."""
+        return [
+            (load.cpu_ms_per_call or 0.0) / (floor.cpu_ms_per_call or float("inf"))
+            for load, floor in self.rounds
+        ]
+
+
+async def beside_noop(
+    call: Callable[[], Awaitable[object]],
+    noop: Callable[[], Awaitable[object]],
+    *,
+    concurrency: int,
+    total: int,
+    server_pid: int,
+    noop_pid: int,
+    rounds: int = ROUNDS,
+) -> Beside:
+    """`rounds` alternations of the load and the no-op load, each of `total` calls.
+
+    The machine drifts over the minutes a scenario takes (on a shared 2-core machine the
+    no-op server's own CPU per call moved 0.24-0.35 ms within a quarter of an hour), so a
+    ratio is taken between loads seconds apart, and the median of the rounds reported.
+    """
+    measured = []
+    for _ in range(rounds):
+        load = await drive(call, concurrency=concurrency, total=total, server_pid=server_pid)
+        floor = await drive(noop, concurrency=concurrency, total=total, server_pid=noop_pid)
+        measured.append((load, floor))
+    return Beside(tuple(measured))
+
+
+def report_beside(name: str, beside: Beside) -> None:
+    """Each round's server CPU per call beside the no-op's, and the median ratio."""
+    parts = [
+        f"{load.cpu_ms_per_call or 0:.3f}/{floor.cpu_ms_per_call or 0:.3f} ms"
+        for load, floor in beside.rounds
+    ]
+    ratios = beside.ratios
+    print(
+        f"{name} server CPU per call beside the no-op, {len(ratios)} rounds: "
+        f"{', '.join(parts)}; ratios {', '.join(f'{r:.2f}' for r in ratios)}; "
+        f"median {statistics.median(ratios):.2f}x"
+    )
