@@ -63,7 +63,16 @@ def _record(row: Any) -> AuditRecord:
 
 def audit_row(record: AuditRecord) -> dict[str, Any]:
     """The row an audit record is stored as, with the digest of its content."""
-    row = {
+    row = audit_content(record)
+    # The digest covers the row as stored (cut, U+0000 replaced), as verify reads it.
+    row["digest"] = audit_chain.content_digest(row)
+    return row
+
+
+def audit_content(record: AuditRecord) -> dict[str, Any]:
+    """The columns of an audit record's row but its digest (a statement that stamps the
+    time computes that itself, store/hot.py)."""
+    return {
         "time": record.time.astimezone(UTC),
         # What an attempt named is recorded even when it held U+0000 (a probe).
         "actor": storable(record.actor[:ACTOR_MAX]),
@@ -75,9 +84,6 @@ def audit_row(record: AuditRecord) -> dict[str, Any]:
         "request_id": storable(record.request_id[:REQUEST_ID_MAX]),
         "chain": audit_chain.CHAIN,
     }
-    # The digest covers the row as stored (cut, U+0000 replaced), as verify reads it.
-    row["digest"] = audit_chain.content_digest(row)
-    return row
 
 
 class AuditLog:

@@ -48,7 +48,7 @@ from hitl_grpc.domain.values import (
     UserId,
 )
 from hitl_grpc.store import audit_chain
-from hitl_grpc.store.audit import audit_row
+from hitl_grpc.store.audit import audit_content
 from hitl_grpc.store.codec import (
     NUL,
     aware,
@@ -407,7 +407,7 @@ def _submit_params(
     parts, and the account check's."""
     # The event carries the decision as the INSERT leaves it; the statement stamps its times.
     payload = {**row_to_payload(decision_to_row(pending)), **dict.fromkeys(_STAMPED)}
-    stored = audit_row(audit)
+    stored = audit_content(audit)
     head, tail = audit_chain.digest_parts(stored)
     return {
         **_access_params(check),
