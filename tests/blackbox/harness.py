@@ -190,13 +190,19 @@ class Served:
         lines as they are after CALL_S: log lines are written by a thread of their own)."""
         deadline = time.monotonic() + CALL_S
         while True:
-            # Only whole lines: the last piece may still be being written.
-            lines = self.stderr_path.read_text(errors="replace").split("\n")[:-1]
-            entries = [json.loads(line) for line in lines if line.startswith("{")]
-            found = [e for e in entries if matching(e)]
+            found = self.log_entries_written(matching)
             if found or time.monotonic() > deadline:
                 return found
             time.sleep(0.05)
+
+    def log_entries_written(
+        self, matching: Callable[[dict[str, Any]], bool]
+    ) -> list[dict[str, Any]]:
+        """The JSON log lines on stderr that `matching` accepts, as written so far."""
+        # Only whole lines: the last piece may still be being written.
+        lines = self.stderr_path.read_text(errors="replace").split("\n")[:-1]
+        entries = [json.loads(line) for line in lines if line.startswith("{")]
+        return [e for e in entries if matching(e)]
 
     def channel(self) -> grpc.Channel:
         """A new sync channel to the server (one per thread)."""
