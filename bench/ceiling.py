@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hitl.v1 import auth_pb2, auth_pb2_grpc
 
-from bench.load import Beside, Measured, beside_noop, drive, report_beside, report_calls
+from bench.load import Beside, Measured, Noop, beside_noop, drive, report_beside, report_calls
 from bench.noop import noop_call, noop_server
 from bench.processes import (
     ADMIN_PASSWORD,
@@ -37,12 +35,10 @@ async def run() -> None:
                 f"no-op at {CONCURRENCY} callers:"
                 f" p50 {ceiling.p50_ms:.2f} ms p99 {ceiling.p99_ms:.2f} ms"
             )
-            await _scenarios(ceiling, noop, noop_addr.pid)
+            await _scenarios(ceiling, Noop(noop, noop_addr.pid))
 
 
-async def _scenarios(
-    ceiling: Measured, noop: Callable[[], Awaitable[object]], noop_pid: int
-) -> None:
+async def _scenarios(ceiling: Measured, noop: Noop) -> None:
     for level, suffix in (("WARNING", ""), ("INFO", ", access log")):
         with serve_subprocess({"HITL_LOG_LEVEL": level}) as addr:
             checks, reads, _ = await _measure(addr)
@@ -53,7 +49,7 @@ async def _scenarios(
             env = {"HITL_DATABASE_URL": url, "HITL_JWT_SECRET": BENCH_SECRET}
             budgeted = level == "WARNING"
             with serve_subprocess({**env, "HITL_LOG_LEVEL": level}) as addr:
-                _, reads, beside = await _measure(addr, (noop, noop_pid) if budgeted else None)
+                _, reads, beside = await _measure(addr, noop if budgeted else None)
             name = f"GetCurrentUser (JWT + user read) postgres{suffix}"
             report_calls(name, reads, ceiling)
             if beside is not None:
@@ -61,10 +57,10 @@ async def _scenarios(
 
 
 async def _measure(
-    addr: Address, noop: tuple[Callable[[], Awaitable[object]], int] | None = None
+    addr: Address, noop: Noop | None = None
 ) -> tuple[Measured, Measured, Beside | None]:
-    """Health.Check, then GetCurrentUser as the admin, on one server; with `noop` (its call
-    and pid), GetCurrentUser again in rounds beside it."""
+    """Health.Check, then GetCurrentUser as the admin, on one server; with `noop`,
+    GetCurrentUser again in rounds beside it."""
     async with grpc.aio.insecure_channel(addr) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         auth = auth_pb2_grpc.AuthServiceStub(channel)
@@ -89,11 +85,6 @@ async def _measure(
         beside = None
         if noop is not None:
             beside = await beside_noop(
-                whoami,
-                noop[0],
-                concurrency=CONCURRENCY,
-                total=CALLS // 2,
-                server_pid=pid,
-                noop_pid=noop[1],
+                whoami, noop, concurrency=CONCURRENCY, total=CALLS // 2, server_pid=pid
             )
     return checks, reads, beside

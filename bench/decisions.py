@@ -17,7 +17,7 @@ import grpc
 import psycopg
 from hitl.v1 import auth_pb2, auth_pb2_grpc, decision_pb2, decision_pb2_grpc
 
-from bench.load import Beside, Measured, beside_noop, drive, report_beside, report_calls
+from bench.load import Beside, Measured, Noop, beside_noop, drive, report_beside, report_calls
 from bench.noop import noop_call, noop_server
 from bench.processes import (
     ADMIN_PASSWORD,
@@ -154,12 +154,7 @@ async def _measure_writes(
     beside = None
     if noop is not None:
         beside = await beside_noop(
-            submit,
-            noop.call,
-            concurrency=CONCURRENCY,
-            total=SUBMITS,
-            server_pid=pid,
-            noop_pid=noop.pid,
+            submit, noop, concurrency=CONCURRENCY, total=SUBMITS, server_pid=pid
         )
 
     ids: list[str] = []
@@ -192,14 +187,6 @@ async def _measure_writes(
     return Writes(submits, submitted_unavailable, verdicts, decided_unavailable, beside)
 
 
-@dataclass(frozen=True)
-class Noop:
-    """The no-op server, kept running so that budgeted figures are measured beside it."""
-
-    call: Callable[[], Awaitable[object]]
-    pid: int
-
-
 async def _measure(
     addr: Address, *, fill: Callable[[], None] | None, noop: Noop | None = None
 ) -> tuple[Writes, Measured, Beside | None]:
@@ -221,12 +208,7 @@ async def _measure(
         beside = None
         if noop is not None:
             beside = await beside_noop(
-                page,
-                noop.call,
-                concurrency=CONCURRENCY,
-                total=LISTS,
-                server_pid=addr.pid,
-                noop_pid=noop.pid,
+                page, noop, concurrency=CONCURRENCY, total=LISTS, server_pid=addr.pid
             )
     return writes, lists, beside
 

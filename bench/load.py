@@ -130,14 +130,21 @@ class Beside:
         ]
 
 
+@dataclass(frozen=True)
+class Noop:
+    """The no-op server, kept running so that budgeted figures are measured beside it."""
+
+    call: Callable[[], Awaitable[object]]
+    pid: int
+
+
 async def beside_noop(
     call: Callable[[], Awaitable[object]],
-    noop: Callable[[], Awaitable[object]],
+    noop: Noop,
     *,
     concurrency: int,
     total: int,
     server_pid: int,
-    noop_pid: int,
     rounds: int = ROUNDS,
 ) -> Beside:
     """`rounds` alternations of the load and the no-op load, each of `total` calls.
@@ -149,7 +156,7 @@ async def beside_noop(
     measured = []
     for _ in range(rounds):
         load = await drive(call, concurrency=concurrency, total=total, server_pid=server_pid)
-        floor = await drive(noop, concurrency=concurrency, total=total, server_pid=noop_pid)
+        floor = await drive(noop.call, concurrency=concurrency, total=total, server_pid=noop.pid)
         measured.append((load, floor))
     return Beside(tuple(measured))
 
