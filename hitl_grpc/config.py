@@ -132,8 +132,8 @@ class Settings:
     # Serving processes on the one port (PostgreSQL only beyond one).
     workers: int = 1
     # After each read of the log, the event reader rests this long, so that the wake-ups
-    # of commits in the meantime are served by one read. None: WAKE_LINGER_S.
-    wake_linger: float | None = None
+    # of commits in the meantime are served by one read.
+    wake_linger: float = WAKE_LINGER_S
     log_level: str = "INFO"
     # The fraction of OK calls that get an access-log line; a failed call always gets one.
     access_log_sample: float = 1.0
@@ -171,9 +171,7 @@ class Settings:
     @property
     def wake_linger_s(self) -> float:
         """How long the event reader rests after each read (see `wake_linger`)."""
-        if self.wake_linger is not None:
-            return self.wake_linger
-        return WAKE_LINGER_S
+        return self.wake_linger
 
     @property
     def group_commit_on(self) -> bool:
