@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 from sqlalchemy.exc import IntegrityError
 
 from hitl_grpc.domain.ports import ThrottleState
+from tests.conftest import PG_ADMIN_URL
+from tests.decisions_support import wait_until
 from tests.harness import Harness
 from tests.signin import add_orphan_refresh_token
 
@@ -38,6 +42,46 @@ async def test_a_queued_write_is_seen_by_the_next_read_and_lands_with_the_commit
     assert state.failures == 0
     (after,) = await _peek(server)
     assert (after.failures, after.lockouts) == (2, 1)
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_a_peek_sent_with_a_lock_sees_what_the_holder_of_the_lock_committed(
+    server: Harness,
+) -> None:
+    """lock_and_peek sends both statements at once; the peek still runs after the lock."""
+    now = _now()
+    busy = "busy:" + SUBJECT
+    async with server.running.uow() as holder:
+        await holder.throttle.lock(busy, now)
+        # A counter the waiter's snapshot would miss had it been taken before the lock.
+        await holder.throttle.lock(SUBJECT, now)
+        await holder.throttle.save(ThrottleState(SUBJECT, 4, now, None, 0))
+
+        async def waiter() -> list[ThrottleState]:
+            async with server.running.uow(pipelined=True) as uow:
+                _, peeked = await uow.throttle.lock_and_peek(busy, now, [SUBJECT])
+                await uow.commit()
+                return peeked
+
+        waiting = asyncio.create_task(waiter())
+        database = server.running.settings.database_url.rsplit("/", 1)[1]
+        async with await psycopg.AsyncConnection.connect(
+            PG_ADMIN_URL, autocommit=True, connect_timeout=5
+        ) as admin:
+
+            async def blocked() -> bool:
+                cur = await admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                    "AND wait_event_type = 'Lock'",
+                    (database,),
+                )
+                return await cur.fetchone() == (1,)
+
+            await wait_until(blocked)
+        assert not waiting.done()
+        await holder.commit()
+    (seen,) = await asyncio.wait_for(waiting, 10)
+    assert seen.failures == 4
 
 
 async def test_a_failing_queued_write_fails_the_commit_and_leaves_nothing(

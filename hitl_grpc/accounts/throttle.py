@@ -242,14 +242,13 @@ class LoginThrottle:
         account waits for that lock, and one committed before shows in the read.
         """
         now = self._clock.now()
-        busy = await uow.throttle.lock(busy_subject(account), now)
         scope = account.partition(":")[0]
         host = peer_subject(peer)
+        busy, peeked = await uow.throttle.lock_and_peek(
+            busy_subject(account), now, [account, host, trust_subject(username, peer)]
+        )
         # Classified by prefix, not by equality: a stored subject may be its storable form.
-        states: dict[str, ThrottleState] = {
-            s.subject.partition(":")[0]: s
-            for s in await uow.throttle.peek([account, host, trust_subject(username, peer)])
-        }
+        states: dict[str, ThrottleState] = {s.subject.partition(":")[0]: s for s in peeked}
         mine, at_host = states.get(scope), states.get("peer")
         locks = []
         if mine is not None and _wait(mine, now) > 0:

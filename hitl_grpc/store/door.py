@@ -77,6 +77,8 @@ class Passage:
         self._isolation = isolation
         self._deadline: asyncio.Timeout | None = None
         self._conn: AsyncConnection | None = None
+        # Set by commit(): the close then has no transaction left to roll back.
+        self._committed = False
 
     @property
     def connection(self) -> AsyncConnection:
@@ -146,6 +148,7 @@ class Passage:
     async def commit(self) -> None:
         """Makes every change of this passage durable at once."""
         await self.connection.commit()
+        self._committed = True
 
     async def __aexit__(
         self,
@@ -169,7 +172,10 @@ class Passage:
             await asyncio.shield(_discard(conn))
         else:
             try:
-                await conn.rollback()  # no effect after commit()
+                # After a commit there is nothing to undo (close() would still roll back a
+                # transaction begun since): the rollback would cost a greenlet hop for naught.
+                if not self._committed:
+                    await conn.rollback()
                 await conn.close()
             except BaseException as cleanup:
                 await asyncio.shield(_discard(conn))

@@ -55,17 +55,22 @@ class Prepared:
 
     async def rows(self, conn: AsyncConnection, params: Mapping[str, Any]) -> list[Any]:
         """Runs the statement on `conn`; the rows it returned (attribute access by name)."""
+        return await (await self.send(conn, params)).rows()
+
+    async def send(self, conn: AsyncConnection, params: Mapping[str, Any]) -> Sent:
+        """Sends the statement on `conn`, its rows read later: in a pipelined unit, statements
+        sent one after another reach the database in one round trip, and run in that order."""
         if conn.dialect.name != "postgresql":
             result = await conn.execute(self._statement, dict(params))
-            return list(result) if result.returns_rows else []
+            return Sent(list(result) if result.returns_rows else [])
         sql, values = self._bound(conn.dialect, params)
         # Not closed after use: in pipeline mode its result may arrive at a later sync.
         cursor = driver_of(conn).cursor(row_factory=namedtuple_row)
         try:
             await cursor.execute(sql, values)
-            return await cursor.fetchall() if self._returns else []
         except psycopg.Error as exc:
             raise _as_sqlalchemy(conn, sql, values, exc) from exc
+        return Sent(None, (cursor, conn, sql, values) if self._returns else None)
 
     async def many(self, conn: AsyncConnection, params: Sequence[Mapping[str, Any]]) -> None:
         """Runs the statement once per mapping, returning nothing (inserts of several rows)."""
@@ -82,6 +87,28 @@ class Prepared:
                 await cursor.executemany(sql, [values for _, values in bound])
         except psycopg.Error as exc:
             raise _as_sqlalchemy(conn, sql, bound, exc) from exc
+
+
+class Sent:
+    """A statement sent by Prepared.send(): its rows, fetched when first asked for."""
+
+    def __init__(
+        self, rows: list[Any] | None, pending: tuple[Any, AsyncConnection, str, Any] | None = None
+    ) -> None:
+        self._rows = rows
+        self._pending = pending
+
+    async def rows(self) -> list[Any]:
+        """The rows the statement returned (none for one that returns nothing)."""
+        if self._rows is None:
+            self._rows = []
+            if self._pending is not None:
+                cursor, conn, sql, values = self._pending
+                try:
+                    self._rows = await cursor.fetchall()
+                except psycopg.Error as exc:
+                    raise _as_sqlalchemy(conn, sql, values, exc) from exc
+        return self._rows
 
 
 def driver_of(conn: AsyncConnection) -> Any:

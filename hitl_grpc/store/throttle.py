@@ -22,9 +22,10 @@ _T: Final = login_throttle
 _SUBJECT: Final = _T.c.subject == bindparam("b_subject")
 
 
-def _upserts(set_started: bool) -> dict[str, Prepared]:
-    """INSERT .. ON CONFLICT DO UPDATE .. RETURNING, per dialect: the row created if
-    missing and locked until commit; `set_started` also moves its window start to now."""
+def _upserts(*, set_started: bool) -> dict[str, Prepared]:
+    """INSERT .. ON CONFLICT DO UPDATE, per dialect: the row created if missing and locked
+    until commit. Without `set_started` it returns the row (a lock); with it, it moves the
+    window start to now and returns nothing, so a pipelined unit sends it with its COMMIT."""
     built = {}
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite)):
         stmt = dialect.insert(_T).values(
@@ -37,7 +38,7 @@ def _upserts(set_started: bool) -> dict[str, Prepared]:
         if set_started:
             changed["window_started_at"] = stmt.excluded.window_started_at
         stmt = stmt.on_conflict_do_update(index_elements=["subject"], set_=changed)
-        built[name] = Prepared(stmt.returning(*_T.c))
+        built[name] = Prepared(stmt if set_started else stmt.returning(*_T.c))
     return built
 
 
@@ -72,6 +73,11 @@ def _peek(count: int) -> Prepared:
     return found
 
 
+def _upsert_params(subject: str, now: datetime) -> dict[str, Any]:
+    # A probed username may hold U+0000: it is counted under a name PostgreSQL can hold.
+    return {"b_subject": storable(subject), "b_now": now}
+
+
 def _state(row: Any) -> ThrottleState:
     started = aware(row.window_started_at)
     assert started is not None
@@ -96,6 +102,20 @@ class LoginThrottleRepository:
         params = {f"s{n}": storable(s) for n, s in enumerate(subjects)}
         return [_state(row) for row in await _peek(len(subjects)).rows(self._conn, params)]
 
+    async def lock_and_peek(
+        self, subject: str, now: datetime, others: list[str]
+    ) -> tuple[ThrottleState, list[ThrottleState]]:
+        """lock(subject), then peek(others), in one round trip where the unit is pipelined.
+
+        The database still runs them in turn: the peek's snapshot is taken once the lock is
+        held, so it sees every change committed by whoever held the lock before.
+        """
+        params = {f"s{n}": storable(s) for n, s in enumerate(others)}
+        locked = await _LOCK[self._dialect].send(self._conn, _upsert_params(subject, now))
+        peeked = await _peek(len(others)).send(self._conn, params)
+        (row,) = await locked.rows()
+        return _state(row), [_state(r) for r in await peeked.rows()]
+
     async def lock(self, subject: str, now: datetime) -> ThrottleState:
         """The subject's counter, created if missing, its row locked until commit.
 
@@ -104,19 +124,13 @@ class LoginThrottleRepository:
         concurrent forgive delete the row between the two statements on PostgreSQL, so the
         SELECT found nothing and the failure was lost.
         """
-        return await self._upsert(_LOCK, subject, now)
-
-    async def touch(self, subject: str, now: datetime) -> ThrottleState:
-        """lock(), with the counter's window start moved to `now`, in one statement."""
-        return await self._upsert(_TOUCH, subject, now)
-
-    async def _upsert(
-        self, stmt: dict[str, Prepared], subject: str, now: datetime
-    ) -> ThrottleState:
-        # A probed username may hold U+0000: it is counted under a name PostgreSQL can hold.
-        params = {"b_subject": storable(subject), "b_now": now}
-        (row,) = await stmt[self._dialect].rows(self._conn, params)
+        (row,) = await _LOCK[self._dialect].rows(self._conn, _upsert_params(subject, now))
         return _state(row)
+
+    async def touch(self, subject: str, now: datetime) -> None:
+        """Creates the subject's counter, or moves its window start to `now`: one statement,
+        which reads nothing back (in a pipelined unit it goes with the COMMIT)."""
+        await _TOUCH[self._dialect].rows(self._conn, _upsert_params(subject, now))
 
     async def save(self, state: ThrottleState) -> None:
         """Writes a counter back (after lock())."""
