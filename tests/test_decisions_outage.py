@@ -87,9 +87,13 @@ async def test_write_lock_held_too_long_is_unavailable_not_a_hang(
         decision = await submit(server, service)
         if backend == "sqlite":
             path = database_url.split(":///", 1)[1]
-            # The server may be mid-write (a sweep, a group commit): wait for it as a client would.
-            holder = sqlite3.connect(path, isolation_level=None, timeout=30)
-            holder.execute("BEGIN IMMEDIATE")
+            # The server may be mid-write (a sweep, a group commit): wait for it as a client
+            # would, on a thread of its own. Waiting on this thread would stall the server's
+            # loop, which that write needs to reach its COMMIT: both would wait out the timeout.
+            holder = sqlite3.connect(
+                path, isolation_level=None, timeout=30, check_same_thread=False
+            )
+            await asyncio.to_thread(holder.execute, "BEGIN IMMEDIATE")
             release = holder.rollback
         else:
             conn = await psycopg.AsyncConnection.connect(database_url, connect_timeout=5)
