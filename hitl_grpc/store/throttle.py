@@ -73,6 +73,10 @@ def _peek(count: int) -> Prepared:
     return found
 
 
+def _peek_params(subjects: list[str]) -> dict[str, Any]:
+    return {f"s{n}": storable(s) for n, s in enumerate(subjects)}
+
+
 def _upsert_params(subject: str, now: datetime) -> dict[str, Any]:
     # A probed username may hold U+0000: it is counted under a name PostgreSQL can hold.
     return {"b_subject": storable(subject), "b_now": now}
@@ -99,8 +103,8 @@ class LoginThrottleRepository:
 
     async def peek(self, subjects: list[str]) -> list[ThrottleState]:
         """The counters of these subjects that exist, without locking them."""
-        params = {f"s{n}": storable(s) for n, s in enumerate(subjects)}
-        return [_state(row) for row in await _peek(len(subjects)).rows(self._conn, params)]
+        peeked = await _peek(len(subjects)).rows(self._conn, _peek_params(subjects))
+        return [_state(row) for row in peeked]
 
     async def lock_and_peek(
         self, subject: str, now: datetime, others: list[str]
@@ -110,9 +114,8 @@ class LoginThrottleRepository:
         The database still runs them in turn: the peek's snapshot is taken once the lock is
         held, so it sees every change committed by whoever held the lock before.
         """
-        params = {f"s{n}": storable(s) for n, s in enumerate(others)}
         locked = await _LOCK[self._dialect].send(self._conn, _upsert_params(subject, now))
-        peeked = await _peek(len(others)).send(self._conn, params)
+        peeked = await _peek(len(others)).send(self._conn, _peek_params(others))
         (row,) = await locked.rows()
         return _state(row), [_state(r) for r in await peeked.rows()]
 
